@@ -1,0 +1,70 @@
+"""Engine contracts. Implementations live in subpackages that alone import heavy libraries."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+from engines.types import GenerationEvent, GenerationRequest, LLMInfo
+
+EventSink = Callable[[GenerationEvent], None]
+
+
+class GenerationHandle(ABC):
+    """A running generation; lets the caller stop it early (client gone)."""
+
+    @abstractmethod
+    def cancel(self) -> None:
+        """Stop generating as soon as possible and free the slot.
+
+        The sink then receives ``Finished(finish_reason="cancelled")``. Idempotent.
+        """
+
+
+class LLMEngine(ABC):
+    """A loaded language model.
+
+    Thread-safety: every method may be called from any thread. ``submit`` never
+    blocks on inference; events are delivered to ``sink`` from an engine thread, in
+    order, ending with exactly one ``Finished`` or ``Failed``.
+    """
+
+    @property
+    @abstractmethod
+    def info(self) -> LLMInfo:
+        """Context size, embedding size, backend and slot count."""
+
+    @abstractmethod
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        """Token ids of ``text`` (BOS added when the model wants it)."""
+
+    @abstractmethod
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        """Prompt text for ``messages`` using the chat template in the model file.
+
+        Raises InvalidRequestError if the messages cannot be rendered.
+        """
+
+    @abstractmethod
+    def json_schema_grammar(self, schema: dict) -> str:
+        """GBNF grammar constraining output to ``schema``; InvalidRequestError if unsupported."""
+
+    @abstractmethod
+    def submit(self, request: GenerationRequest, sink: EventSink) -> GenerationHandle:
+        """Queue a generation. Raises ContextLengthError if the prompt cannot fit,
+        OverloadedError if the queue is full, EngineClosedError after ``close``."""
+
+    @abstractmethod
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """One L2-normalised vector per text (blocking: call from a worker thread).
+
+        Raises ContextLengthError for an input longer than the context.
+        """
+
+    @abstractmethod
+    def stats(self) -> dict[str, float]:
+        """Live gauges for /metrics (queue depth, active slots, ...)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop work, fail pending requests with EngineClosedError, free memory."""

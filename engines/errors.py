@@ -1,0 +1,49 @@
+"""Errors raised by engines; every one is an EngineError.
+
+The API layer maps these to HTTP responses by type in one place.
+"""
+
+
+class EngineError(Exception):
+    """Root of every engine error."""
+
+
+class ModelLoadError(EngineError):
+    """A model file could not be loaded (corrupt, unsupported, out of memory)."""
+
+
+class ContextLengthError(EngineError):
+    """The prompt (plus requested tokens) does not fit the model's context."""
+
+    def __init__(self, prompt_tokens: int, n_ctx: int, max_tokens: int | None = None) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.n_ctx = n_ctx
+        self.max_tokens = max_tokens
+        msg = f"prompt is {prompt_tokens} tokens but the model's context is {n_ctx} tokens"
+        if max_tokens:
+            msg += f" (with max_tokens={max_tokens} requested)"
+        super().__init__(msg + "; shorten the prompt or lower max_tokens")
+
+
+class InvalidRequestError(EngineError):
+    """Request parameters the engine cannot honour (e.g. a JSON schema it cannot compile)."""
+
+
+class OverloadedError(EngineError):
+    """The engine's queue is full; retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class EngineClosedError(EngineError):
+    """The engine was closed (model unloaded) while the request was pending."""
+
+
+class InputError(EngineError):
+    """Input data (an image, say) is malformed or too large."""
+
+
+class ProviderUnavailableError(EngineError):
+    """A requested execution provider or accelerator is not usable on this box."""

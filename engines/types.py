@@ -1,0 +1,68 @@
+"""Plain data passed between the API layer and engines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick tokens. ``grammar`` is GBNF text (JSON schemas are compiled by the engine)."""
+
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    grammar: str | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A tokenised prompt and its sampling parameters."""
+
+    prompt_tokens: tuple[int, ...]
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New text produced by one or more tokens (``n_tokens``)."""
+
+    text: str
+    n_tokens: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Generation ended. Always the last event of a successful stream."""
+
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Generation failed; the last event of a failed stream."""
+
+    error: Exception
+
+
+GenerationEvent = TextDelta | Finished | Failed
+
+
+@dataclass(frozen=True)
+class LLMInfo:
+    """What an LLM engine reports about its loaded model."""
+
+    n_ctx: int
+    n_ctx_train: int
+    n_embd: int
+    backend: str  # "cpu" or "cuda"
+    n_gpu_layers: int
+    slots: int  # how many sequences decode concurrently
+    chat_template: str | None
