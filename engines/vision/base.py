@@ -1,0 +1,163 @@
+"""The vision engine contract, its options and the factory the model registry calls.
+
+Implementations: ``engines.vision.ocr.OcrEngine`` (PP-OCR det/cls/rec) and
+``engines.vision.detect.YoloEngine`` (YOLOv8/YOLO11 detectors). Only those modules and
+``providers``/``quantize``/``tensorrt`` import onnxruntime.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engines.errors import InvalidRequestError, ModelLoadError
+from engines.vision.image import ImageLimits
+from engines.vision.types import Detections, OcrResult
+
+log = logging.getLogger(__name__)
+
+ImageInput = bytes | np.ndarray  # encoded bytes, or a decoded BGR uint8 array (h, w, 3)
+
+
+@dataclass(frozen=True)
+class VisionOptions:
+    """How vision models are loaded and scheduled.
+
+    ``providers`` is the preference order (short names ``tensorrt``/``cuda``/``cpu`` or
+    full ORT names); None means TensorRT -> CUDA -> CPU, each kept only if it really
+    works. A manifest's own ``providers`` list overrides this strictly (see providers.py).
+    ``max_batch``/``max_wait_ms``/``max_queue`` drive the dynamic batcher (batcher.py
+    documents the measured default).
+    """
+
+    providers: tuple[str, ...] | None = None
+    device_id: int = 0
+    trt_cache_dir: Path | None = None
+    trt_fp16: bool = True
+    trt_int8: bool = False
+    trt_workspace_bytes: int = 2 << 30
+    intra_op_threads: int = 0  # 0: onnxruntime decides (all physical cores)
+    max_batch: int = 1
+    max_wait_ms: float = 2.0
+    max_queue: int = 64
+    limits: ImageLimits = field(default_factory=ImageLimits)
+
+
+class VisionEngine(ABC):
+    """A loaded vision model (ONNX Runtime sessions plus pre/post-processing).
+
+    Thread-safety: ``ocr``/``detect`` may be called from many threads at once; they
+    block until the result is ready, so call them from a worker thread, never the event
+    loop. Inference requests pass through a bounded dynamic batcher per model.
+    """
+
+    kind: str = "vision"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def ocr(self, image: ImageInput) -> OcrResult:
+        """Text lines of ``image`` in reading order; an image without text gives no lines.
+
+        Raises InputError (not an image, truncated, too large), OverloadedError (queue
+        full; ``retry_after`` seconds), EngineClosedError (closed while pending), and
+        InvalidRequestError if this model does not do OCR.
+        """
+        raise InvalidRequestError(f"model {self.name!r} is a {self.kind} model; it does not do OCR")
+
+    def detect(self, image: ImageInput, conf: float = 0.25, iou: float = 0.45) -> Detections:
+        """Objects in ``image`` with confidence >= ``conf`` after class-wise NMS at ``iou``.
+
+        Raises like ``ocr``; InvalidRequestError if this model is not a detector or
+        ``conf``/``iou`` are outside 0..1.
+        """
+        raise InvalidRequestError(
+            f"model {self.name!r} is a {self.kind} model; it does not do object detection")
+
+    @property
+    @abstractmethod
+    def provider(self) -> str:
+        """The execution provider really in use (e.g. ``CPUExecutionProvider``)."""
+
+    @property
+    @abstractmethod
+    def provider_report(self) -> tuple[str, ...]:
+        """One line per faster provider that was skipped, saying why."""
+
+    @property
+    @abstractmethod
+    def memory_bytes(self) -> int:
+        """Approximate host memory held by the loaded sessions (bytes)."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, float]:
+        """Live gauges for /metrics: queue depth, requests, batches, mean batch size."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Fail pending requests with EngineClosedError and free the sessions. Idempotent."""
+
+
+def _files(manifest: Mapping[str, Any]) -> dict[str, str]:
+    files = manifest.get("files")
+    if not isinstance(files, list | tuple) or not files:
+        raise ModelLoadError(f"manifest of {manifest.get('name')!r} lists no files")
+    out = {}
+    for f in files:
+        if isinstance(f, Mapping):
+            out[str(f.get("role", "weights"))] = str(f["path"])
+        else:  # appliance.modelstore.ModelFile or anything with .role/.path
+            out[str(getattr(f, "role", "weights"))] = str(f.path)
+    return out
+
+
+def load_vision_model(manifest: Mapping[str, Any], directory: Path,
+                      options: VisionOptions | None = None) -> VisionEngine:
+    """Load the pack in ``directory`` described by ``manifest`` (the manifest.json dict).
+
+    Uses ``manifest["engine"]`` ("ocr" needs files with roles det/rec and optionally cls;
+    "yolo" needs role "weights"), optional ``providers`` (strict override) and
+    ``class_names``. Raises ModelLoadError for a bad pack and ProviderUnavailableError
+    when an override names a provider that is not usable here.
+    """
+    options = options or VisionOptions()
+    engine = manifest.get("engine")
+    name = str(manifest.get("name", directory.name))
+    files = {role: Path(directory) / path for role, path in _files(manifest).items()}
+    for role, path in files.items():
+        if not path.is_file():
+            raise ModelLoadError(f"model {name!r}: file for role {role!r} missing at {path}")
+    override = manifest.get("providers")
+    if override is not None and (not isinstance(override, list | tuple)
+                                 or not all(isinstance(p, str) for p in override)):
+        raise ModelLoadError(f"model {name!r}: manifest 'providers' must be a list of names")
+    if engine == "ocr":
+        from engines.vision.ocr import OcrEngine
+        missing = {"det", "rec"} - files.keys()
+        if missing:
+            raise ModelLoadError(f"OCR model {name!r} lacks files with roles {sorted(missing)}")
+        return OcrEngine(name, det=files["det"], rec=files["rec"], cls=files.get("cls"),
+                         options=options, override=override)
+    if engine == "yolo":
+        from engines.vision.detect import YoloEngine
+        weights = files.get("weights") or next(iter(files.values()))
+        return YoloEngine(name, weights, options=options, override=override,
+                          class_names=manifest.get("class_names"),
+                          input_size=_input_size(manifest.get("input_shape")))
+    raise ModelLoadError(f"model {name!r}: engine {engine!r} is not a vision engine "
+                         "(expected 'ocr' or 'yolo')")
+
+
+def _input_size(shape: Any) -> tuple[int, int] | None:
+    """(h, w) from a manifest input_shape like [-1, 3, 320, 320]; None if dynamic/absent."""
+    if isinstance(shape, list | tuple) and len(shape) == 4:
+        h, w = shape[2], shape[3]
+        if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+            return h, w
+    return None
