@@ -1,0 +1,97 @@
+"""The one place where errors become HTTP responses (OpenAI error shape everywhere)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from appliance.errors import ApplianceError, ConfigError, ModelNotFoundError, ModelStoreError
+from engines.errors import (
+    ContextLengthError,
+    EngineClosedError,
+    EngineError,
+    InputError,
+    InvalidRequestError,
+    OverloadedError,
+    ProviderUnavailableError,
+)
+
+log = logging.getLogger(__name__)
+
+# (status, OpenAI "type", "code") by error class; the most specific class wins.
+ERROR_MAP: list[tuple[type[Exception], int, str, str | None]] = [
+    (ModelNotFoundError, 404, "invalid_request_error", "model_not_found"),
+    (ContextLengthError, 400, "invalid_request_error", "context_length_exceeded"),
+    (InvalidRequestError, 400, "invalid_request_error", None),
+    (InputError, 400, "invalid_request_error", "invalid_input"),
+    (OverloadedError, 503, "server_overloaded", "queue_full"),
+    (EngineClosedError, 503, "server_error", "model_unloaded"),
+    (ProviderUnavailableError, 503, "server_error", "provider_unavailable"),
+    (ModelStoreError, 409, "invalid_request_error", "model_store"),
+    (ConfigError, 500, "server_error", "config"),
+    (EngineError, 500, "server_error", None),
+    (ApplianceError, 400, "invalid_request_error", None),
+]
+
+
+def error_body(message: str, type_: str, code: str | None = None,
+               param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(status: int, message: str, type_: str, code: str | None = None,
+                   param: str | None = None, headers: dict[str, str] | None = None
+                   ) -> JSONResponse:
+    return JSONResponse(error_body(message, type_, code, param), status_code=status,
+                        headers=headers)
+
+
+def register(extra: list[tuple[type[Exception], int, str, str | None]] | None = None):
+    """Return a function installing the handlers on an app; ``extra`` adds mappings."""
+    table = (extra or []) + ERROR_MAP
+
+    def install(app: FastAPI) -> None:
+        async def known(request: Request, exc: Exception) -> JSONResponse:
+            for cls, status, type_, code in table:
+                if isinstance(exc, cls):
+                    headers = {}
+                    retry = getattr(exc, "retry_after", None)
+                    if retry is not None:
+                        headers["Retry-After"] = str(max(1, round(retry)))
+                    if status >= 500:
+                        log.error("%s on %s: %s", type(exc).__name__, request.url.path, exc)
+                    return error_response(status, str(exc), type_, code, headers=headers)
+            raise exc
+
+        for cls, *_ in table:
+            app.add_exception_handler(cls, known)
+
+        async def validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+            problems = []
+            param = None
+            for e in exc.errors():
+                loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")]
+                param = param or (".".join(loc) or None)
+                problems.append(f"{'.'.join(loc) or 'body'}: {e.get('msg')}")
+            return error_response(400, "Invalid request: " + "; ".join(problems),
+                                  "invalid_request_error", "invalid_request", param)
+
+        async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+            type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+            return error_response(exc.status_code, str(exc.detail), type_, None,
+                                  headers=getattr(exc, "headers", None))
+
+        async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+            log.exception("unhandled error on %s", request.url.path)
+            return error_response(500, "internal error; see the box's log", "server_error")
+
+        app.add_exception_handler(RequestValidationError, validation)
+        app.add_exception_handler(StarletteHTTPException, http)
+        app.add_exception_handler(Exception, unexpected)
+
+    return install

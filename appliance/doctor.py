@@ -1,0 +1,77 @@
+"""`appliance doctor`: what this box has and what really works on it."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from appliance.modelstore import ModelStore
+from appliance.settings import Settings
+
+
+def gpu_info() -> list[str]:
+    """GPU names from nvidia-smi, or an empty list."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        out = subprocess.run([exe, "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def llama_backend() -> dict[str, Any]:
+    """Which llama.cpp backend the installed llama-cpp-python really has."""
+    import llama_cpp
+
+    gpu = bool(llama_cpp.llama_supports_gpu_offload())
+    return {"version": llama_cpp.__version__, "gpu_offload": gpu,
+            "backend": "cuda/gpu" if gpu else "cpu"}
+
+
+def onnx_providers() -> dict[str, Any]:
+    """Compiled-in ONNX Runtime providers and the ones a session really gets."""
+    import onnxruntime as ort
+
+    info: dict[str, Any] = {"version": ort.__version__,
+                            "compiled_in": ort.get_available_providers()}
+    try:
+        from engines.vision.providers import probe_providers
+
+        info["working"] = probe_providers()
+    except ImportError:
+        info["working"] = "vision engine not installed"
+    return info
+
+
+def report(settings: Settings) -> dict[str, Any]:
+    data_dir = settings.data_dir
+    probe = data_dir if data_dir.exists() else Path(".")
+    store = ModelStore(settings.model_root)
+    models = {}
+    for name in store.names():
+        try:
+            problems = store.verify(name)
+            models[name] = "ok" if not problems else "; ".join(problems)
+        except Exception as exc:  # report, do not crash the doctor
+            models[name] = f"error: {exc}"
+    return {
+        "cpu": {"model": platform.processor() or platform.machine(),
+                "cores": os.cpu_count(), "load": os.getloadavg()},
+        "memory": {"total_gb": round(psutil.virtual_memory().total / 2**30, 1),
+                   "available_gb": round(psutil.virtual_memory().available / 2**30, 1)},
+        "gpu": gpu_info() or "none found",
+        "llama_cpp": llama_backend(),
+        "onnxruntime": onnx_providers(),
+        "disk": {"data_dir": str(data_dir.resolve()),
+                 "free_gb": round(shutil.disk_usage(probe).free / 2**30, 1)},
+        "models": models or "store is empty: run `appliance models fetch-defaults`",
+    }

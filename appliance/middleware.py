@@ -1,0 +1,91 @@
+"""ASGI middleware: request metrics, the request log and the body-size cap.
+
+Pure ASGI (not BaseHTTPMiddleware) so streamed responses pass through untouched and the
+request is counted when its last byte has been sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from appliance.api.errors import error_body
+
+log = logging.getLogger(__name__)
+
+
+class ObserveMiddleware:
+    """Counts, times and logs every HTTP request; refuses bodies over the cap with 413."""
+
+    def __init__(self, app: ASGIApp, *, state: Any, max_body: int) -> None:
+        self.app = app
+        self.state = state
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await _reject(send, 413, f"request body over {self.max_body} bytes")
+            return
+        started = time.perf_counter()
+        status = 500
+        received = 0
+        metrics = self.state.metrics
+        metrics.in_flight.inc()
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise BodyTooLarge
+            return message
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, observed_send)
+        except BodyTooLarge:
+            status = 413
+            await _reject(send, 413, f"request body over {self.max_body} bytes")
+        finally:
+            metrics.in_flight.dec()
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            metrics.requests.labels(path, scope["method"], str(status)).inc()
+            metrics.latency.labels(path).observe(elapsed)
+            hook = getattr(self.state, "on_request_done", None)
+            if hook is not None:
+                try:
+                    hook(scope, path, status, elapsed)
+                except Exception:
+                    log.exception("recording request %s failed", path)
+
+
+class BodyTooLarge(Exception):
+    """The body grew past the cap while being read."""
+
+
+async def _reject(send: Send, status: int, message: str) -> None:
+    import json
+
+    body = json.dumps(error_body(message, "invalid_request_error", "body_too_large")).encode()
+    try:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+    except RuntimeError:
+        pass  # response already started; nothing more to say

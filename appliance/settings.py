@@ -1,0 +1,107 @@
+"""Configuration: one TOML file (``appliance.toml``) plus ``APPLIANCE_*`` environment overrides.
+
+Precedence, highest first: explicit overrides (CLI flags), environment, the TOML file,
+the defaults below. Nothing reads settings at import time: call ``load_settings``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from appliance.errors import ConfigError
+
+CONFIG_ENV = "APPLIANCE_CONFIG"
+DEFAULT_CONFIG = Path("appliance.toml")
+
+
+class Settings(BaseSettings):
+    """Every knob of the box. Each field is documented; `appliance config show` prints them."""
+
+    model_config = SettingsConfigDict(env_prefix="APPLIANCE_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address to bind. Loopback unless you mean it.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port of the API.")
+    data_dir: Path = Field(Path("data"), description="Database, licence, keys and model store.")
+    models_dir: Path | None = Field(None, description="Model store; default <data_dir>/models.")
+    wheel_cache: Path | None = Field(
+        None, description="Where fetched model wheels are kept; default <data_dir>/cache/wheels.")
+    default_llm: str = Field("smollm2-135m-instruct", description="Model for readiness checks.")
+    default_ocr: str = Field("ppocr-v4", description="OCR model used when a request names none.")
+    idle_unload_s: float = Field(900.0, ge=0, description="Unload after this idle time (0=never).")
+    memory_budget_mb: int = Field(
+        4096, ge=64, description="Loaded models may use this much RAM; LRU models are unloaded.")
+    llm_engine: str = Field(
+        "batched", pattern="^(batched|simple)$",
+        description="'batched' = continuous batching scheduler; 'simple' = one request at a time.")
+    llm_ctx: int = Field(8192, ge=256, description="Context tokens per LLM (shared by slots).")
+    llm_slots: int = Field(8, ge=1, le=256, description="Sequences decoded together per LLM.")
+    llm_threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores.")
+    llm_gpu_layers: int = Field(-1, description="Layers on the GPU: -1 all if CUDA works, 0 none.")
+    llm_max_queue: int = Field(64, ge=1, description="Waiting requests per LLM before 503.")
+    vision_max_batch: int = Field(1, ge=1, le=64, description="Images per vision batch.")
+    vision_max_wait_ms: float = Field(2.0, ge=0, description="Wait this long to fill a batch.")
+    vision_max_queue: int = Field(64, ge=1, description="Waiting images per model before 503.")
+    max_image_bytes: int = Field(20 << 20, ge=1024, description="Largest image upload accepted.")
+    max_image_pixels: int = Field(40_000_000, ge=1024, description="Largest decoded image.")
+    max_body_bytes: int = Field(32 << 20, ge=1024, description="Largest request body accepted.")
+    tls_cert: Path | None = Field(None, description="PEM certificate to serve HTTPS.")
+    tls_key: Path | None = Field(None, description="PEM private key to serve HTTPS.")
+    cors_origins: list[str] = Field(default_factory=list, description="CORS origins; off if empty.")
+    log_level: str = Field("info", description="debug, info, warning or error.")
+    clock_tolerance_h: float = Field(24.0, ge=0, description="Clock may go back this far.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, v: str) -> str:
+        if v.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("log_level must be debug, info, warning or error")
+        return v.lower()
+
+    @property
+    def model_root(self) -> Path:
+        return self.models_dir or self.data_dir / "models"
+
+    @property
+    def wheel_dir(self) -> Path:
+        return self.wheel_cache or self.data_dir / "cache" / "wheels"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "appliance.db"
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from ``config`` (or $APPLIANCE_CONFIG, or ./appliance.toml if present)."""
+    path = config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    file_values: dict[str, Any] = {}
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    if path is not None:
+        try:
+            file_values = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    env_keys = {name for name in Settings.model_fields
+                if f"APPLIANCE_{name.upper()}" in os.environ}
+    values = {k: v for k, v in file_values.items() if k not in env_keys}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid configuration ({path or 'environment'}): {problems}") from exc
+
+
+def describe(settings: Settings) -> list[tuple[str, Any, str]]:
+    """(name, effective value, description) for every field, for `config show`."""
+    return [(name, getattr(settings, name), field.description or "")
+            for name, field in Settings.model_fields.items()]
