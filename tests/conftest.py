@@ -29,3 +29,87 @@ def model_store() -> ModelStore:
 @pytest.fixture(scope="session")
 def gguf_path(model_store: ModelStore) -> Path:
     return model_store.file_path(LLM)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Box:
+    """A real `appliance serve` subprocess on a loopback port."""
+
+    def __init__(self, data_dir: Path, models_dir: Path, env: dict[str, str] | None = None):
+        import subprocess
+        import sys
+
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        full_env = dict(os.environ)
+        full_env.update({
+            "APPLIANCE_DATA_DIR": str(data_dir),
+            "APPLIANCE_MODELS_DIR": str(models_dir),
+            "APPLIANCE_LLM_CTX": "2048",
+            "APPLIANCE_LLM_THREADS": "2",
+            "APPLIANCE_LOG_LEVEL": "info",
+            "APPLIANCE_CONFIG": os.devnull,
+            "PYTHONUNBUFFERED": "1",
+        })
+        full_env.update(env or {})
+        self.log_path = data_dir / "server.log"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "serve", "--port", str(self.port)],
+            env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        import time
+
+        import httpx
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"server not healthy: {self.log_path.read_text()[-3000:]}")
+
+    @property
+    def api_key(self) -> str:
+        key = self.data_dir / "admin.key"
+        return key.read_text().strip() if key.is_file() else "no-key"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except Exception:
+            self.proc.kill()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def box(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory):
+    """One real server for the API tests (SmolLM2 served from the test model store)."""
+    server = Box(tmp_path_factory.mktemp("box"), model_store.root)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(box: Box):
+    """The official OpenAI client pointed at the box."""
+    import openai
+
+    return openai.OpenAI(base_url=box.base_url + "/v1", api_key=box.api_key, max_retries=0)

@@ -1,0 +1,45 @@
+"""Configuration precedence and errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.errors import ConfigError
+from appliance.settings import describe, load_settings
+
+
+def test_file_then_env_then_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "appliance.toml"
+    cfg.write_text('port = 9000\nllm_slots = 4\nlog_level = "debug"\n')
+    monkeypatch.setenv("APPLIANCE_LLM_SLOTS", "6")
+    s = load_settings(cfg)
+    assert (s.port, s.llm_slots, s.log_level) == (9000, 6, "debug")
+    assert load_settings(cfg, port=9100).port == 9100
+    assert s.host == "127.0.0.1"
+    assert not s.cors_origins
+
+
+def test_invalid_values_are_reported(tmp_path: Path) -> None:
+    cfg = tmp_path / "appliance.toml"
+    cfg.write_text("port = 99999\n")
+    with pytest.raises(ConfigError, match="port"):
+        load_settings(cfg)
+    cfg.write_text("not toml = = =")
+    with pytest.raises(ConfigError, match="TOML"):
+        load_settings(cfg)
+    cfg.write_text("no_such_setting = 1\n")
+    with pytest.raises(ConfigError, match="no_such_setting"):
+        load_settings(cfg)
+
+
+def test_every_field_is_documented(tmp_path: Path) -> None:
+    rows = describe(load_settings(_empty(tmp_path)))
+    assert rows and all(doc for _, _, doc in rows)
+
+
+def _empty(tmp: Path) -> Path:
+    p = tmp / "empty.toml"
+    p.write_text("")
+    return p
