@@ -29,8 +29,11 @@ def background(kind: str, h: int, w: int, rng: np.random.Generator) -> np.ndarra
     return np.full((h, w, 3), (245, 240, 230), np.uint8)
 
 
+Box = tuple[int, int, int, int]
+
+
 def render_page(texts: list[str], kind: str = "plain", angle: float = 0.0, seed: int = 0,
-                width: int = 1000) -> tuple[np.ndarray, list[tuple[str, tuple[int, int, int, int]]]]:
+                width: int = 1000) -> tuple[np.ndarray, list[tuple[str, Box]]]:
     """An image with one text line per entry; returns it and (text, xyxy box) per line."""
     rng = np.random.default_rng(seed)
     line_h = 90

@@ -109,7 +109,7 @@ def test_class_names_parsed_safely() -> None:
 @pytest.mark.slow
 def test_detect_end_to_end(yolo_engine) -> None:
     img = _scene(3, 480, 640)
-    ok, buf = cv2.imencode(".jpg", img)
+    _, buf = cv2.imencode(".jpg", img)
     res = yolo_engine.detect(buf.tobytes(), conf=0.01, iou=0.5)
     assert (res.width, res.height) == (640, 480)
     assert all(0 <= d.box[0] <= d.box[2] <= 640 for d in res.items)

@@ -22,7 +22,7 @@ def test_rendered_text_is_read_back(ocr_engine) -> None:
     exact = loose = total = 0
     for kind, angle in [("plain", 0.0), ("gradient", 2.0), ("noise", -3.0), ("dark", 1.5)]:
         img, _ = render_page(LINES, kind, angle)
-        ok, buf = cv2.imencode(".png", img)
+        _, buf = cv2.imencode(".png", img)
         res = ocr_engine.ocr(buf.tobytes())
         got = [line.text for line in res.lines]
         assert len(got) == len(LINES), (kind, got)
