@@ -1,4 +1,12 @@
-"""Errors raised by licensing; every one is a LicenseError."""
+"""Errors raised by licensing; every one is a LicenseError.
+
+The API maps them to HTTP by type: ``Unauthenticated`` -> 401; ``Forbidden`` and its
+subclasses (``NotEntitled``, ``LicenceExpired``, ``LicenceMissing``, ``ClockTampered``) -> 403;
+``RateLimited`` -> 429 with ``Retry-After``; ``NotFound`` -> 404; ``SeatLimitReached`` and
+``InvalidInput`` -> 409/400; the file/format errors are for the CLI and import endpoint.
+"""
+
+from __future__ import annotations
 
 
 class LicenseError(Exception):
@@ -7,3 +15,67 @@ class LicenseError(Exception):
 
 class SignatureError(LicenseError):
     """A signature, key id or algorithm is not acceptable."""
+
+
+class FormatError(LicenseError):
+    """A document is not well-formed: bad JSON, too large, too deep, wrong type or fields."""
+
+
+class FingerprintMismatch(LicenseError):
+    """The licence is bound to another machine (two or more fingerprint components differ)."""
+
+
+class LicenceNotYetValid(LicenseError):
+    """The licence's valid-from time is still in the future."""
+
+
+class InvalidInput(LicenseError):
+    """An argument given by an admin or vendor is out of range (empty name, bad role...)."""
+
+
+class NotFound(LicenseError):
+    """A seat, key or other record does not exist."""
+
+
+class SeatLimitReached(LicenseError):
+    """Creating another seat would exceed the licensed seat count."""
+
+
+class StateError(LicenseError):
+    """Local licensing state (keys, state file) is missing or unreadable."""
+
+
+class Unauthenticated(LicenseError):
+    """No API key, an unknown key, or a revoked key (HTTP 401)."""
+
+
+class Forbidden(LicenseError):
+    """Authenticated but not allowed (HTTP 403)."""
+
+
+class NotEntitled(Forbidden):
+    """The licence does not cover the requested model or feature."""
+
+
+class LicenceMissing(Forbidden):
+    """No licence is installed (and no evaluation licence either)."""
+
+
+class LicenceExpired(Forbidden):
+    """The licence is past its grace period; inference is refused, admin still works."""
+
+    def __init__(self, licence_id: str, message: str) -> None:
+        super().__init__(message)
+        self.licence_id = licence_id
+
+
+class ClockTampered(Forbidden):
+    """Trusted time went backwards or local state was restored; needs an admin ack."""
+
+
+class RateLimited(LicenseError):
+    """A per-seat limit is exhausted; retry after ``retry_after`` seconds (HTTP 429)."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))

@@ -1,0 +1,184 @@
+"""Clock-tamper and restored-state detection.
+
+Trusted time is a high-water mark of UTC epoch seconds (time zones never matter). It is
+raised on every start and on every periodic ``tick`` to ``max(wall clock, previous mark +
+monotonic seconds elapsed while running)``, so trusted time keeps moving even if the wall
+clock is frozen. If the wall clock is ever more than ``tolerance`` behind the mark, the box
+locks inference until an admin acknowledges (``acknowledge``) or a fresh activation is
+imported.
+
+A monotonic counter is mirrored in two places: the ``licensing_clock`` table in the box's
+database and the ``clock.state`` file in the data directory. Every tick bumps both; if they
+disagree at the next tick, one of them was restored from an older copy -> locked.
+
+What IS detected:
+- the clock set back by more than the tolerance relative to the highest time seen (at any
+  start or tick), including several small set-backs that add up, and a wall clock frozen
+  or slowed while the box runs for longer than the tolerance;
+- the database copied back from an older backup (or the state file alone), or either one
+  deleted while the other still exists.
+What is NOT detected:
+- the clock set back before the box first ran, or set back by less than the tolerance;
+- time that passes while the box is switched off, if the clock is then set back to just
+  after the last shutdown (a powered-off box has no trusted time source);
+- the clock set *forward* (harmless to the vendor: it only shortens the licence);
+- the database AND the state file restored together from one consistent snapshot, or the
+  whole data directory wiped (that also removes the licence, so a new activation is needed);
+- an attacker with root who edits both copies consistently or patches this code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import sqlite_utils
+
+from licensing import schema
+from licensing.errors import StateError
+from licensing.storage import atomic_write, immediate
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOLERANCE = 24 * 3600
+TABLE = "licensing_clock"
+
+
+@dataclass(frozen=True)
+class ClockState:
+    """Persisted clock facts; ``locked`` holds a reason or is empty."""
+
+    high_water: int
+    counter: int
+    locked: str = ""
+
+
+@dataclass(frozen=True)
+class ClockVerdict:
+    """Result of one tick: the new state to persist and whether it newly locked."""
+
+    state: ClockState
+    newly_locked: bool
+
+
+def advance(
+    state: ClockState | None,
+    now: int,
+    tolerance: int,
+    mono_elapsed: float = 0.0,
+    file_counter: int | None = None,
+) -> ClockVerdict:
+    """Pure tick: compare ``now`` with the mark and the two counters; return the next state.
+
+    ``mono_elapsed`` is monotonic time since the previous tick in this process (0 at start).
+    ``file_counter`` is the counter read from the state file (``None`` if it is missing).
+    """
+    if state is None:
+        if file_counter is not None:
+            reason = "licensing state file exists but the database has no clock record (restored?)"
+            return ClockVerdict(ClockState(now, file_counter + 1, reason), True)
+        return ClockVerdict(ClockState(high_water=now, counter=1), False)
+    reason = state.locked
+    if not reason and file_counter != state.counter:
+        reason = (
+            f"restored state detected: database counter {state.counter} but state file "
+            f"counter {file_counter if file_counter is not None else 'missing'}"
+        )
+    mark = max(state.high_water + int(mono_elapsed), state.high_water)
+    if not reason and now < mark - tolerance:
+        reason = (
+            f"clock went back {(mark - now) / 3600:.1f} h behind trusted time "
+            f"(tolerance {tolerance / 3600:.1f} h)"
+        )
+    new = ClockState(high_water=max(mark, now), counter=state.counter + 1, locked=reason)
+    return ClockVerdict(new, bool(reason) and not state.locked)
+
+
+class ClockGuard:
+    """I/O driver: keeps ``ClockState`` in the database and mirrors the counter in a file."""
+
+    def __init__(
+        self,
+        db: sqlite_utils.Database,
+        state_path: Path,
+        tolerance: int = DEFAULT_TOLERANCE,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.db, self.state_path, self.tolerance = db, Path(state_path), tolerance
+        self._clock, self._mono = clock, monotonic
+        self._last_mono: float | None = None
+
+    def migrate(self) -> None:
+        schema.migrate(self.db)
+
+    def _load_db(self) -> ClockState | None:
+        row = self.db.execute(f"SELECT high_water, counter, locked FROM {TABLE}").fetchone()
+        return None if row is None else ClockState(int(row[0]), int(row[1]), row[2] or "")
+
+    def _load_file(self) -> int | None:
+        try:
+            data = json.loads(self.state_path.read_text())
+            return int(data["counter"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StateError(f"clock state file {self.state_path} is unreadable: {exc}") from exc
+
+    def _save(self, state: ClockState) -> None:
+        self.db.execute(
+            f"INSERT OR REPLACE INTO {TABLE} (id, high_water, counter, locked) VALUES (1, ?, ?, ?)",
+            [state.high_water, state.counter, state.locked],
+        )
+        payload = {"counter": state.counter, "high_water": state.high_water}
+        atomic_write(self.state_path, json.dumps(payload).encode(), mode=0o600)
+
+    def state(self) -> ClockState | None:
+        """Current persisted state without ticking."""
+        self.migrate()
+        return self._load_db()
+
+    def tick(self) -> ClockState:
+        """Record the time now (call at start and periodically); return the new state."""
+        self.migrate()
+        now, mono = int(self._clock()), self._mono()
+        elapsed = 0.0 if self._last_mono is None else max(0.0, mono - self._last_mono)
+        with immediate(self.db):
+            verdict = advance(self._load_db(), now, self.tolerance, elapsed, self._load_file_safe())
+            self._save(verdict.state)
+        self._last_mono = mono
+        if verdict.newly_locked:
+            log.warning("licensing: inference locked: %s", verdict.state.locked)
+        return verdict.state
+
+    def _load_file_safe(self) -> int | None:
+        try:
+            return self._load_file()
+        except StateError as exc:
+            log.warning("%s", exc)
+            return -1
+
+    def acknowledge(self) -> ClockState:
+        """Admin accepts the current wall clock as trusted time and unlocks."""
+        return self._reset("acknowledged")
+
+    def reset_on_activation(self) -> ClockState:
+        """A fresh activation re-bases trusted time and clears any lock."""
+        return self._reset("fresh activation")
+
+    def _reset(self, why: str) -> ClockState:
+        self.migrate()
+        now = int(self._clock())
+        with immediate(self.db):
+            old = self._load_db()
+            counter = max(old.counter if old else 0, self._load_file_safe() or 0) + 1
+            if old and old.locked:
+                log.warning("licensing: clock lock cleared (%s): %s", why, old.locked)
+            new = ClockState(high_water=now, counter=counter)
+            self._save(new)
+        self._last_mono = self._mono()
+        return replace(new)

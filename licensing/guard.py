@@ -1,0 +1,340 @@
+"""``LicenseGuard``: the one object the API asks on every ``/v1/*`` request.
+
+``check(api_key, model, feature)`` returns a frozen ``SeatContext`` or raises
+Unauthenticated (401), ClockTampered / LicenceMissing / LicenceExpired / NotEntitled /
+Forbidden (403); ``with guard.slot(ctx):`` applies per-seat limits (RateLimited -> 429).
+The licence is verified once and re-read only when its file changes (checked at most every
+``refresh_interval`` seconds); key -> seat lookups are cached for ``key_ttl`` seconds and
+dropped at once when a key or seat changes through this guard's ``seats`` store. A key
+revoked by another process (the CLI) stops working within ``key_ttl``.
+
+The admin methods (``create_seat``, ``issue_key``, ``revoke_key``...) write an audit row
+each; admin endpoints authenticate with ``check_admin``, which works even when the licence
+has expired or the clock is locked, so an admin can always repair the box.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from licensing.activation import Activation, Installed
+from licensing.audit import AuditLog
+from licensing.clock import DEFAULT_TOLERANCE, ClockGuard, ClockState
+from licensing.errors import (
+    ClockTampered,
+    Forbidden,
+    LicenceExpired,
+    LicenceMissing,
+    NotEntitled,
+)
+from licensing.fingerprint import collect_facts
+from licensing.limits import SeatLimiter
+from licensing.seats import IssuedKey, KeyInfo, Seat, SeatLimits, SeatStore
+from licensing.storage import atomic_write
+from licensing.verify import EXPIRED, MISSING, LicenceStatus, expired_message, status_of
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "appliance.db"
+
+
+@dataclass(frozen=True)
+class SeatContext:
+    """Who is calling and under which licence state (passed to handlers and metering)."""
+
+    seat_id: int
+    name: str
+    role: str
+    key_id: str
+    licence_state: str
+    evaluation: bool
+    days_left: int
+    licence_id: str
+    limits: SeatLimits
+
+
+@dataclass(frozen=True)
+class GuardStatus:
+    """Everything the status endpoint, TUI header and CLI show."""
+
+    licence: LicenceStatus
+    seats_used: int
+    clock_locked: str
+    trusted_time: int
+
+    @property
+    def label(self) -> str:
+        return "LOCKED (CLOCK)" if self.clock_locked else self.licence.label
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "licence": self.licence.to_json(),
+            "label": self.label,
+            "seats_used": self.seats_used,
+            "seats_total": self.licence.seats,
+            "clock_locked": self.clock_locked,
+            "trusted_time": self.trusted_time,
+        }
+
+
+class LicenseGuard:
+    """Licence state, seats, keys, limits, clock and audit for one data directory."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        db: sqlite_utils.Database,
+        *,
+        trusted_keys: Mapping[str, bytes] | None = None,
+        tolerance: int = DEFAULT_TOLERANCE,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        facts: Callable[[], Mapping[str, str]] = collect_facts,
+        key_ttl: float = 5.0,
+        refresh_interval: float = 60.0,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self._clock, self._mono = clock, monotonic
+        self.key_ttl, self.refresh_interval = key_ttl, refresh_interval
+        self.activation = Activation(self.data_dir, trusted_keys, clock=clock, facts=facts)
+        self.seats = SeatStore(db, clock)
+        self.seats.migrate()
+        self.audit = AuditLog(db, clock)
+        self.clock = ClockGuard(db, self.data_dir / "clock.state", tolerance, clock, monotonic)
+        self.limiter = SeatLimiter(self.seats.tokens_on, clock)
+        self._lock = threading.Lock()
+        self._keys: dict[bytes, tuple[Seat, str, float]] = {}
+        self.seats.add_listener(self._invalidate)
+        self._installed: Installed = self.activation.installed()
+        self._licence_mtime = self._mtime()
+        self._clock_state: ClockState = self.clock.tick()
+        self._last_refresh = monotonic()
+
+    # state ---------------------------------------------------------------------------
+    def _mtime(self) -> float:
+        try:
+            return self.activation.licence_path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+    def refresh(self, force: bool = False) -> None:
+        """Tick the trusted clock and re-read the licence if its file changed."""
+        now = self._mono()
+        if not force and now - self._last_refresh < self.refresh_interval:
+            return
+        with self._lock:
+            self._last_refresh = now
+            self._clock_state = self.clock.tick()
+            mtime = self._mtime()
+            if force or mtime != self._licence_mtime:
+                self._installed = self.activation.installed()
+                self._licence_mtime = mtime
+                self._keys.clear()
+
+    def status(self) -> GuardStatus:
+        """Current licence status (re-evaluated against ``now``), seats and clock state."""
+        self.refresh()
+        inst = self._installed
+        licence = inst.status
+        if inst.verified is not None:
+            licence = status_of(inst.verified.licence, int(self._clock()), licence.fingerprint)
+        return GuardStatus(
+            licence=licence,
+            seats_used=self.seats.count_seats(),
+            clock_locked=self._clock_state.locked,
+            trusted_time=self._clock_state.high_water,
+        )
+
+    def _invalidate(self, key_id: str) -> None:
+        with self._lock:
+            if key_id == "*":
+                self._keys.clear()
+            else:
+                self._keys = {h: v for h, v in self._keys.items() if v[1] != key_id}
+
+    # per request ---------------------------------------------------------------------
+    def authenticate(self, api_key: str) -> tuple[Seat, str]:
+        """(seat, key id) for ``api_key``, cached briefly; Unauthenticated otherwise."""
+        digest = hashlib.sha256((api_key or "").encode()).digest()
+        now = self._mono()
+        hit = self._keys.get(digest)
+        if hit is not None and hit[2] > now:
+            return hit[0], hit[1]
+        seat, key_id = self.seats.authenticate(api_key)
+        with self._lock:
+            self._keys[digest] = (seat, key_id, now + self.key_ttl)
+        return seat, key_id
+
+    def check(
+        self, api_key: str, model: str | None = None, feature: str | None = None
+    ) -> SeatContext:
+        """Authenticate and authorise one inference request (see module docstring)."""
+        self.refresh()
+        seat, key_id = self.authenticate(api_key)
+        if self._clock_state.locked:
+            raise ClockTampered(
+                f"inference is locked: {self._clock_state.locked}. An admin must run "
+                "'appliance-license ack-clock' or import a fresh activation"
+            )
+        verified = self._installed.verified
+        if verified is None:
+            raise LicenceMissing(self._installed.error or "no licence is installed")
+        lic = verified.licence
+        now = int(self._clock())
+        if now >= lic.grace_ends_at:
+            raise LicenceExpired(lic.licence_id, expired_message(lic))
+        if now < lic.valid_from:
+            raise Forbidden(f"licence {lic.licence_id} is not valid yet")
+        if model is not None and not lic.entitlements.allows_model(model):
+            raise NotEntitled(f"licence {lic.licence_id} does not cover model {model!r}")
+        if feature is not None and not lic.entitlements.allows_feature(feature):
+            raise NotEntitled(f"licence {lic.licence_id} does not include feature {feature!r}")
+        state = "valid" if now < lic.expires_at else "grace"
+        days_left = max(0, -(-(lic.expires_at - now) // 86_400))
+        if state == "grace":
+            days_left = max(0, -(-(lic.grace_ends_at - now) // 86_400))
+        return SeatContext(
+            seat_id=seat.id, name=seat.name, role=seat.role, key_id=key_id,
+            licence_state=state, evaluation=lic.evaluation, days_left=days_left,
+            licence_id=lic.licence_id, limits=seat.limits,
+        )  # fmt: skip
+
+    def check_admin(self, api_key: str) -> SeatContext:
+        """Authenticate an admin; ignores licence expiry and clock locks on purpose."""
+        seat, key_id = self.authenticate(api_key)
+        if seat.role != "admin":
+            raise Forbidden(f"seat {seat.name!r} is not an admin")
+        st = self.status().licence
+        return SeatContext(
+            seat_id=seat.id, name=seat.name, role=seat.role, key_id=key_id,
+            licence_state=st.state, evaluation=st.evaluation, days_left=st.days_left,
+            licence_id=st.licence_id, limits=seat.limits,
+        )  # fmt: skip
+
+    @contextlib.contextmanager
+    def slot(self, ctx: SeatContext) -> Iterator[None]:
+        """Hold a concurrency slot for the request; RateLimited(retry_after) if over limits."""
+        self.limiter.acquire(ctx.seat_id, ctx.name, ctx.limits)
+        try:
+            yield
+        finally:
+            self.limiter.release(ctx.seat_id)
+
+    def record_usage(
+        self, ctx: SeatContext, *, route: str, model: str, status: int,
+        tokens_in: int = 0, tokens_out: int = 0, images: int = 0,
+    ) -> None:  # fmt: skip
+        """Meter one finished request for the caller's seat."""
+        ts = self._clock()
+        self.limiter.add_tokens(ctx.seat_id, tokens_in + tokens_out, ts)
+        self.seats.record_usage(
+            ctx.seat_id, route=route, model=model, status=status, tokens_in=tokens_in,
+            tokens_out=tokens_out, images=images, ts=ts,
+        )  # fmt: skip
+
+    # admin ---------------------------------------------------------------------------
+    def seat_capacity(self) -> int:
+        verified = self._installed.verified
+        return verified.licence.seats if verified is not None else 0
+
+    def create_seat(
+        self, actor: str, name: str, contact: str = "", role: str = "user",
+        limits: SeatLimits | None = None,
+    ) -> Seat:  # fmt: skip
+        seat = self.seats.create_seat(name, contact, role, limits, max_seats=self.seat_capacity())
+        self.audit.append(actor, "seat.create", {"seat_id": seat.id, "name": name, "role": role})
+        return seat
+
+    def delete_seat(self, actor: str, seat_id: int) -> None:
+        self.seats.delete_seat(seat_id)
+        self.audit.append(actor, "seat.delete", {"seat_id": seat_id})
+
+    def set_limits(self, actor: str, seat_id: int, limits: SeatLimits) -> Seat:
+        seat = self.seats.set_limits(seat_id, limits)
+        self.audit.append(actor, "seat.limits", {"seat_id": seat_id, **seat.to_json()})
+        return seat
+
+    def issue_key(self, actor: str, seat_id: int) -> IssuedKey:
+        issued = self.seats.issue_key(seat_id)
+        self.audit.append(actor, "key.issue", {"seat_id": seat_id, "key_id": issued.info.key_id})
+        return issued
+
+    def revoke_key(self, actor: str, key_id: str) -> KeyInfo:
+        info = self.seats.revoke_key(key_id)
+        self.audit.append(actor, "key.revoke", {"seat_id": info.seat_id, "key_id": key_id})
+        return info
+
+    def rotate_key(self, actor: str, key_id: str) -> IssuedKey:
+        issued = self.seats.rotate_key(key_id)
+        self.audit.append(actor, "key.rotate", {"old_key_id": key_id, "key_id": issued.info.key_id})
+        return issued
+
+    def import_licence(self, actor: str, data: bytes) -> GuardStatus:
+        """Verify and install an activation; clears a clock lock (fresh activation)."""
+        verified = self.activation.install(data)
+        self.clock.reset_on_activation()
+        lic = verified.licence
+        self.audit.append(
+            actor, "licence.import",
+            {"licence_id": lic.licence_id, "customer": lic.customer, "seats": lic.seats,
+             "expires_at": lic.expires_at, "evaluation": lic.evaluation},
+        )  # fmt: skip
+        self.refresh(force=True)
+        return self.status()
+
+    def acknowledge_clock(self, actor: str) -> GuardStatus:
+        """Admin accepts the current clock; unlocks inference and records why it was locked."""
+        reason = self.clock.state().locked if self.clock.state() else ""
+        self.clock.acknowledge()
+        self.audit.append(actor, "clock.acknowledge", {"was_locked": reason})
+        self.refresh(force=True)
+        return self.status()
+
+    def deactivate(self, actor: str) -> bytes:
+        lic = self._installed.verified
+        receipt = self.activation.deactivate()
+        self.audit.append(
+            actor, "licence.deactivate", {"licence_id": lic.licence.licence_id if lic else ""}
+        )
+        self.refresh(force=True)
+        return receipt
+
+
+def bootstrap_evaluation(
+    data_dir: Path, db: sqlite_utils.Database, **guard_kwargs: Any
+) -> Path | None:
+    """First start without a licence: create the evaluation licence and an admin seat.
+
+    With no licence installed and no evaluation ever started here, installs an EVALUATION
+    licence (3 seats, 30 days). If the box has no seats yet and a usable licence, creates
+    seat ``admin`` and writes its API key to ``data_dir/admin.key`` (0600). Returns that
+    path when it was written by this call, else ``None``.
+    """
+    guard = LicenseGuard(data_dir, db, **guard_kwargs)
+    status = guard.status().licence
+    if status.state == MISSING and not guard.activation.evaluation_used():
+        verified = guard.activation.create_evaluation()
+        guard.audit.append(
+            "system", "licence.evaluation",
+            {"licence_id": verified.licence.licence_id, "expires_at": verified.licence.expires_at},
+        )  # fmt: skip
+        guard.refresh(force=True)
+        status = guard.status().licence
+    if guard.seats.count_seats() or status.state in (MISSING, EXPIRED):
+        return None
+    seat = guard.create_seat("system", "admin", "", "admin")
+    issued = guard.issue_key("system", seat.id)
+    path = Path(data_dir) / "admin.key"
+    atomic_write(path, (issued.secret + "\n").encode(), mode=0o600)
+    log.warning("licensing: created admin seat; its API key is in %s (mode 0600)", path)
+    return path

@@ -1,0 +1,201 @@
+"""Licence data: the frozen ``Licence`` object, its JSON form, and safe JSON loading.
+
+A licence file is ``{"licence": {...}, "signature": {"kid", "alg", "sig"}}``; the signature
+covers ``canonical_json(licence)``. Parsing here is strict (every field typed, unknown
+fields refused) so that any change to a signed document is either a format error or a
+signature error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from licensing.errors import FormatError
+
+LICENCE_FORMAT = "appliance-licence/1"
+REQUEST_FORMAT = "appliance-activation-request/1"
+RECEIPT_FORMAT = "appliance-deactivation/1"
+DAY = 86_400
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on documents read from disk or from a customer/vendor."""
+
+    max_bytes: int = 64 * 1024
+    max_depth: int = 8
+    max_globs: int = 256
+    max_seats: int = 100_000
+    eval_max_seats: int = 3
+    eval_max_days: int = 30
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise FormatError(f"duplicate JSON key {k!r}")
+        out[k] = v
+    return out
+
+
+def _depth(obj: Any, limit: int, level: int = 1) -> None:
+    if level > limit:
+        raise FormatError(f"JSON is nested deeper than {limit} levels")
+    if isinstance(obj, dict):
+        for v in obj.values():
+            _depth(v, limit, level + 1)
+    elif isinstance(obj, list):
+        for v in obj:
+            _depth(v, limit, level + 1)
+
+
+def load_json(data: bytes, limits: Limits = Limits(), what: str = "document") -> dict[str, Any]:
+    """Parse ``data`` as a JSON object within ``limits``; raise FormatError otherwise."""
+    if not isinstance(data, bytes | bytearray):
+        raise FormatError(f"{what} must be bytes")
+    if len(data) > limits.max_bytes:
+        raise FormatError(f"{what} is {len(data)} bytes; the limit is {limits.max_bytes}")
+    try:
+        obj = json.loads(bytes(data).decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except FormatError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise FormatError(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise FormatError(f"{what} must be a JSON object, not {type(obj).__name__}")
+    _depth(obj, limits.max_depth)
+    return obj
+
+
+def _get(d: dict[str, Any], key: str, typ: type | tuple[type, ...], what: str) -> Any:
+    if key not in d:
+        raise FormatError(f"{what}: missing field {key!r}")
+    value = d[key]
+    if (typ is int and isinstance(value, bool)) or not isinstance(value, typ):
+        raise FormatError(f"{what}: field {key!r} has the wrong type")
+    return value
+
+
+def _strs(value: Any, key: str, what: str, limit: int) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > limit:
+        raise FormatError(f"{what}: field {key!r} must be a list of at most {limit} strings")
+    if not all(isinstance(v, str) and 0 < len(v) <= 128 for v in value):
+        raise FormatError(f"{what}: field {key!r} must hold non-empty short strings")
+    return tuple(value)
+
+
+def check_keys(d: dict[str, Any], allowed: set[str], what: str) -> None:
+    """Refuse fields outside ``allowed`` (a typo or tampering, not a forward extension)."""
+    extra = set(d) - allowed
+    if extra:
+        raise FormatError(f"{what}: unknown field(s) {sorted(extra)}")
+
+
+@dataclass(frozen=True)
+class Entitlements:
+    """Which models (names or globs) and features a licence covers."""
+
+    models: tuple[str, ...]
+    features: tuple[str, ...]
+
+    def allows_model(self, model: str) -> bool:
+        return any(fnmatchcase(model, pattern) for pattern in self.models)
+
+    def allows_feature(self, feature: str) -> bool:
+        return "*" in self.features or feature in self.features
+
+
+@dataclass(frozen=True)
+class Licence:
+    """A verified licence. Times are UTC epoch seconds."""
+
+    licence_id: str
+    customer: str
+    seats: int
+    entitlements: Entitlements
+    valid_from: int
+    expires_at: int
+    grace_days: int
+    issued_at: int
+    kid: str
+    fingerprint: dict[str, Any] = field(compare=False)
+    evaluation: bool = False
+    box_key: str = ""
+    request_nonce: str = ""
+
+    @property
+    def grace_ends_at(self) -> int:
+        return self.expires_at + self.grace_days * DAY
+
+    def to_json(self) -> dict[str, Any]:
+        """The signed body, exactly as issued."""
+        return {
+            "format": LICENCE_FORMAT,
+            "licence_id": self.licence_id,
+            "customer": self.customer,
+            "seats": self.seats,
+            "models": list(self.entitlements.models),
+            "features": list(self.entitlements.features),
+            "valid_from": self.valid_from,
+            "expires_at": self.expires_at,
+            "grace_days": self.grace_days,
+            "issued_at": self.issued_at,
+            "kid": self.kid,
+            "fingerprint": self.fingerprint,
+            "evaluation": self.evaluation,
+            "box_key": self.box_key,
+            "request_nonce": self.request_nonce,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], limits: Limits = Limits()) -> Licence:
+        """Build from a signed body; FormatError on any missing, extra or mistyped field."""
+        what = "licence"
+        check_keys(d, set(cls.template_keys()), what)
+        if _get(d, "format", str, what) != LICENCE_FORMAT:
+            raise FormatError(f"licence format is not {LICENCE_FORMAT!r}")
+        licence_id = _get(d, "licence_id", str, what)
+        if not ID_RE.match(licence_id):
+            raise FormatError("licence: licence_id has invalid characters")
+        seats = _get(d, "seats", int, what)
+        if not 1 <= seats <= limits.max_seats:
+            raise FormatError(f"licence: seats must be 1..{limits.max_seats}")
+        times = {k: _get(d, k, int, what) for k in ("valid_from", "expires_at", "issued_at")}
+        if times["expires_at"] <= times["valid_from"]:
+            raise FormatError("licence: expires_at must be after valid_from")
+        grace = _get(d, "grace_days", int, what)
+        if not 0 <= grace <= 365:
+            raise FormatError("licence: grace_days must be 0..365")
+        fp = _get(d, "fingerprint", dict, what)
+        return cls(
+            licence_id=licence_id,
+            customer=_get(d, "customer", str, what),
+            seats=seats,
+            entitlements=Entitlements(
+                models=_strs(d.get("models"), "models", what, limits.max_globs),
+                features=_strs(d.get("features"), "features", what, limits.max_globs),
+            ),
+            valid_from=times["valid_from"],
+            expires_at=times["expires_at"],
+            grace_days=grace,
+            issued_at=times["issued_at"],
+            kid=_get(d, "kid", str, what),
+            fingerprint=fp,
+            evaluation=_get(d, "evaluation", bool, what),
+            box_key=_get(d, "box_key", str, what),
+            request_nonce=_get(d, "request_nonce", str, what),
+        )
+
+    @staticmethod
+    def template_keys() -> tuple[str, ...]:
+        return (
+            "format", "licence_id", "customer", "seats", "models", "features", "valid_from",
+            "expires_at", "grace_days", "issued_at", "kid", "fingerprint", "evaluation",
+            "box_key", "request_nonce",
+        )  # fmt: skip

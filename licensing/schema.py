@@ -1,0 +1,70 @@
+"""The licensing tables in the box's database and their versioned migrations.
+
+Licensing owns its tables; ``migrate(db)`` creates or upgrades them and records the version
+in ``licensing_schema``. Every class that uses them (SeatStore, AuditLog, ClockGuard)
+calls it, so the order of construction does not matter. Idempotent and cheap once done.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import sqlite_utils
+
+from licensing.storage import immediate
+
+log = logging.getLogger(__name__)
+
+V1 = [
+    """CREATE TABLE IF NOT EXISTS seats (
+        id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, contact TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('user', 'admin')),
+        max_concurrent INTEGER NOT NULL, requests_per_minute INTEGER NOT NULL,
+        tokens_per_day INTEGER NOT NULL, created_at INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS api_keys (
+        id TEXT PRIMARY KEY, seat_id INTEGER NOT NULL REFERENCES seats(id),
+        prefix TEXT NOT NULL, salt TEXT NOT NULL, hash TEXT NOT NULL,
+        created_at INTEGER NOT NULL, revoked_at INTEGER)""",
+    "CREATE INDEX IF NOT EXISTS api_keys_seat ON api_keys (seat_id)",
+    """CREATE TABLE IF NOT EXISTS usage (
+        id INTEGER PRIMARY KEY, seat_id INTEGER NOT NULL, ts INTEGER NOT NULL,
+        day TEXT NOT NULL, month TEXT NOT NULL, route TEXT NOT NULL, model TEXT NOT NULL,
+        status INTEGER NOT NULL, tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL,
+        images INTEGER NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS usage_seat_day ON usage (seat_id, day)",
+    """CREATE TABLE IF NOT EXISTS audit_log (
+        id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, actor TEXT NOT NULL,
+        action TEXT NOT NULL, details TEXT NOT NULL, prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS licensing_clock (
+        id INTEGER PRIMARY KEY CHECK (id = 1), high_water INTEGER NOT NULL,
+        counter INTEGER NOT NULL, locked TEXT NOT NULL)""",
+]
+
+MIGRATIONS: list[list[str]] = [V1]
+VERSION = len(MIGRATIONS)
+
+
+def version(db: sqlite_utils.Database) -> int:
+    """Schema version recorded in the database (0 when never migrated)."""
+    if "licensing_schema" not in db.table_names():
+        return 0
+    row = db.execute("SELECT MAX(version) FROM licensing_schema").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Create or upgrade the licensing tables; return the schema version."""
+    if version(db) >= VERSION:
+        return VERSION
+    with immediate(db):
+        db.execute("CREATE TABLE IF NOT EXISTS licensing_schema (version INTEGER NOT NULL)")
+        current = int(db.execute("SELECT MAX(version) FROM licensing_schema").fetchone()[0] or 0)
+        for number, statements in enumerate(MIGRATIONS, start=1):
+            if number <= current:
+                continue
+            for sql in statements:
+                db.execute(sql)
+            db.execute("INSERT INTO licensing_schema (version) VALUES (?)", [number])
+            log.info("licensing schema migrated to version %d", number)
+    return VERSION
