@@ -32,7 +32,7 @@ def _png_bomb(w: int, h: int) -> bytes:
 @pytest.mark.parametrize("ext", [".png", ".jpg", ".webp", ".bmp"])
 def test_header_matches_real_encoders(ext: str) -> None:
     img = _img()
-    _, buf = cv2.imencode(ext, img)
+    ok, buf = cv2.imencode(ext, img)
     assert ok
     header = read_header(buf.tobytes())
     assert (header.width, header.height) == (53, 37)
@@ -41,7 +41,7 @@ def test_header_matches_real_encoders(ext: str) -> None:
 
 
 def test_lossless_webp_header() -> None:
-    _, buf = cv2.imencode(".webp", _img(20, 300), [cv2.IMWRITE_WEBP_QUALITY, 101])
+    ok, buf = cv2.imencode(".webp", _img(20, 300), [cv2.IMWRITE_WEBP_QUALITY, 101])
     assert ok and buf.tobytes()[12:16] == b"VP8L"
     assert (read_header(buf.tobytes()).width, read_header(buf.tobytes()).height) == (300, 20)
 
