@@ -13,21 +13,14 @@ import pytest
 _ROOT = str(Path(__file__).resolve().parents[3])
 if sys.path[:1] != [_ROOT]:
     sys.path.insert(0, _ROOT)
-sys.path.insert(1, str(Path(__file__).parent))  # for the helper module render.py
+sys.path.insert(1, str(Path(__file__).parent))  # for vision_helpers.py
 if getattr(sys.modules.get("engines"), "__file__", "") is None:
     del sys.modules["engines"]
 
+from vision_helpers import DETECTOR, OCR, load  # noqa: E402
+
 from appliance.modelstore import ModelStore  # noqa: E402
-from engines.vision.base import VisionEngine, VisionOptions, load_vision_model  # noqa: E402
-
-OCR = "ppocr-v4"
-DETECTOR = "yolov8n-320-nudenet"
-
-
-def load(store: ModelStore, name: str, options: VisionOptions | None = None,
-         **manifest_extra: object) -> VisionEngine:
-    manifest = {**store.manifest(name).to_json(), **manifest_extra}
-    return load_vision_model(manifest, store.path(name), options or VisionOptions())
+from engines.vision.base import VisionEngine  # noqa: E402
 
 
 @pytest.fixture(scope="session")

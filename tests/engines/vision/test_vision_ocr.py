@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from render import LINES, render_page
+from vision_helpers import LINES, render_page
 
 from engines.vision.ocr import ctc_greedy, db_boxes, offset_polygon, order_box, unclip
 

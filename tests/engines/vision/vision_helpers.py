@@ -1,9 +1,22 @@
-"""Test images with known text, drawn with OpenCV (no fonts or files needed)."""
+"""Helpers for the vision tests: loading real packs, drawing text images with OpenCV."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from appliance.modelstore import ModelStore
+from engines.vision.base import VisionEngine, VisionOptions, load_vision_model
+
+OCR = "ppocr-v4"
+DETECTOR = "yolov8n-320-nudenet"
+
+
+def load(store: ModelStore, name: str, options: VisionOptions | None = None,
+         **manifest_extra: object) -> VisionEngine:
+    """Load a pack of the test store the way the registry does (manifest dict + folder)."""
+    manifest = {**store.manifest(name).to_json(), **manifest_extra}
+    return load_vision_model(manifest, store.path(name), options or VisionOptions())
 
 LINES = [
     "Hello World 2026",
