@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,14 @@ class VisionOptions:
     ``providers`` is the preference order (short names ``tensorrt``/``cuda``/``cpu`` or
     full ORT names); None means TensorRT -> CUDA -> CPU, each kept only if it really
     works. A manifest's own ``providers`` list overrides this strictly (see providers.py).
+    ``cache_dir`` holds TensorRT engine caches (default: ``.trt-cache`` beside the model).
     ``max_batch``/``max_wait_ms``/``max_queue`` drive the dynamic batcher (batcher.py
-    documents the measured default).
+    documents the measured default). ``max_image_*`` cap every uploaded image.
     """
 
     providers: tuple[str, ...] | None = None
     device_id: int = 0
-    trt_cache_dir: Path | None = None
+    cache_dir: Path | None = None
     trt_fp16: bool = True
     trt_int8: bool = False
     trt_workspace_bytes: int = 2 << 30
@@ -46,7 +47,13 @@ class VisionOptions:
     max_batch: int = 1
     max_wait_ms: float = 2.0
     max_queue: int = 64
-    limits: ImageLimits = field(default_factory=ImageLimits)
+    max_image_bytes: int = ImageLimits.max_bytes
+    max_image_pixels: int = ImageLimits.max_pixels
+    max_image_side: int = ImageLimits.max_side
+
+    @property
+    def limits(self) -> ImageLimits:
+        return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.max_image_side)
 
 
 class VisionEngine(ABC):

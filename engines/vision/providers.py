@@ -80,7 +80,7 @@ def provider_options(provider: str, options: VisionOptions, model: Path | None =
                      ) -> dict[str, Any]:
     """ORT options for ``provider``: TensorRT engine cache, FP16/INT8, workspace; CUDA device."""
     if provider == TRT:
-        cache = options.trt_cache_dir or ((model.parent / ".trt-cache") if model else None)
+        cache = options.cache_dir or ((model.parent / ".trt-cache") if model else None)
         opts: dict[str, Any] = {
             "device_id": options.device_id,
             "trt_fp16_enable": options.trt_fp16,

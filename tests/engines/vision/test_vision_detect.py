@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from vision_helpers import scene
 
 from engines.errors import InvalidRequestError
 from engines.vision.detect import decode, parse_class_names, preprocess
@@ -46,21 +47,10 @@ def reference_decode(out: np.ndarray, lb: Letterbox, conf: float, iou: float
     return result
 
 
-def _scene(seed: int, h: int, w: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = np.full((h, w, 3), rng.integers(40, 220, 3), np.uint8)
-    for _ in range(12):
-        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
-        color = tuple(int(v) for v in rng.integers(0, 255, 3))
-        cv2.ellipse(img, (x, y), (int(rng.integers(10, w // 3)), int(rng.integers(10, h // 3))),
-                    float(rng.integers(0, 180)), 0, 360, color, -1)
-    return img
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(("seed", "shape"), [(0, (480, 640)), (1, (640, 360)), (2, (300, 900))])
 def test_decode_matches_reference_on_real_output(yolo_engine, seed, shape) -> None:
-    img = _scene(seed, *shape)
+    img = scene(seed, *shape)
     x, lb = preprocess(img, yolo_engine.input_size)
     raw = yolo_engine.run_raw(x)[0]
     assert raw.shape[0] == 4 + len(yolo_engine.names)
@@ -108,7 +98,7 @@ def test_class_names_parsed_safely() -> None:
 
 @pytest.mark.slow
 def test_detect_end_to_end(yolo_engine) -> None:
-    img = _scene(3, 480, 640)
+    img = scene(3, 480, 640)
     _, buf = cv2.imencode(".jpg", img)
     res = yolo_engine.detect(buf.tobytes(), conf=0.01, iou=0.5)
     assert (res.width, res.height) == (640, 480)

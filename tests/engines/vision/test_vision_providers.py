@@ -57,7 +57,7 @@ def test_manifest_override_of_absent_provider_is_a_clear_error(model_store) -> N
 
 
 def test_tensorrt_options(tmp_path) -> None:
-    opts = provider_options(TRT, VisionOptions(trt_cache_dir=tmp_path / "trt", trt_fp16=True,
+    opts = provider_options(TRT, VisionOptions(cache_dir=tmp_path / "trt", trt_fp16=True,
                                                trt_workspace_bytes=1 << 30))
     assert opts["trt_engine_cache_enable"] is True
     assert opts["trt_engine_cache_path"] == str(tmp_path / "trt")

@@ -65,3 +65,15 @@ def render_page(texts: list[str], kind: str = "plain", angle: float = 0.0, seed:
         m = cv2.getRotationMatrix2D((width / 2, h / 2), angle, 1.0)
         img = cv2.warpAffine(img, m, (width, h), borderMode=cv2.BORDER_REPLICATE)
     return img, boxes
+
+
+def scene(seed: int, h: int, w: int) -> np.ndarray:
+    """Coloured ellipses on a flat background (gives the detector weak candidates)."""
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w, 3), rng.integers(40, 220, 3), np.uint8)
+    for _ in range(12):
+        x, y = int(rng.integers(0, w)), int(rng.integers(0, h))
+        color = tuple(int(v) for v in rng.integers(0, 255, 3))
+        cv2.ellipse(img, (x, y), (int(rng.integers(10, w // 3)), int(rng.integers(10, h // 3))),
+                    float(rng.integers(0, 180)), 0, 360, color, -1)
+    return img
