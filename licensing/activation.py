@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from licensing import crypto
-from licensing.errors import FormatError, StateError
+from licensing.errors import FormatError, LicenceDeactivated, StateError
 from licensing.fingerprint import Fingerprint, collect_facts, match, new_salt
 from licensing.model import (
     DAY,
@@ -186,6 +186,11 @@ class Activation:
     def install(self, data: bytes) -> VerifiedLicence:
         """Verify ``data`` (expired or foreign -> error) and install it atomically."""
         verified = self.verify(data)
+        lid = verified.licence.licence_id
+        if (self.data_dir / "receipts" / f"{lid}.json").exists():
+            raise LicenceDeactivated(
+                f"licence {lid} was deactivated on this box; ask the vendor for a new activation"
+            )
         ensure_dir(self.data_dir)
         atomic_write(self.licence_path, data)
         log.info(

@@ -25,6 +25,10 @@ class FingerprintMismatch(LicenseError):
     """The licence is bound to another machine (two or more fingerprint components differ)."""
 
 
+class LicenceDeactivated(LicenseError):
+    """This licence was deactivated on this box (a receipt exists); it cannot come back."""
+
+
 class LicenceNotYetValid(LicenseError):
     """The licence's valid-from time is still in the future."""
 

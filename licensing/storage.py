@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import tempfile
 import threading
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 import sqlite_utils
 
-_locks: weakref.WeakKeyDictionary[sqlite3.Connection, _ConnLock] = weakref.WeakKeyDictionary()
 _locks_guard = threading.Lock()
+_ATTR = "_licensing_tx_lock"
 
 
 class _ConnLock:
@@ -65,10 +63,12 @@ def read_limited(path: Path, max_bytes: int) -> bytes:
 
 
 def _lock_for(db: sqlite_utils.Database) -> _ConnLock:
+    """The lock kept on the Database object itself (sqlite3 connections take no attributes)."""
     with _locks_guard:
-        lock = _locks.get(db.conn)
+        lock = db.__dict__.get(_ATTR)
         if lock is None:
-            lock = _locks[db.conn] = _ConnLock()
+            lock = _ConnLock()
+            setattr(db, _ATTR, lock)
         return lock
 
 
