@@ -249,7 +249,7 @@ class SeatStore:
     def list_keys(self, seat_id: int) -> list[KeyInfo]:
         rows = self.db.execute(
             "SELECT id, seat_id, prefix, created_at, revoked_at FROM api_keys"
-            " WHERE seat_id = ? ORDER BY created_at, id",
+            " WHERE seat_id = ? ORDER BY created_at, rowid",
             [seat_id],
         )
         return [KeyInfo(*r) for r in rows]
