@@ -30,8 +30,8 @@ from firmware.service import (
     SystemdServiceManager,
 )
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _expires(text: str) -> datetime:
