@@ -6,7 +6,8 @@ nothing on disk and is reported only to the ``audit`` callback. After verificati
 step is recorded in ``update_history`` and announced to ``progress`` as ``("step:<name>",
 0, 0)``; byte progress comes as ``("verify"|"extract", done, total)``.
 
-Release steps: lock, record, stage, venv, arm, switch, restart, health, commit.
+Release steps: lock, record, stage, venv, arm, switch, restart, health, commit, finish
+(and revert instead of commit when the health check fails).
 Models/config steps: lock, record, stage, install, commit.
 
 For tests and fault drills the environment variable ``APPLIANCE_UPDATE_PAUSE_AT=<step>``
@@ -63,7 +64,7 @@ Audit = Callable[[str, dict[str, Any]], None]
 Progress = Callable[[str, int, int], None]
 PAUSE_ENV = "APPLIANCE_UPDATE_PAUSE_AT"
 RELEASE_STEPS = ("verify", "lock", "record", "stage", "venv", "arm", "switch", "restart",
-                 "health", "commit")
+                 "health", "commit", "finish")
 OTHER_STEPS = ("verify", "lock", "record", "stage", "install", "commit")
 
 
@@ -292,6 +293,7 @@ class Updater:
             return ApplyResult(row, m.type, m.version, "rolled-back", reason, previous)
         self._step("commit", row)
         self.slots.commit(target)
+        self._step("finish", row)
         self.state.set_installed("release", m.version)
         self.state.finish(row, "success", f"slot {target} committed")
         return ApplyResult(row, m.type, m.version, "success", f"slot {target}", target)
