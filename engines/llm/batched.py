@@ -1,0 +1,496 @@
+"""Continuous batching over llama.cpp: one scheduler thread, one ``llama_decode`` per step.
+
+Each step builds one batch holding the next token of every generating sequence plus
+chunks of the prompts still being read (chunked prefill, so a long prompt never stalls
+the others), decodes it once and samples one token per sequence that asked for logits.
+Sequence ids are slot numbers; a finished or cancelled sequence's KV cells are dropped
+with ``llama_memory_seq_rm`` before the next step.
+
+Determinism: the context keeps one KV stream per slot (``kv_unified=False``). With a
+unified cache a sequence's cells are interleaved with other sequences' cells, so the
+order in which attention sums its own values depends on its neighbours and greedy output
+can drift from the solo result; with one stream per slot a sequence always sees exactly
+the cells, in the same order, that it would see alone.
+
+Context size: ``n_ctx`` is the total KV budget shared by all slots; each slot (one
+request) gets ``n_ctx // slots`` tokens, rounded up to llama.cpp's 256-token padding
+and capped at the model's training context. ``info.n_ctx`` reports the per-slot size.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engines.base import EventSink, GenerationHandle, LLMEngine
+from engines.errors import (
+    ContextLengthError,
+    EngineClosedError,
+    EngineError,
+    InvalidRequestError,
+    OverloadedError,
+)
+from engines.llm.chat import render_chat
+from engines.llm.lowlevel import (
+    Batch,
+    Context,
+    ContextConfig,
+    Model,
+    Sampler,
+    gpu_offload_supported,
+    prompt_ids,
+)
+from engines.llm.textstream import TextStream
+from engines.types import (
+    Failed,
+    Finished,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    LLMInfo,
+    TextDelta,
+)
+
+log = logging.getLogger(__name__)
+
+EMBED_CTX = 2048  # tokens per text for embed(); capped at the model's training context
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class _Handle(GenerationHandle):
+    """Cancellation flag shared between the caller and the scheduler."""
+
+    def __init__(self, wake: threading.Condition) -> None:
+        self._wake = wake
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        with self._wake:
+            self.cancelled = True
+            self._wake.notify_all()
+
+
+@dataclass(eq=False)
+class _Seq:
+    """One request, from the queue through its slot to its last event."""
+
+    id: int
+    prompt: list[int]
+    max_tokens: int
+    request: GenerationRequest
+    sink: EventSink
+    handle: _Handle
+    stream: TextStream
+    slot: int = -1
+    sampler: Sampler | None = None
+    n_past: int = 0  # tokens of this sequence already in the KV cache
+    next_token: int | None = None  # sampled, not yet decoded
+    n_generated: int = 0
+    unsent_tokens: int = 0  # tokens whose text the stream is still holding back
+    deferred: bool = False
+    done: bool = False
+    events: list[GenerationEvent] = field(default_factory=list)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_past < len(self.prompt)
+
+
+class BatchedLlamaEngine(LLMEngine):
+    """A GGUF model served to up to ``slots`` concurrent generations by continuous batching.
+
+    ``n_ctx`` is the total KV cache across slots (see the module docstring); ``max_queue``
+    bounds the requests waiting for a slot; ``prefill_chunk`` bounds the prompt tokens
+    read per step.
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        n_ctx: int = 8192,
+        slots: int = 8,
+        n_threads: int | None = None,
+        n_gpu_layers: int | None = None,
+        max_queue: int = 64,
+        prefill_chunk: int = 256,
+    ) -> None:
+        if slots < 1 or max_queue < 0 or prefill_chunk < 1 or n_ctx < slots:
+            raise ValueError("need slots >= 1, max_queue >= 0, prefill_chunk >= 1, n_ctx >= slots")
+        if n_gpu_layers is None:
+            n_gpu_layers = -1 if gpu_offload_supported() else 0
+        self._threads = n_threads or _default_threads()
+        self._slots = slots
+        self._max_queue = max_queue
+        self._prefill_chunk = prefill_chunk
+        self._n_gpu_layers = n_gpu_layers
+        self._model = Model(Path(model_path), n_gpu_layers=n_gpu_layers)
+        try:
+            per_slot = min(max(1, n_ctx // slots), self._model.n_ctx_train)
+            self._ctx = Context(self._model, ContextConfig(
+                n_ctx=per_slot * slots,
+                n_batch=prefill_chunk + slots,
+                n_seq_max=slots,
+                n_threads=self._threads,
+            ))
+            self._batch = Batch(prefill_chunk + slots)
+        except BaseException:
+            self._model.close()
+            raise
+        self._n_ctx_slot = min(self._ctx.n_ctx_seq, self._model.n_ctx_train)
+        self._chat_template = self._model.meta("tokenizer.chat_template")
+        self._bos_text = self._model.bos_text()
+        self._eos_text = self._model.eos_text()
+        self._info = LLMInfo(
+            n_ctx=self._n_ctx_slot,
+            n_ctx_train=self._model.n_ctx_train,
+            n_embd=self._model.n_embd,
+            backend="cuda" if n_gpu_layers != 0 and gpu_offload_supported() else "cpu",
+            n_gpu_layers=n_gpu_layers,
+            slots=slots,
+            chat_template=self._chat_template,
+        )
+        self._cond = threading.Condition()
+        self._queue: deque[_Seq] = deque()  # guarded by _cond
+        self._closing = False  # guarded by _cond
+        self._running: dict[int, _Seq] = {}  # slot -> seq; scheduler thread only
+        self._ids = itertools.count(1)
+        self._stats = {
+            "steps": 0.0, "last_batch_tokens": 0.0, "last_step_ms": 0.0, "deferred": 0.0,
+            "requests_total": 0.0, "requests_failed": 0.0, "requests_cancelled": 0.0,
+            "prompt_tokens_total": 0.0, "completion_tokens_total": 0.0, "decode_seconds": 0.0,
+        }
+        self._embed_lock = threading.Lock()  # serialises embed(); taken before _life_lock
+        self._life_lock = threading.Lock()  # held by callers of the model outside the scheduler
+        self._embed_ctx: Context | None = None
+        self._embed_batch: Batch | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"llm-batched-{self._model.path.stem}", daemon=True
+        )
+        self._thread.start()
+        log.info(
+            "loaded %s: %d slots x %d tokens, %d threads, n_gpu_layers=%d",
+            self._model.path.name, slots, self._n_ctx_slot, self._threads, n_gpu_layers,
+        )
+
+    # ----------------------------------------------------------------- public API
+
+    @property
+    def info(self) -> LLMInfo:
+        return self._info
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        with self._life_lock:  # the model must outlive the call
+            if self._model.ptr is None:
+                raise EngineClosedError("the model is unloaded")
+            return self._model.tokenize(text, add_special=True, parse_special=special)
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        return render_chat(
+            messages,
+            self._chat_template,
+            bos_token=self._bos_text,
+            eos_token=self._eos_text,
+        )
+
+    def json_schema_grammar(self, schema: dict) -> str:
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        try:
+            return json_schema_to_gbnf(json.dumps(schema))
+        except Exception as exc:  # the converter raises plain Exceptions of many kinds
+            raise InvalidRequestError(f"unsupported JSON schema: {exc}") from exc
+
+    def submit(self, request: GenerationRequest, sink: EventSink) -> GenerationHandle:
+        prompt = prompt_ids(self._model, request.prompt_tokens)
+        if not prompt:
+            raise InvalidRequestError("the prompt is empty")
+        s = request.sampling
+        if s.max_tokens is not None and s.max_tokens < 1:
+            raise InvalidRequestError("max_tokens must be at least 1")
+        room = self._n_ctx_slot - len(prompt)
+        if room < 1 or (s.max_tokens is not None and s.max_tokens > room):
+            raise ContextLengthError(len(prompt), self._n_ctx_slot, s.max_tokens)
+        handle = _Handle(self._cond)
+        seq = _Seq(
+            id=next(self._ids),
+            prompt=prompt,
+            max_tokens=s.max_tokens if s.max_tokens is not None else room,
+            request=request,
+            sink=sink,
+            handle=handle,
+            stream=TextStream(stop=tuple(x for x in s.stop if x)),
+        )
+        with self._cond:
+            if self._closing:
+                raise EngineClosedError("the model is being unloaded")
+            if len(self._queue) >= self._max_queue:
+                raise OverloadedError(
+                    f"{len(self._queue)} requests are already waiting for this model",
+                    retry_after=self._retry_after(),
+                )
+            self._queue.append(seq)
+            self._cond.notify_all()
+        return handle
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        with self._embed_lock:
+            if self._model.ptr is None:
+                raise EngineClosedError("the model is unloaded")
+            ctx, batch = self._embedder()
+            out = []
+            for text in texts:
+                ids = self._model.tokenize(text, add_special=True, parse_special=False)
+                if not ids:
+                    raise InvalidRequestError("cannot embed an empty input")
+                if len(ids) > ctx.n_ctx:
+                    raise ContextLengthError(len(ids), ctx.n_ctx)
+                ctx.forget(-1)
+                batch.clear()
+                for pos, tok in enumerate(ids):
+                    batch.add(tok, pos, 0, True)
+                ctx.decode(batch)
+                vec = ctx.embedding(0, self._model.n_embd)
+                norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+                out.append([v / norm for v in vec])
+            return out
+
+    def stats(self) -> dict[str, float]:
+        with self._cond:
+            queue = len(self._queue)
+        return {
+            **self._stats,
+            "queue_depth": float(queue),
+            "active_slots": float(len(self._running)),
+            "slots": float(self._slots),
+        }
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        with self._embed_lock:
+            for obj in (self._embed_batch, self._embed_ctx):
+                if obj is not None:
+                    obj.close()
+            self._embed_ctx = self._embed_batch = None
+            with self._life_lock:
+                self._model.close()
+
+    # ----------------------------------------------------------------- scheduler
+
+    def _retry_after(self) -> float:
+        step = self._stats["last_step_ms"] / 1000.0 or 0.05
+        return round(max(1.0, step * len(self._queue) / self._slots * 16), 1)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._closing and not self._queue and not self._running:
+                        self._cond.wait()
+                    if self._closing:
+                        return
+                    admitted, dropped = self._take_from_queue()
+                for seq in dropped:
+                    self._finish(seq, "cancelled")
+                for seq in admitted:
+                    self._start(seq)
+                for seq in list(self._running.values()):
+                    if seq.handle.cancelled:
+                        self._finish(seq, "cancelled")
+                if self._running:
+                    self._step()
+        except BaseException as exc:  # keep the engine's promise: every sink gets an end
+            log.exception("LLM scheduler crashed")
+            for seq in list(self._running.values()):
+                self._fail(seq, EngineError(f"the LLM scheduler crashed: {exc}"))
+        finally:
+            self._shutdown()
+
+    def _take_from_queue(self) -> tuple[list[_Seq], list[_Seq]]:
+        """Under the lock: pull cancelled and admissible requests off the queue."""
+        dropped = [s for s in self._queue if s.handle.cancelled]
+        for s in dropped:
+            self._queue.remove(s)
+        admitted = []
+        free = [i for i in range(self._slots) if i not in self._running]
+        while self._queue and free:
+            seq = self._queue.popleft()
+            seq.slot = free.pop(0)  # lowest first: keeps seq ids contiguous in the batch
+            self._running[seq.slot] = seq
+            admitted.append(seq)
+        for seq in self._queue:
+            if not seq.deferred:
+                seq.deferred = True
+                self._stats["deferred"] += 1
+        return admitted, dropped
+
+    def _start(self, seq: _Seq) -> None:
+        s = seq.request.sampling
+        self._stats["requests_total"] += 1
+        try:
+            seq.sampler = Sampler(
+                self._model, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
+                grammar=s.grammar,
+            )
+        except EngineError as exc:
+            self._fail(seq, exc)
+            return
+        self._ctx.forget(seq.slot)
+
+    def _plan(self) -> list[tuple[_Seq, int]]:
+        """How many tokens each running sequence puts into this step's batch."""
+        budget = self._batch.capacity - sum(1 for s in self._running.values() if not s.prefilling)
+        take: dict[int, int] = {}
+        for seq in sorted(self._running.values(), key=lambda s: s.id):  # oldest prompt first
+            if seq.prefilling:
+                n = min(len(seq.prompt) - seq.n_past, self._prefill_chunk, budget)
+                budget -= n
+                take[seq.slot] = n
+            else:
+                take[seq.slot] = 1
+        return [(self._running[slot], n) for slot, n in sorted(take.items()) if n > 0]
+
+    def _step(self) -> None:
+        batch = self._batch
+        batch.clear()
+        wants: list[tuple[_Seq, int]] = []
+        plan = self._plan()
+        for seq, n in plan:
+            if seq.prefilling:
+                end = seq.n_past + n
+                for pos in range(seq.n_past, end):
+                    last = pos == len(seq.prompt) - 1
+                    i = batch.add(seq.prompt[pos], pos, seq.slot, last)
+                    if last:
+                        wants.append((seq, i))
+            else:
+                assert seq.next_token is not None
+                wants.append((seq, batch.add(seq.next_token, seq.n_past, seq.slot, True)))
+        t0 = time.perf_counter()
+        try:
+            self._ctx.decode(batch)
+        except EngineError as exc:
+            log.error("decode of %d tokens failed: %s", len(batch), exc)
+            for seq, _ in plan:
+                self._fail(seq, exc)
+            return
+        dt = time.perf_counter() - t0
+        st = self._stats
+        st["steps"] += 1
+        st["last_batch_tokens"] = float(len(batch))
+        st["last_step_ms"] = dt * 1000.0
+        st["decode_seconds"] += dt
+        for seq, n in plan:
+            if seq.prefilling:
+                st["prompt_tokens_total"] += n
+            seq.n_past += n
+        for seq, index in wants:
+            self._advance(seq, index)
+
+    def _advance(self, seq: _Seq, index: int) -> None:
+        """Sample the next token of ``seq`` and decide whether it goes on."""
+        assert seq.sampler is not None
+        token = seq.sampler.sample(self._ctx, index)
+        if self._model.is_eog(token):
+            self._finish(seq, "stop")
+            return
+        seq.n_generated += 1
+        self._stats["completion_tokens_total"] += 1
+        seq.unsent_tokens += 1
+        text = seq.stream.push(self._model.piece(token))
+        if text:
+            self._emit(seq, TextDelta(text, seq.unsent_tokens))
+            seq.unsent_tokens = 0
+        if seq.done:  # the sink raised
+            return
+        if seq.stream.stopped:
+            self._finish(seq, "stop")
+        elif seq.n_generated >= seq.max_tokens or seq.n_past >= self._n_ctx_slot:
+            self._finish(seq, "length")
+        else:
+            seq.next_token = token
+
+    # ----------------------------------------------------------------- endings
+
+    def _release(self, seq: _Seq) -> None:
+        seq.done = True
+        if seq.slot >= 0 and self._running.get(seq.slot) is seq:
+            del self._running[seq.slot]
+            self._ctx.forget(seq.slot)
+        if seq.sampler is not None:
+            seq.sampler.close()
+            seq.sampler = None
+
+    def _finish(self, seq: _Seq, reason: FinishReason) -> None:
+        if seq.done:
+            return
+        tail = seq.stream.flush() if reason != "cancelled" else ""
+        self._release(seq)
+        if reason == "cancelled":
+            self._stats["requests_cancelled"] += 1
+        if tail:
+            self._deliver(seq, TextDelta(tail, seq.unsent_tokens))
+        self._deliver(seq, Finished(reason, len(seq.prompt), seq.n_generated))
+
+    def _fail(self, seq: _Seq, error: Exception) -> None:
+        if seq.done:
+            return
+        self._release(seq)
+        self._stats["requests_failed"] += 1
+        self._deliver(seq, Failed(error))
+
+    def _emit(self, seq: _Seq, event: GenerationEvent) -> None:
+        """Send a mid-stream event; a sink that raises is treated as a cancelled client."""
+        if not self._deliver(seq, event):
+            self._release(seq)
+            self._stats["requests_cancelled"] += 1
+
+    def _deliver(self, seq: _Seq, event: GenerationEvent) -> bool:
+        try:
+            seq.sink(event)
+            return True
+        except Exception:
+            log.exception("event sink of request %d raised; dropping the request", seq.id)
+            return False
+
+    def _shutdown(self) -> None:
+        with self._cond:
+            self._closing = True
+            queued = list(self._queue)
+            self._queue.clear()
+        closed = EngineClosedError("the model was unloaded before the request finished")
+        for seq in [*self._running.values(), *queued]:
+            self._fail(seq, closed)
+        self._batch.close()
+        self._ctx.close()
+
+    # ----------------------------------------------------------------- embeddings
+
+    def _embedder(self) -> tuple[Context, Batch]:
+        """The embeddings context, created on first use (caller holds ``_embed_lock``)."""
+        if self._embed_ctx is None or self._embed_batch is None:
+            n = min(EMBED_CTX, self._model.n_ctx_train)
+            self._embed_ctx = Context(self._model, ContextConfig(
+                n_ctx=n, n_batch=n, n_seq_max=1, n_threads=self._threads, embeddings=True,
+            ))
+            self._embed_batch = Batch(n)
+        return self._embed_ctx, self._embed_batch

@@ -1,0 +1,291 @@
+"""Thin, owned wrappers around llama.cpp's C API (via llama-cpp-python's ctypes bindings).
+
+Each class owns one C object and frees it in ``close``. Nothing here is thread-safe on its
+own: a ``Context`` and its ``Batch`` belong to one thread (the scheduler's), the ``Model``
+and its vocabulary are read-only after loading and may be shared.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+
+from engines.errors import EngineError, InvalidRequestError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+_native_log = logging.getLogger("llama_cpp.native")
+_NATIVE_LEVELS = {3: logging.WARNING, 4: logging.ERROR}  # ggml: 1 debug, 2 info, 5 continued
+
+
+@llama_cpp.llama_log_callback
+def _route_native_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    lvl = _NATIVE_LEVELS.get(level, logging.DEBUG)
+    if _native_log.isEnabledFor(lvl):
+        _native_log.log(lvl, "%s", text.decode("utf-8", errors="replace").rstrip("\n"))
+
+
+def _init_backend() -> None:
+    """Initialise llama.cpp once per process; its log lines go to Python logging."""
+    global _backend_ready
+    with _backend_lock:
+        if _backend_ready:
+            return
+        llama_cpp.llama_backend_init()
+        llama_cpp.llama_log_set(_route_native_log, ctypes.c_void_p(0))
+        _backend_ready = True
+
+
+def gpu_offload_supported() -> bool:
+    """True when this llama.cpp build can offload layers to a GPU."""
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+class Model:
+    """A GGUF model loaded into memory; its vocabulary and metadata."""
+
+    def __init__(self, path: Path, *, n_gpu_layers: int) -> None:
+        _init_backend()
+        if not Path(path).is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not ptr:
+            raise ModelLoadError(f"llama.cpp could not load {path}")
+        self.ptr = ptr
+        self.path = Path(path)
+        self.vocab = llama_cpp.llama_model_get_vocab(ptr)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.n_embd = int(llama_cpp.llama_model_n_embd(ptr))
+        self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(ptr))
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self._piece_cache: dict[int, bytes] = {}
+
+    def meta(self, key: str) -> str | None:
+        """A metadata string from the GGUF header, or None when absent."""
+        size = 1024
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_model_meta_val_str(self.ptr, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", errors="replace")
+            size = n + 1
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """Token ids of ``text``."""
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        while True:
+            out = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(
+                self.vocab, data, len(data), out, cap, add_special, parse_special
+            )
+            if n >= 0:
+                return list(out[:n])
+            cap = -n
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for (special tokens rendered as text); cached."""
+        cached = self._piece_cache.get(token)
+        if cached is not None:
+            return cached
+        size = 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, size, 0, True)
+            if n >= 0:
+                piece = buf.raw[:n]
+                self._piece_cache[token] = piece
+                return piece
+            size = -n
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary text of a token id ("" when out of range)."""
+        if not 0 <= token < self.n_vocab:
+            return ""
+        return self.piece(token).decode("utf-8", errors="replace")
+
+    def is_eog(self, token: int) -> bool:
+        """End-of-generation token (EOS, EOT, ...)."""
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def bos_text(self) -> str:
+        return self.token_text(int(llama_cpp.llama_vocab_bos(self.vocab)))
+
+    def eos_text(self) -> str:
+        return self.token_text(int(llama_cpp.llama_vocab_eos(self.vocab)))
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_model_free(self.ptr)
+            self.ptr = None
+
+
+@dataclass(frozen=True)
+class ContextConfig:
+    """Settings for one llama.cpp context."""
+
+    n_ctx: int
+    n_batch: int
+    n_seq_max: int
+    n_threads: int
+    embeddings: bool = False
+    # One KV stream per sequence: a sequence's cells never mix with another's, which keeps
+    # greedy output identical whatever else shares the batch (see batched.py).
+    kv_unified: bool = False
+
+
+class Context:
+    """A llama.cpp context (KV cache + compute buffers) on a loaded model."""
+
+    def __init__(self, model: Model, config: ContextConfig) -> None:
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = config.n_ctx
+        params.n_batch = config.n_batch
+        params.n_ubatch = config.n_batch
+        params.n_seq_max = config.n_seq_max
+        params.n_threads = config.n_threads
+        params.n_threads_batch = config.n_threads
+        params.kv_unified = config.kv_unified
+        params.no_perf = True
+        if config.embeddings:
+            params.embeddings = True
+            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+        ptr = llama_cpp.llama_init_from_model(model.ptr, params)
+        if not ptr:
+            raise ModelLoadError(f"llama.cpp could not create a context for {model.path}")
+        self.ptr = ptr
+        self.model = model
+        self.memory = llama_cpp.llama_get_memory(ptr)
+        self.n_ctx = int(llama_cpp.llama_n_ctx(ptr))
+        self.n_ctx_seq = int(llama_cpp.llama_n_ctx_seq(ptr))
+        self.n_batch = config.n_batch
+
+    def decode(self, batch: Batch) -> None:
+        """Run the model over ``batch``; EngineError when llama.cpp refuses it."""
+        rc = llama_cpp.llama_decode(self.ptr, batch.raw)
+        if rc != 0:
+            raise EngineError(f"llama_decode failed with code {rc}")
+
+    def forget(self, seq_id: int) -> None:
+        """Drop every KV cell of ``seq_id`` (-1: all sequences)."""
+        llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+
+    def embedding(self, seq_id: int, n_embd: int) -> list[float]:
+        """Pooled embedding of ``seq_id`` after a decode."""
+        ptr = llama_cpp.llama_get_embeddings_seq(self.ptr, seq_id)
+        if not ptr:
+            raise EngineError("llama.cpp returned no pooled embedding")
+        return list(ptr[:n_embd])
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_free(self.ptr)
+            self.ptr = None
+
+
+class Batch:
+    """A reusable llama_batch of up to ``capacity`` tokens, one sequence id each."""
+
+    def __init__(self, capacity: int) -> None:
+        self.raw = llama_cpp.llama_batch_init(capacity, 0, 1)
+        self.capacity = capacity
+        self.raw.n_tokens = 0
+
+    def clear(self) -> None:
+        self.raw.n_tokens = 0
+
+    def __len__(self) -> int:
+        return int(self.raw.n_tokens)
+
+    def add(self, token: int, pos: int, seq_id: int, logits: bool) -> int:
+        """Append one token; return its index in the batch (for reading its logits)."""
+        i = int(self.raw.n_tokens)
+        if i >= self.capacity:
+            raise EngineError("batch is full")
+        b = self.raw
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq_id
+        b.logits[i] = logits
+        b.n_tokens = i + 1
+        return i
+
+    def close(self) -> None:
+        if self.capacity:
+            llama_cpp.llama_batch_free(self.raw)
+            self.capacity = 0
+
+
+class Sampler:
+    """A sampler chain: [grammar] then greedy, or top-p -> temperature -> seeded draw."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+        grammar: str | None,
+    ) -> None:
+        params = llama_cpp.llama_sampler_chain_default_params()
+        params.no_perf = True
+        self.ptr = llama_cpp.llama_sampler_chain_init(params)
+        try:
+            if grammar:
+                g = llama_cpp.llama_sampler_init_grammar(
+                    model.vocab, grammar.encode("utf-8"), b"root"
+                )
+                if not g:
+                    raise InvalidRequestError("grammar could not be parsed (see GBNF rules)")
+                llama_cpp.llama_sampler_chain_add(self.ptr, g)
+            if temperature <= 0:
+                llama_cpp.llama_sampler_chain_add(self.ptr, llama_cpp.llama_sampler_init_greedy())
+            else:
+                if top_p < 1.0:
+                    llama_cpp.llama_sampler_chain_add(
+                        self.ptr, llama_cpp.llama_sampler_init_top_p(top_p, 1)
+                    )
+                llama_cpp.llama_sampler_chain_add(
+                    self.ptr, llama_cpp.llama_sampler_init_temp(temperature)
+                )
+                draw_seed = llama_cpp.LLAMA_DEFAULT_SEED if seed is None else seed & 0xFFFFFFFF
+                llama_cpp.llama_sampler_chain_add(
+                    self.ptr, llama_cpp.llama_sampler_init_dist(draw_seed)
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    def sample(self, ctx: Context, index: int) -> int:
+        """Pick (and accept) the next token from the logits of batch entry ``index``."""
+        return int(llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, index))
+
+    def close(self) -> None:
+        if self.ptr:
+            llama_cpp.llama_sampler_free(self.ptr)
+            self.ptr = None
+
+
+def prompt_ids(model: Model, tokens: Sequence[int]) -> list[int]:
+    """Validate token ids against the vocabulary; InvalidRequestError on a bad id."""
+    ids = [int(t) for t in tokens]
+    bad = next((t for t in ids if not 0 <= t < model.n_vocab), None)
+    if bad is not None:
+        raise InvalidRequestError(f"token id {bad} is outside the vocabulary (0..{model.n_vocab})")
+    return ids
