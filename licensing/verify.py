@@ -84,7 +84,8 @@ def verify_licence(
     ``trusted`` are vendor keys (any licence); ``eval_keys`` are this box's evaluation
     keys, accepted only for licences marked evaluation within the evaluation limits.
     Raises FormatError, SignatureError, FingerprintMismatch, LicenceNotYetValid, or
-    LicenceExpired (past grace, unless ``allow_expired`` for status display).
+    LicenceExpired (past grace). ``allow_expired`` skips both time checks, so that the
+    installed licence can still be loaded and shown; callers then use ``licence_state``.
     """
     body, sig = split_signed(data, "licence", limits)
     eval_keys = eval_keys or {}
@@ -102,7 +103,7 @@ def verify_licence(
         check_evaluation(licence, limits)
     fp = require_match(Fingerprint.from_json(licence.fingerprint), facts)
     status = licence_state(licence, now)
-    if status == NOT_YET_VALID:
+    if status == NOT_YET_VALID and not allow_expired:
         raise LicenceNotYetValid(
             f"licence {licence.licence_id} is not valid before {licence.valid_from}"
         )
