@@ -235,6 +235,9 @@ class Updater:
                                           "error": type(exc).__name__})
             raise
         m = bundle.manifest
+        if m.type == "release" and self.service is None:
+            raise ServiceError("a release needs a service manager to restart the box; "
+                               "nothing was changed")
         self._step("lock")
         with self._lock():
             self._recover_locked()
