@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
+from appliance.deps import CallerDep
 from engines.errors import InputError, InvalidRequestError
 from engines.vision.base import VisionEngine
 
@@ -34,7 +35,8 @@ class OcrRequest(BaseModel):
     """JSON form of an OCR request."""
 
     image: str = Field(description="The image (JPEG, PNG, WebP or BMP) as base64 or a data URL.")
-    model: str = Field(DEFAULT_OCR_MODEL, description="OCR model name.")
+    model: str | None = Field(None, description="OCR model name; default: the box's "
+                              f"default OCR model ({DEFAULT_OCR_MODEL!r} unless configured).")
 
 
 class DetectRequest(BaseModel):
@@ -134,12 +136,14 @@ async def _engine(request: Request, name: str) -> AsyncIterator[VisionEngine]:
 
 @router.post("/ocr", response_model=OcrResponse, summary="Read the text in an image",
              openapi_extra=_body_schema(OcrRequest, {
-                 "model": {"type": "string", "default": DEFAULT_OCR_MODEL}}))
-async def ocr(request: Request) -> OcrResponse:
+                 "model": {"type": "string"}}))
+async def ocr(request: Request, caller: CallerDep) -> OcrResponse:
     data, params = await _parse(request, OcrRequest)
-    async with _engine(request, params.model) as engine:
+    settings = getattr(request.app.state, "settings", None)
+    name = params.model or getattr(settings, "default_ocr", DEFAULT_OCR_MODEL)
+    async with _engine(request, name) as engine:
         res = await anyio.to_thread.run_sync(engine.ocr, data)
-    return OcrResponse(model=params.model, width=res.width, height=res.height, text=res.text,
+    return OcrResponse(model=name, width=res.width, height=res.height, text=res.text,
                        lines=[OcrLineOut(text=ln.text, confidence=ln.confidence,
                                          polygon=[list(p) for p in ln.polygon])
                               for ln in res.lines],
@@ -151,7 +155,7 @@ async def ocr(request: Request) -> OcrResponse:
                  "model": {"type": "string"},
                  "conf": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.25},
                  "iou": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.45}}))
-async def detect(request: Request) -> DetectResponse:
+async def detect(request: Request, caller: CallerDep) -> DetectResponse:
     data, p = await _parse(request, DetectRequest)
     async with _engine(request, p.model) as engine:
         res = await anyio.to_thread.run_sync(engine.detect, data, p.conf, p.iou)
