@@ -127,6 +127,8 @@ class AuditLog:
             prev, expected_id = digest, row_id + 1
         return ChainReport(True, count)
 
+    verify_chain = verify
+
     def head(self) -> tuple[int, str]:
         """(id, hash) of the last row, to anchor outside the database; (0, GENESIS) if empty."""
         last = self.db.execute("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetchone()

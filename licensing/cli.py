@@ -13,6 +13,7 @@ import argparse
 import getpass
 import json
 import logging
+import os
 import sqlite3
 import sys
 import time
@@ -176,10 +177,22 @@ def cmd_ack_clock(ctx: Context) -> int:
     return 0
 
 
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="appliance-license", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", help="box data directory (default: $APPLIANCE_DATA_DIR or ./data)")
-    p.add_argument("--tolerance-hours", type=int, default=24, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--clock-tolerance-hours", type=int, dest="tolerance_hours",
+        default=_env_int("APPLIANCE_CLOCK_TOLERANCE_HOURS", 24),
+        help="how far the clock may go back before inference locks (default: "
+        "$APPLIANCE_CLOCK_TOLERANCE_HOURS or 24)",
+    )  # fmt: skip
     p.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -114,6 +114,7 @@ class LicenseGuard:
         self.limiter = SeatLimiter(self.seats.tokens_on, clock)
         self._lock = threading.Lock()
         self._keys: dict[bytes, tuple[Seat, str, float]] = {}
+        self._covered: frozenset[int] | None = None  # seat ids within the licensed count
         self.seats.add_listener(self._invalidate)
         self._installed: Installed = self.activation.installed()
         self._licence_mtime = self._mtime()
@@ -140,6 +141,7 @@ class LicenseGuard:
                 self._installed = self.activation.installed()
                 self._licence_mtime = mtime
                 self._keys.clear()
+                self._covered = None
 
     def status(self) -> GuardStatus:
         """Current licence status (re-evaluated against ``now``), seats and clock state."""
@@ -157,6 +159,9 @@ class LicenseGuard:
 
     def _invalidate(self, key_id: str) -> None:
         with self._lock:
+            self._covered = None
+            if key_id == "seats":
+                return
             if key_id == "*":
                 self._keys.clear()
             else:
@@ -199,6 +204,14 @@ class LicenseGuard:
             raise NotEntitled(f"licence {lic.licence_id} does not cover model {model!r}")
         if feature is not None and not lic.entitlements.allows_feature(feature):
             raise NotEntitled(f"licence {lic.licence_id} does not include feature {feature!r}")
+        covered = self._covered
+        if covered is None:
+            covered = self._covered = self.seats.first_seat_ids(lic.seats)
+        if seat.id not in covered:
+            raise Forbidden(
+                f"seat {seat.name!r} is beyond the {lic.seats} seat(s) of licence "
+                f"{lic.licence_id}; delete a seat or import a licence with more seats"
+            )
         state = "valid" if now < lic.expires_at else "grace"
         days_left = max(0, -(-(lic.expires_at - now) // 86_400))
         if state == "grace":

@@ -143,7 +143,8 @@ class SeatStore:
         return schema.migrate(self.db)
 
     def add_listener(self, callback: Callable[[str], None]) -> None:
-        """Call ``callback(key_id)`` (or ``"*"``) whenever keys or seats change."""
+        """Call ``callback(what)`` on changes: a key id (revoked), ``"seats"`` (a seat was
+        added) or ``"*"`` (seats or limits changed: drop everything cached)."""
         self._listeners.append(callback)
 
     def _changed(self, key_id: str) -> None:
@@ -186,7 +187,13 @@ class SeatStore:
             )  # fmt: skip
             seat_id = int(cur.lastrowid)
         log.info("seat %d (%s, %s) created", seat_id, name, role)
+        self._changed("seats")
         return self.get_seat(seat_id)
+
+    def first_seat_ids(self, n: int) -> frozenset[int]:
+        """Ids of the ``n`` oldest seats: those covered when a licence has fewer seats."""
+        rows = self.db.execute("SELECT id FROM seats ORDER BY id LIMIT ?", [max(0, n)])
+        return frozenset(r[0] for r in rows)
 
     def count_seats(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM seats").fetchone()[0])
@@ -305,6 +312,7 @@ class SeatStore:
         """Meter one request for ``seat_id``."""
         ts = self._clock() if ts is None else ts
         day = utc_day(ts)
+        route, model = route[:200], model[:200]
         with immediate(self.db):
             self.db.execute(
                 "INSERT INTO usage (seat_id, ts, day, month, route, model, status, tokens_in,"
@@ -359,9 +367,16 @@ class SeatStore:
         return _csv([dict(zip(cols, r, strict=True)) for r in cur], cols)
 
 
+def _cell(value: Any) -> Any:
+    """Neutralise spreadsheet formulas in text cells (CSV injection)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def _csv(rows: list[dict], cols: tuple[str, ...]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(cols), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
     return buf.getvalue()

@@ -72,6 +72,12 @@ def _lock_for(db: sqlite_utils.Database) -> _ConnLock:
         return lock
 
 
+def share_lock(db: sqlite_utils.Database, lock: threading.RLock) -> None:
+    """Make licensing transactions on ``db`` take ``lock``, the lock the app already holds
+    around its own writes on the same connection, so the two never interleave."""
+    _lock_for(db).lock = lock
+
+
 @contextlib.contextmanager
 def immediate(db: sqlite_utils.Database) -> Iterator[None]:
     """A write transaction taken up front (BEGIN IMMEDIATE), serialised across processes.

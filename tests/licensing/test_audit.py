@@ -65,3 +65,16 @@ def test_bad_audit_input_refused(audit) -> None:
         audit.append("", "x", {})
     with pytest.raises(InvalidInput):
         audit.append("admin", "x", {"obj": object()})
+
+
+def test_concurrent_appends_keep_the_chain(audit) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def writer(n: int) -> None:
+        for i in range(20):
+            audit.append(f"thread{n}", "firmware.step", {"i": i})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(writer, range(8)))
+    report = audit.verify_chain()
+    assert report.ok and report.rows == 5 + 160

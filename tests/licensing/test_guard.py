@@ -81,6 +81,16 @@ def test_seat_n_plus_one_refused_by_licence_count(licensed) -> None:
         guard.create_seat("test", "carol")
 
 
+def test_smaller_licence_disables_newest_seats(licensed, licence_bytes) -> None:
+    guard, admin_key, user_key = licensed
+    guard.import_licence("root", licence_bytes(licence_id="lic-small", seats=1))
+    assert guard.check(admin_key).name == "root"  # the oldest seat stays covered
+    with pytest.raises(Forbidden, match="beyond the 1 seat"):
+        guard.check(user_key.secret)
+    guard.delete_seat("root", guard.check_admin(admin_key).seat_id)
+    assert guard.check(user_key.secret).name == "alice"
+
+
 def test_revocation_is_immediate_despite_cache(licensed) -> None:
     guard, _, user_key = licensed
     guard.key_ttl = 3600

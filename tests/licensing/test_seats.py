@@ -157,3 +157,10 @@ def test_tokens_per_day_limit_until_utc_midnight(store, clock) -> None:
     assert exc.value.retry_after == midnight - NOW
     clock.now = midnight
     limiter.acquire(seat.id, "alice", limits)
+
+
+def test_csv_export_neutralises_formulas(store) -> None:
+    seat = store.create_seat("alice", max_seats=5)
+    store.record_usage(seat.id, route="/v1/x", model='=HYPERLINK("http://evil")', status=200)
+    rows = list(csv.DictReader(io.StringIO(store.usage_csv(seat.id))))
+    assert rows[0]["model"].startswith("'=")
