@@ -1,6 +1,7 @@
 """``appliance-license``: offline activation on the box and licence issuing for the vendor.
 
-Box:    request > req.json · import activation.json · status [--json] · deactivate · ack-clock
+Box:    request > req.json · import activation.json · status [--json] · deactivate --yes
+        ack-clock · admin-key (recovery: a new admin API key in <data-dir>/admin.key)
 Vendor: keygen --out DIR · issue --request req.json ... --key vendor.pem · inspect FILE
 
 Every failure prints one ``error: ...`` line on stderr and exits non-zero (2 for a bad
@@ -171,6 +172,23 @@ def cmd_deactivate(ctx: Context) -> int:
     return 0
 
 
+def cmd_admin_key(ctx: Context) -> int:
+    """Recovery: a new key for an admin seat (created if none), written to admin.key."""
+    guard = ctx.guard()
+    admins = [s for s in guard.seats.list_seats() if s.role == "admin"]
+    if ctx.args.seat:
+        admins = [s for s in admins if s.name == ctx.args.seat]
+        if not admins:
+            print(f"error: no admin seat named {ctx.args.seat!r}", file=sys.stderr)
+            return 2
+    seat = admins[0] if admins else guard.create_seat(_actor(), "admin", "", "admin")
+    issued = guard.issue_key(_actor(), seat.id)
+    path = ctx.data_dir / "admin.key"
+    atomic_write(path, (issued.secret + "\n").encode(), mode=0o600)
+    print(f"new API key for admin seat {seat.name!r} written to {path} (mode 0600)")
+    return 0
+
+
 def cmd_ack_clock(ctx: Context) -> int:
     st = ctx.guard().acknowledge_clock(_actor())
     print(f"clock acknowledged; trusted time is now {_when(st.trusted_time)}")
@@ -185,7 +203,10 @@ def _env_int(name: str, default: int) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="appliance-license", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="appliance-license",
+        description="Offline licence activation (box) and licence issuing (vendor).",
+    )
     p.add_argument("--data-dir", help="box data directory (default: $APPLIANCE_DATA_DIR or ./data)")
     p.add_argument(
         "--clock-tolerance-hours", type=int, dest="tolerance_hours",
@@ -233,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--yes", action="store_true", help="confirm")
     s.add_argument("--out", help="write the receipt to FILE instead of stdout")
     s.set_defaults(func=cmd_deactivate)
+
+    s = sub.add_parser("admin-key", help="recovery: write a new admin API key to admin.key")
+    s.add_argument("--seat", help="admin seat name (default: the first admin seat)")
+    s.set_defaults(func=cmd_admin_key)
 
     s = sub.add_parser("ack-clock", help="admin: accept the current clock and unlock inference")
     s.set_defaults(func=cmd_ack_clock)

@@ -89,8 +89,12 @@ def test_round_trip_request_issue_import_status(tmp_path, vendor) -> None:
         == f"all {len(request['fingerprint']['components'])} components match"
     )
 
+    admin = run(["admin-key"], data, pub)
+    assert admin.returncode == 0, admin.stderr
+    assert (data / "admin.key").read_text().startswith("sk-box-")
+    assert (data / "admin.key").stat().st_mode & 0o777 == 0o600
     human = run(["status"], data, pub)
-    assert b"Seats:        0 used of 5" in human.stdout
+    assert b"Seats:        1 used of 5" in human.stdout
 
     receipt = run(["deactivate", "--yes", "--out", str(tmp_path / "receipt.json")], data, pub)
     assert receipt.returncode == 0, receipt.stderr
