@@ -40,6 +40,7 @@ from firmware.errors import (
     DowngradeError,
     HealthCheckError,
     IncompatibleError,
+    LimitError,
     LockedError,
     ServiceError,
     SlotError,
@@ -174,6 +175,15 @@ class Updater:
             installed = {**installed, "release": release}
         return BoxState(self.arch, installed, floors)
 
+    def _check_space(self, m: Manifest) -> None:
+        """Refuse before writing when the disk cannot hold the payloads (x2 for staging)."""
+        target = self.root if m.type == "release" else self.data_dir
+        probe = next((p for p in (target, *target.parents) if p.exists()), Path("/"))
+        free = shutil.disk_usage(probe).free
+        if free < 2 * m.payload_size + self.limits.min_free_space:
+            raise LimitError(f"not enough free space on {probe}: {free} bytes free, the "
+                             f"{m.type} bundle needs about {2 * m.payload_size}")
+
     @contextmanager
     def _lock(self) -> Iterator[None]:
         self.slots.ensure()
@@ -230,6 +240,7 @@ class Updater:
         try:
             bundle = open_verified(Path(path), self.trusted, self.clock(), self.box_state(),
                                    self.limits, self.progress)
+            self._check_space(bundle.manifest)
         except BundleError as exc:
             self._emit("update.refused", {"bundle": Path(path).name, "reason": str(exc),
                                           "error": type(exc).__name__})

@@ -51,6 +51,7 @@ class Limits:
     max_payload_size: int = 64 * 1024**3
     max_total_size: int = 128 * 1024**3
     max_path_depth: int = 8
+    min_free_space: int = 64 * 1024**2  # kept free on top of twice the payload size
 
 
 @dataclass(frozen=True)

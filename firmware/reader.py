@@ -96,7 +96,7 @@ def read_header(path: Path, limits: Limits) -> tuple[Header, int]:
             data = fh.read(header_span(limits))
     except OSError as exc:
         raise BundleFormatError(f"cannot read bundle {path}: {exc.strerror}") from exc
-    return parse_header(data, size, limits), size
+    return parse_header(data, limits), size
 
 
 def open_verified(path: Path, trusted: Mapping[str, bytes], now: datetime, box: BoxState,

@@ -68,7 +68,10 @@ class SystemdServiceManager(ServiceManager):
         self._ctl("stop")
 
     def is_running(self) -> bool:
-        return self._ctl("is-active", "--quiet").returncode == 0
+        """Active, or activating: systemd restarts count as alive so that the boot
+        counter, not this check, decides when a trial slot has failed too often."""
+        state = self._ctl("is-active").stdout.strip()
+        return state in ("active", "activating", "reloading")
 
 
 class ProcessServiceManager(ServiceManager):

@@ -54,7 +54,7 @@ def header_span(limits: Limits) -> int:
     return len(MAGIC) + 2 * LENGTH.size + limits.max_manifest + limits.max_signature
 
 
-def parse_header(data: bytes, file_size: int, limits: Limits) -> Header:
+def parse_header(data: bytes, limits: Limits) -> Header:
     """Parse magic, lengths, manifest bytes and the signature block from the file's start."""
     if data[: len(MAGIC)] != MAGIC:
         raise BundleFormatError("not an update bundle (bad magic or unsupported format)")
@@ -76,8 +76,6 @@ def parse_header(data: bytes, file_size: int, limits: Limits) -> Header:
         raise BundleSignatureError(str(exc)) from exc
     if canonical_sig != sig["sig"]:
         raise BundleSignatureError("signature is not canonical base64")
-    if pos > file_size:
-        raise BundleFormatError("bundle is truncated inside its header")
     return Header(manifest_bytes, sig["alg"], sig["kid"], sig["sig"], pos)
 
 
@@ -111,8 +109,27 @@ def verify_manifest(header: Header, trusted: Mapping[str, bytes], now: datetime,
     if box.arch not in manifest.arch and "any" not in manifest.arch:
         raise IncompatibleError(f"bundle is for {', '.join(manifest.arch)}; this box is "
                                 f"{box.arch}")
+    check_layout(manifest)
     check_versions(manifest, box)
     return manifest
+
+
+def check_layout(manifest: Manifest) -> None:
+    """Payload paths must fit the bundle type (see ``firmware.build``)."""
+    paths = [p.path for p in manifest.payloads]
+    if manifest.type == "release":
+        ok = bool(paths) and all(len(p.split("/")) == 2 and p.startswith("wheels/")
+                                 and p.endswith(".whl") for p in paths)
+        want = "only wheels/<name>.whl"
+    elif manifest.type == "models":
+        ok = bool(paths) and all(len(p.split("/")) == 3 and p.startswith("models/")
+                                 for p in paths)
+        want = "only models/<pack>/<file>"
+    else:
+        ok, want = paths == ["config/appliance.toml"], "exactly config/appliance.toml"
+    if not ok:
+        raise IncompatibleError(f"a {manifest.type} bundle must carry {want}; this one "
+                                f"carries {', '.join(paths) or 'nothing'}")
 
 
 def check_versions(manifest: Manifest, box: BoxState) -> None:

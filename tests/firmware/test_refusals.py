@@ -18,6 +18,7 @@ from firmware.errors import (
     BundleSignatureError,
     DowngradeError,
     IncompatibleError,
+    LimitError,
     PayloadError,
     UnsafePathError,
 )
@@ -139,6 +140,26 @@ def test_path_traversal_member(installed: Box, member: str) -> None:
     _refused(installed, path, UnsafePathError)
 
 
+@pytest.mark.parametrize(("bundle_type", "member"), [
+    ("config", "config/other.toml"), ("config", "wheels/x.whl"), ("release", "wheels/x.txt"),
+    ("release", "models/p/x.whl"), ("models", "models/x.bin"), ("models", "config/a.toml")])
+def test_member_outside_its_type_layout(installed: Box, bundle_type: str, member: str) -> None:
+    path = installed.bundles / "layout.apub"
+    write_bundle(path, _manifest([(member, TOML)], type=bundle_type), installed.key, [TOML])
+    _refused(installed, path, IncompatibleError, "must carry")
+
+
+def test_not_enough_disk_space(installed: Box) -> None:
+    from firmware.bundle import Limits
+
+    path = installed.bundles / "space.apub"
+    write_bundle(path, _manifest([("config/appliance.toml", TOML)]), installed.key, [TOML])
+    before = tree_hash(installed.data_dir)
+    with pytest.raises(LimitError, match="not enough free space"):
+        installed.updater(limits=Limits(min_free_space=1 << 62)).apply(path)
+    assert tree_hash(installed.data_dir) == before
+
+
 @pytest.mark.parametrize("kind", ["symlink", "hardlink", "chardev", "fifo"])
 def test_link_or_device_member(installed: Box, kind: str) -> None:
     manifest = _manifest([("config/appliance.toml", TOML)])
@@ -154,7 +175,8 @@ def test_payload_larger_than_manifest_says(installed: Box) -> None:
                  [TOML + b"# smuggled\n"])
     _refused(installed, path, PayloadError, "more than its manifest declares")
     # the same extra bytes hidden by a shorter second payload: the hashes catch it
-    two = _manifest([("config/appliance.toml", TOML), ("config/extra.txt", b"abcdef")])
+    two = _manifest([("models/p/manifest.json", TOML), ("models/p/w.bin", b"abcdef")],
+                    type="models")
     write_bundle(path, two, installed.key, [TOML + b"XYZ", b"def"])
     _refused(installed, path, PayloadError, "sha256")
 
