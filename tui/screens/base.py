@@ -1,0 +1,59 @@
+"""The frame every main screen shares: header, connection banner, body, footer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+from textual.app import ComposeResult
+from textual.screen import Screen
+from textual.widgets import Footer, Header
+
+from tui.widgets.connection_banner import ConnectionBanner
+
+if TYPE_CHECKING:
+    from tui.app import AdminApp
+    from tui.client import AdminClient
+
+T = TypeVar("T")
+
+
+class BoxScreen(Screen[None]):
+    """A main screen: widgets come from ``compose_body``, data is fetched in ``reload``."""
+
+    @property
+    def admin(self) -> AdminApp:
+        """The running admin app (typed)."""
+        return cast("AdminApp", self.app)
+
+    @property
+    def client(self) -> AdminClient:
+        """The box client the app was given."""
+        return self.admin.client
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield ConnectionBanner(id="banner")
+        yield from self.compose_body()
+        yield Footer(compact=True, show_command_palette=False)
+
+    def compose_body(self) -> ComposeResult:
+        """The screen's own widgets."""
+        yield from ()
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "connected", self._connection_changed, init=False)
+
+    def on_screen_resume(self) -> None:
+        self.reload()
+
+    def _connection_changed(self, connected: bool) -> None:
+        if connected and self.is_current:
+            self.reload()
+
+    def reload(self) -> None:
+        """Fetch this screen's data again (called when shown and on reconnection)."""
+
+    def call_box(self, fn: Callable[[], T], done: Callable[[T], Any] | None = None) -> None:
+        """Run ``fn`` (a client call) in a worker; errors become notifications."""
+        self.admin.call_box(fn, done)
