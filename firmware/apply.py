@@ -80,6 +80,9 @@ class ApplyResult:
     reason: str = ""
     slot: str | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
 
 @dataclass(frozen=True)
 class Inspection:
@@ -105,6 +108,17 @@ class Status:
     floors: dict[str, str]
     interrupted: list[HistoryEntry]
     last: HistoryEntry | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "current": self.current, "next_boot": self.next_boot,
+            "next_boot_reason": self.next_boot_reason, "apply_running": self.apply_running,
+            "installed": self.installed, "floors": self.floors, "boot": self.boot,
+            "slots": [{"name": s.name, "state": s.state, "version": s.version,
+                       "current": s.current} for s in self.slots],
+            "interrupted": [e.to_json() for e in self.interrupted],
+            "last": self.last.to_json() if self.last else None,
+        }
 
 
 def pause_hook_from_env() -> Callable[[str], None] | None:
@@ -246,9 +260,8 @@ class Updater:
                                           "error": type(exc).__name__})
             raise
         m = bundle.manifest
-        if m.type == "release" and self.service is None:
-            raise ServiceError("a release needs a service manager to restart the box; "
-                               "nothing was changed")
+        if m.type == "release":
+            self._service().preflight()
         self._step("lock")
         with self._lock():
             self._recover_locked()
@@ -314,7 +327,8 @@ class Updater:
 
     def _service(self) -> ServiceManager:
         if self.service is None:
-            raise ServiceError("no service manager configured; cannot restart the service")
+            raise ServiceError("no service manager configured; a release cannot be applied "
+                               "without restarting the service")
         return self.service
 
     def _restart_quietly(self) -> None:

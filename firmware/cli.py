@@ -218,7 +218,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     with _Bars(not args.json) as bars:
         result = _updater(args, bars).apply(args.file)
     if args.json:
-        _print_json(result.__dict__)
+        _print_json(result.to_json())
     else:
         colour = "green" if result.outcome == "success" else "red"
         out.print(f"[{colour}]{result.type} {result.version}: {result.outcome}[/] "
@@ -229,7 +229,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 def _cmd_rollback(args: argparse.Namespace) -> int:
     result = _updater(args).rollback(args.type)
     if args.json:
-        _print_json(result.__dict__)
+        _print_json(result.to_json())
     else:
         out.print(f"rolled back to {result.type} {result.version}: {result.reason}")
     return 0
@@ -237,15 +237,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     st = _updater(args).status()
-    data = {
-        "current": st.current, "next_boot": st.next_boot, "next_boot_reason": st.next_boot_reason,
-        "apply_running": st.apply_running, "installed": st.installed, "floors": st.floors,
-        "boot": st.boot,
-        "slots": [{"name": s.name, "state": s.state, "version": s.version,
-                   "current": s.current} for s in st.slots],
-        "interrupted": [e.to_json() for e in st.interrupted],
-        "last": st.last.to_json() if st.last else None,
-    }
+    data = st.to_json()
     if args.json:
         _print_json(data)
         return 0
@@ -304,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    except Exception as exc:  # last resort: one line, never a traceback
+        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
+        err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {exc} (run with -v "
+                  "and check the log)", highlight=False)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -29,6 +30,10 @@ DEFAULT_COMMAND = ("{venv}/bin/appliance", "serve", "--foreground")
 
 class ServiceManager(ABC):
     """Controls the one service of the box."""
+
+    def preflight(self) -> None:
+        """Raise ServiceError if restarting cannot work here (checked before any write)."""
+        return None
 
     @abstractmethod
     def restart(self) -> None:
@@ -57,6 +62,11 @@ class SystemdServiceManager(ServiceManager):
                                   text=True, timeout=self.timeout)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ServiceError(f"systemctl {args[0]} {self.unit} failed: {exc}") from exc
+
+    def preflight(self) -> None:
+        if shutil.which(self.systemctl) is None:
+            raise ServiceError(f"{self.systemctl} not found; on a box without systemd use the "
+                               "process service manager (--service process)")
 
     def restart(self) -> None:
         proc = self._ctl("restart")

@@ -23,6 +23,7 @@ from typing import Any
 import sqlite_utils
 
 from firmware.bundle import parse_version
+from firmware.errors import UpdateError
 
 HISTORY = "update_history"
 VERSIONS = "update_versions"
@@ -83,15 +84,25 @@ class UpdateState:
                        pk="type")
 
     def _read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
-        """Read-only query; [] when the database or table does not exist yet."""
+        """A query that never creates the database; [] when it or the table is missing.
+
+        Opened read-write but only read: a read-only connection would leave ``-wal``/
+        ``-shm`` files behind on a WAL database. Any other error fails closed (raises),
+        so anti-rollback never runs on versions it could not read.
+        """
         if not self.db_path.is_file():
             return []
-        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+        try:
+            conn = sqlite3.connect(f"file:{self.db_path}?mode=rw", uri=True)
+        except sqlite3.Error as exc:
+            raise UpdateError(f"cannot open {self.db_path}: {exc}") from exc
         conn.row_factory = sqlite3.Row
         try:
             return conn.execute(sql, params).fetchall()
-        except sqlite3.OperationalError:
-            return []
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise UpdateError(f"cannot read update state from {self.db_path}: {exc}") from exc
         finally:
             conn.close()
 

@@ -110,3 +110,21 @@ def test_boot_script_runs_standalone_and_refuses_empty_root(box: Box, wheels: di
     proc = subprocess.run([sys.executable, "-I", str(script), "--root", str(empty)],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "no startable slot" in proc.stderr
+
+
+def test_release_without_a_usable_service_manager_changes_nothing(box: Box,
+                                                                  wheels: dict) -> None:
+    from firmware.errors import ServiceError
+    from firmware.service import SystemdServiceManager
+
+    from .conftest import tree_hash
+
+    bundle = box.bundle("r1.apub", "release", "0.1.0", [wheels["0.1.0"]])
+    before = tree_hash(box.data_dir)
+    no_systemctl = SystemdServiceManager(systemctl=str(box.base / "no-such-systemctl"))
+    for service in (no_systemctl, None):
+        up = box.updater()
+        up.service = service
+        with pytest.raises(ServiceError):
+            up.apply(bundle)
+    assert tree_hash(box.data_dir) == before
