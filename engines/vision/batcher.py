@@ -21,6 +21,7 @@ the default is therefore ``max_batch=1`` (serial, no wait). On a GPU, raise
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -170,12 +171,14 @@ class DynamicBatcher(Generic[T, R]):
 
 def stack_run(session: Any, input_name: str, output_index: int = 0
               ) -> Callable[[Sequence[Any]], list[Any]]:
-    """A ``run_batch`` that concatenates (1, ...) arrays, runs ``session`` once, splits rows."""
+    """A ``run_batch`` that concatenates (n_i, ...) arrays along axis 0, runs ``session``
+    once and gives each input back its own n_i rows."""
     import numpy as np
 
     def run(inputs: Sequence[Any]) -> list[Any]:
         x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=0)
         out = session.run(None, {input_name: x})[output_index]
-        return [out[i:i + 1] for i in range(len(inputs))]
+        bounds = np.cumsum([0, *(len(a) for a in inputs)])
+        return [out[a:b] for a, b in itertools.pairwise(bounds)]
 
     return run

@@ -214,11 +214,16 @@ class OcrEngine(VisionEngine):
             raise ModelLoadError(f"rec model has {n_out} classes but its dictionary gives "
                                  f"{len(self.charset)}")
         self._memory = sum(Path(p).stat().st_size for p in (det, rec, cls) if p)
-        self._det_name = self._det.get_inputs()[0].name
-        self._batcher = DynamicBatcher(stack_run(self._det, self._det_name), name=name,
-                                       max_batch=self.options.max_batch,
-                                       max_wait_ms=self.options.max_wait_ms,
-                                       max_queue=self.options.max_queue)
+        # one batcher per session: det requests of the same size share runs; cls/rec
+        # chunks of concurrent requests are queued too, so CPU runs stay serialised
+        self._batchers = {
+            stage: DynamicBatcher(stack_run(sess, sess.get_inputs()[0].name),
+                                  name=f"{name}/{stage}", max_batch=self.options.max_batch,
+                                  max_wait_ms=self.options.max_wait_ms,
+                                  max_queue=self.options.max_queue)
+            for stage, sess in (("det", self._det), ("cls", self._cls), ("rec", self._rec))
+            if sess is not None}
+        self._batcher = self._batchers["det"]
         log.info("loaded OCR model %s on %s", name, self._provider)
 
     # pipeline stages, public for benchmarks and quantisation checks
@@ -233,10 +238,9 @@ class OcrEngine(VisionEngine):
         if self._cls is None or not crops:
             return crops
         out = list(crops)
-        name = self._cls.get_inputs()[0].name
         for s in range(0, len(crops), BATCH):
             x = np.stack([resize_norm(c, *CLS_SHAPE, CLS_SHAPE[1]) for c in crops[s:s + BATCH]])
-            probs = self._cls.run(None, {name: x})[0]
+            probs = self._batchers["cls"](x, key=x.shape[1:])
             for k, p in enumerate(probs):
                 if int(p.argmax()) == 1 and p[1] >= CLS_THRESH:
                     out[s + k] = cv2.rotate(crops[s + k], cv2.ROTATE_180)
@@ -246,15 +250,14 @@ class OcrEngine(VisionEngine):
         """(text, confidence) per crop; crops of similar width share a batch."""
         results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
         order = np.argsort([c.shape[1] / c.shape[0] for c in crops])
-        name = self._rec.get_inputs()[0].name
         for s in range(0, len(crops), BATCH):
             ids = order[s:s + BATCH]
             ratio = max(REC_WIDTH / REC_HEIGHT,
                         max(crops[i].shape[1] / crops[i].shape[0] for i in ids))
             width = int(REC_HEIGHT * ratio)
             x = np.stack([resize_norm(crops[i], REC_HEIGHT, width, width) for i in ids])
-            for i, res in zip(ids, ctc_greedy(self._rec.run(None, {name: x})[0], self.charset),
-                              strict=True):
+            probs = self._batchers["rec"](x, key=x.shape[1:])
+            for i, res in zip(ids, ctc_greedy(probs, self.charset), strict=True):
                 results[i] = res
         return results
 
@@ -293,7 +296,13 @@ class OcrEngine(VisionEngine):
         return self._memory
 
     def stats(self) -> dict[str, float]:
-        return self._batcher.stats()
+        """The det batcher's gauges, plus queue depth of cls/rec as ``<stage>_queue_depth``."""
+        out = self._batcher.stats()
+        for stage, b in self._batchers.items():
+            if stage != "det":
+                out[f"{stage}_queue_depth"] = b.stats()["queue_depth"]
+        return out
 
     def close(self) -> None:
-        self._batcher.close()
+        for b in self._batchers.values():
+            b.close()

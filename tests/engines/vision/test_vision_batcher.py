@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from engines.errors import EngineClosedError, OverloadedError
+from engines.vision.base import VisionOptions
 from engines.vision.batcher import DynamicBatcher, stack_run
 from engines.vision.detect import preprocess
 
@@ -97,3 +98,20 @@ def test_errors_reach_every_caller_of_the_batch_and_close_fails_pending() -> Non
     g.close()
     with pytest.raises(EngineClosedError):
         pending.result(5)
+
+
+@pytest.mark.slow
+def test_concurrent_ocr_requests_share_rec_batches_and_get_their_own_lines(model_store) -> None:
+    """Multi-row rec chunks of different requests are concatenated and split back."""
+    from vision_helpers import LINES, OCR, load, render_page
+
+    pages = [render_page(LINES[i:i + 2], "plain", seed=i)[0] for i in range(0, 8, 2)]
+    engine = load(model_store, OCR, VisionOptions(max_batch=4, max_wait_ms=30))
+    try:
+        serial = [[ln.text for ln in engine.ocr(p).lines] for p in pages]
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda p: [ln.text for ln in engine.ocr(p).lines], pages))
+        assert together == serial
+        assert [len(s) for s in serial] == [2, 2, 2, 2]
+    finally:
+        engine.close()
