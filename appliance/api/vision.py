@@ -25,6 +25,7 @@ from engines.vision.base import VisionEngine
 
 router = APIRouter(prefix="/v1/vision", tags=["vision"])
 DEFAULT_OCR_MODEL = "ppocr-v4"
+VISION_ENGINES = ("ocr", "yolo")
 
 M = TypeVar("M", bound=BaseModel)
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -126,6 +127,9 @@ async def _parse(request: Request, model: type[M]) -> tuple[bytes, M]:
 async def _engine(request: Request, name: str) -> AsyncIterator[VisionEngine]:
     """The loaded vision engine ``name``, leased for the request when the registry can."""
     registry = request.app.state.registry
+    entry = getattr(registry, "entry", None)  # refuse an LLM before loading it
+    if entry is not None and entry(name).manifest.engine not in VISION_ENGINES:
+        raise InvalidRequestError(f"model {name!r} is not a vision model")
     lease = getattr(registry, "use", None)
     async with (lease(name) if lease else contextlib.nullcontext(None)) as leased:
         engine = leased if lease else await registry.acquire(name)

@@ -173,10 +173,19 @@ def _box_f1(a: Sequence[Any], b: Sequence[Any], iou: float = 0.5) -> float:
     return 2 * hits / (len(a) + len(b))
 
 
-def _timed(fn: Any, images: Sequence[np.ndarray]) -> tuple[list[Any], float]:
-    t0 = time.perf_counter()
-    out = [fn(img) for img in images]
-    return out, (time.perf_counter() - t0) * 1e3 / len(images)
+def _paired(fn_a: Any, fn_b: Any, images: Sequence[np.ndarray]
+            ) -> tuple[list[Any], list[Any], float, float]:
+    """Run both on every image, alternating per image so load spikes hit both equally;
+    returns both result lists and the mean ms per image of each."""
+    fn_a(images[0]), fn_b(images[0])  # warm-up
+    out_a, out_b, t_a, t_b = [], [], 0.0, 0.0
+    for img in images:
+        t0 = time.perf_counter()
+        out_a.append(fn_a(img))
+        t1 = time.perf_counter()
+        out_b.append(fn_b(img))
+        t_a, t_b = t_a + t1 - t0, t_b + time.perf_counter() - t1
+    return out_a, out_b, t_a * 1e3 / len(images), t_b * 1e3 / len(images)
 
 
 def compare_detectors(fp32: VisionEngine, int8: VisionEngine, images: Sequence[np.ndarray]
@@ -184,8 +193,8 @@ def compare_detectors(fp32: VisionEngine, int8: VisionEngine, images: Sequence[n
     """Box F1 at conf 0.25/0.05, raw score MAE and per-image ms of two detectors."""
     metrics: dict[str, float] = {}
     for conf in (0.25, 0.05):
-        a, ms_a = _timed(lambda im, c=conf: fp32.detect(im, c).items, images)
-        b, ms_b = _timed(lambda im, c=conf: int8.detect(im, c).items, images)
+        a, b, ms_a, ms_b = _paired(lambda im, c=conf: fp32.detect(im, c).items,
+                                   lambda im, c=conf: int8.detect(im, c).items, images)
         metrics[f"box_f1@{conf}"] = float(np.mean([_box_f1(x, y) for x, y in zip(a, b,
                                                                                   strict=True)]))
         metrics[f"boxes_fp32@{conf}"] = float(sum(map(len, a)))
@@ -203,8 +212,7 @@ def compare_detectors(fp32: VisionEngine, int8: VisionEngine, images: Sequence[n
 def compare_ocr(fp32: VisionEngine, int8: VisionEngine, images: Sequence[np.ndarray]
                 ) -> dict[str, float]:
     """Exact line agreement, character similarity and per-image ms of two OCR engines."""
-    a, ms_a = _timed(fp32.ocr, images)
-    b, ms_b = _timed(int8.ocr, images)
+    a, b, ms_a, ms_b = _paired(fp32.ocr, int8.ocr, images)
     total = same = 0
     ratios = []
     for ra, rb in zip(a, b, strict=True):

@@ -97,3 +97,25 @@ def test_openapi_documents_both_bodies_and_responses(client) -> None:
     ref = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
     assert ref.endswith("/DetectResponse")
     assert "OcrResponse" in doc["components"]["schemas"]
+
+
+@pytest.mark.slow
+def test_through_the_real_app(model_store, tmp_path) -> None:
+    """create_app wires the router, the registry and the central error handlers."""
+    app_mod = pytest.importorskip("appliance.app")
+    settings_mod = pytest.importorskip("appliance.settings")
+    app = app_mod.create_app(settings_mod.Settings(data_dir=tmp_path,
+                                                   models_dir=model_store.root.resolve()))
+    img, _ = render_page(LINES[4:5], "plain")
+    with TestClient(app) as c:
+        r = c.post("/v1/vision/ocr", files={"file": ("p.png", _png(img), "image/png")})
+        assert r.status_code == 200 and r.json()["text"] == LINES[4]
+        r = c.post("/v1/vision/ocr", json={"image": "", "model": "nope"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+        r = c.post("/v1/vision/detect", files={"file": ("x.bin", b"\x00" * 64)},
+                   data={"model": DETECTOR})
+        assert r.status_code == 400 and "not a supported image" in r.json()["error"]["message"]
+        r = c.post("/v1/vision/ocr", json={"image": base64.b64encode(_png(img)).decode(),
+                                           "model": "smollm2-135m-instruct"})
+        assert r.status_code == 400 and "not a vision model" in r.json()["error"]["message"]
+        assert "smollm2-135m-instruct" not in app.state.registry.loaded_engines()
