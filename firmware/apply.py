@@ -279,6 +279,10 @@ class Updater:
                 self.state.finish(row, "failed", reason)
                 self._emit("update.failed", {"id": row, "type": m.type,
                                              "version": m.version, "reason": reason})
+                try:  # e.g. a trial slot left switched in: go back to the committed one
+                    self._recover_locked()
+                except Exception:
+                    log.exception("recovery after a failed apply failed")
                 if isinstance(exc, UpdateError) or not isinstance(exc, Exception):
                     raise
                 raise ApplyError(reason) from exc

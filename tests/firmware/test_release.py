@@ -20,9 +20,15 @@ def _ready(box: Box) -> dict:
 
 
 def test_apply_switch_commit_then_failed_release_rolls_back(box: Box, wheels: dict) -> None:
-    up = box.updater()
+    events: list[tuple[str, int, int]] = []
+    up = box.updater(progress=lambda *e: events.append(e))
     r1 = up.apply(box.bundle("r1.apub", "release", "0.1.0", [wheels["0.1.0"]]))
     assert (r1.outcome, r1.slot) == ("success", "a")
+    size = wheels["0.1.0"].stat().st_size
+    assert ("verify", size, size) in events and ("extract", size, size) in events
+    assert [e[0] for e in events if e[0].startswith("step:")] == [
+        f"step:{s}" for s in ("verify", "lock", "record", "stage", "venv", "arm", "switch",
+                              "restart", "health", "commit", "finish")]
     r2 = up.apply(box.bundle("r2.apub", "release", "0.2.0", [wheels["0.2.0"]]))
     assert (r2.outcome, r2.slot) == ("success", "b")
     assert _ready(box)["version"] == "0.2.0"
