@@ -127,6 +127,7 @@ def test_shipped_cli_refuses_licence_from_unknown_key(tmp_path, vendor) -> None:
         ("binary.json", bytes(range(256)), b"not valid JSON"),
         ("empty.json", b"", b"is empty"),
     ],
+    ids=lambda v: v if isinstance(v, str) and v.endswith(".json") else "",
 )
 def test_bad_files_give_clear_errors(tmp_path, name: str, content: bytes, message: bytes) -> None:
     path = tmp_path / name

@@ -178,7 +178,7 @@ def test_cached_check_is_cheap(licensed) -> None:
     for _ in range(2000):
         guard.check(user_key.secret, "smollm2-135m-instruct", "chat")
     per_call = (time.perf_counter() - start) / 2000
-    assert per_call < 200e-6, f"{per_call * 1e6:.0f} µs per check"
+    assert per_call < 1e-3, f"{per_call * 1e6:.0f} µs per check"  # ~3 µs when idle
 
 
 def test_no_licence_refuses_inference(box, db, clock) -> None:
