@@ -17,6 +17,18 @@ def size(n: int | None) -> str:
     return f"{n} B"
 
 
+def size_or_label(value: int | float | str | None) -> str:
+    """A model's ``size``: bytes on disk as a number, or a label the box chose ("135M")."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return size(int(value))
+    return str(value) if value else "-"
+
+
+def count(value: int | float | None) -> str:
+    """A counter the box may send as a float (Prometheus sums), shown as an integer."""
+    return str(int(value or 0))
+
+
 def when(ts: float | str | None) -> str:
     """Epoch seconds as a UTC date and time, or '-' (a string is shown as the box sent it)."""
     if not ts:

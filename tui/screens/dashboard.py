@@ -23,6 +23,11 @@ TILES = [
 ]
 
 
+def _memory(model: dict) -> str:
+    """Memory a loaded model takes (``bytes``), '-' when unloaded."""
+    return fmt.size(model.get("bytes")) if model.get("bytes") else "-"
+
+
 class DashboardScreen(BoxScreen):
     """Fed by the app's ``status`` poll (every refresh interval)."""
 
@@ -40,7 +45,8 @@ class DashboardScreen(BoxScreen):
     def on_mount(self) -> None:
         super().on_mount()
         table = self.query_one("#dash-models", DataTable)
-        table.add_columns("name", "state", "provider", "engine", "quant", "size", "in use")
+        table.add_columns("name", "state", "provider", "engine", "quant", "on disk",
+                          "memory", "busy")
         self.watch(self.app, "status", self.show, init=True)
 
     def tile(self, key: str) -> StatTile:
@@ -62,10 +68,10 @@ class DashboardScreen(BoxScreen):
                                           ("tokens", "tokens_per_s", "tokens_out_total"),
                                           ("images", "images_per_s", "images_total")):
             per_s = float(s.get(rate_key) or 0.0)
-            self.tile(key).push(f"{per_s:.1f}/s · {s.get(total_key, 0)} total", per_s)
+            self.tile(key).push(f"{per_s:.1f}/s · {fmt.count(s.get(total_key))} total", per_s)
         self.tile("p95").push(fmt.latency(s.get("p95_latency_s")), s.get("p95_latency_s") or 0.0)
-        self.tile("queue").push(str(s.get("queue_depth", 0)), s.get("queue_depth", 0))
-        self.tile("slots").push(str(s.get("active_slots", 0)))
+        self.tile("queue").push(fmt.count(s.get("queue_depth")), s.get("queue_depth") or 0)
+        self.tile("slots").push(fmt.count(s.get("active_slots")))
         self.tile("cpu").push(f"{s.get('cpu_percent', 0.0):.0f} %", s.get("cpu_percent", 0.0))
         self.tile("ram").push(f"{fmt.size(s.get('ram_used_bytes'))} of "
                               f"{fmt.size(s.get('ram_total_bytes'))}")
@@ -76,4 +82,5 @@ class DashboardScreen(BoxScreen):
         for m in status.get("models") or []:
             table.add_row(m["name"], m.get("state", "?"), m.get("provider") or "-",
                           m.get("engine", "-"), m.get("quantisation") or "-",
-                          fmt.size(m.get("bytes")), str(m.get("in_use", 0)), key=m["name"])
+                          fmt.size_or_label(m.get("size")), _memory(m),
+                          fmt.count(m.get("in_use")), key=m["name"])

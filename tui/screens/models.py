@@ -37,7 +37,7 @@ class ModelsScreen(BoxScreen):
     def on_mount(self) -> None:
         super().on_mount()
         self.query_one(DataTable).add_columns(
-            "name", "state", "provider", "engine/format", "quant", "size", "on disk",
+            "name", "state", "provider", "engine/format", "quant", "on disk", "memory",
             "last used", "busy")
 
     def reload(self) -> None:
@@ -54,9 +54,10 @@ class ModelsScreen(BoxScreen):
         for m in models:
             table.add_row(m["name"], m.get("state", "?"), m.get("provider") or "-",
                           f"{m.get('engine', '-')}/{m.get('format', '-')}",
-                          m.get("quantisation") or "-", m.get("size") or "-",
-                          fmt.size(m.get("bytes")), fmt.when(m.get("last_used")),
-                          str(m.get("in_use", 0)), key=m["name"])
+                          m.get("quantisation") or "-", fmt.size_or_label(m.get("size")),
+                          fmt.size(m.get("bytes")) if m.get("bytes") else "-",
+                          fmt.when(m.get("last_used")), fmt.count(m.get("in_use")),
+                          key=m["name"])
         if models:
             table.move_cursor(row=min(row, len(models) - 1))
 

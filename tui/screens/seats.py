@@ -40,11 +40,11 @@ class SeatsScreen(BoxScreen):
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("n", "new_seat", "New seat"),
-        Binding("x", "remove_seat", "Remove seat"),
+        Binding("x", "remove_seat", "Del seat"),
         Binding("k", "new_key", "New key"),
-        Binding("r", "revoke_key", "Revoke key"),
-        Binding("t", "rotate_key", "Rotate key"),
-        Binding("e", "export", "Export CSV"),
+        Binding("r", "revoke_key", "Revoke"),
+        Binding("t", "rotate_key", "Rotate"),
+        Binding("e", "export", "CSV"),
     ]
 
     def __init__(self) -> None:
