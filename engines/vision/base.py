@@ -8,6 +8,7 @@ Implementations: ``engines.vision.ocr.OcrEngine`` (PP-OCR det/cls/rec) and
 from __future__ import annotations
 
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,7 +44,8 @@ class VisionOptions:
     trt_fp16: bool = True
     trt_int8: bool = False
     trt_workspace_bytes: int = 2 << 30
-    intra_op_threads: int = 0  # 0: onnxruntime decides (all physical cores)
+    intra_op_threads: int = 0  # 0: auto, cores / CPU workers
+    workers: int = 0  # session runs in parallel; 0: auto (see cpu_workers)
     max_batch: int = 1
     max_wait_ms: float = 2.0
     max_queue: int = 64
@@ -54,6 +56,27 @@ class VisionOptions:
     @property
     def limits(self) -> ImageLimits:
         return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.max_image_side)
+
+    def cpu_workers(self) -> int:
+        """Parallel session runs on CPU: ``workers`` or, by default, one per core up to 4
+        (small vision models scale better across requests than inside one run; see
+        batcher.py for the measurements)."""
+        return self.workers or max(1, min(4, _cores()))
+
+    def cpu_threads(self) -> int:
+        """onnxruntime intra-op threads per CPU session run."""
+        return self.intra_op_threads or max(1, _cores() // self.cpu_workers())
+
+    def workers_for(self, provider: str) -> int:
+        """Worker threads of a batcher for a session on ``provider`` (GPU: 1 unless set)."""
+        return self.cpu_workers() if provider == "CPUExecutionProvider" else self.workers or 1
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 class VisionEngine(ABC):

@@ -1,7 +1,7 @@
 """Dynamic batching for one model: requests with the same input shape share a run.
 
-One worker thread owns the model's session runs. ``submit`` puts an input in a bounded
-queue (OverloadedError when full) and returns a Future. The worker takes the oldest
+``workers`` threads own the model's session runs. ``submit`` puts an input in a bounded
+queue (OverloadedError when full) and returns a Future. A free worker takes the oldest
 request, then waits up to ``max_wait_ms`` (measured from that request's arrival) for
 more requests with the same key (input shape) until ``max_batch``, runs them as one
 batch and routes each row of the result to its caller's Future.
@@ -55,9 +55,11 @@ class DynamicBatcher(Generic[T, R]):
     """
 
     def __init__(self, run_batch: Callable[[Sequence[T]], Sequence[R]], *, name: str,
-                 max_batch: int = 1, max_wait_ms: float = 2.0, max_queue: int = 64) -> None:
-        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
-            raise InvalidRequestError("max_batch and max_queue must be >= 1, max_wait_ms >= 0")
+                 max_batch: int = 1, max_wait_ms: float = 2.0, max_queue: int = 64,
+                 workers: int = 1) -> None:
+        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0 or workers < 1:
+            raise InvalidRequestError(
+                "max_batch, max_queue and workers must be >= 1, max_wait_ms >= 0")
         self._run = run_batch
         self.name = name
         self.max_batch = max_batch
@@ -70,8 +72,10 @@ class DynamicBatcher(Generic[T, R]):
         self._batches = 0
         self._done = 0
         self._busy_s = 0.0
-        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, name=f"batcher-{name}-{i}",
+                                          daemon=True) for i in range(workers)]
+        for t in self._threads:
+            t.start()
 
     # --- callers --------------------------------------------------------------------
     def submit(self, value: T, key: Hashable = None) -> Future:
@@ -119,8 +123,9 @@ class DynamicBatcher(Generic[T, R]):
             self._cond.notify_all()
         for item in pending:
             item.future.set_exception(EngineClosedError(f"model {self.name!r} was unloaded"))
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=30)
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout=30)
 
     # --- worker ---------------------------------------------------------------------
     def _take(self) -> list[_Item[T]] | None:

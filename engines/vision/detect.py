@@ -104,7 +104,8 @@ class YoloEngine(VisionEngine):
         self._batcher = DynamicBatcher(stack_run(self._session, self.input_name), name=name,
                                        max_batch=self.options.max_batch,
                                        max_wait_ms=self.options.max_wait_ms,
-                                       max_queue=self.options.max_queue)
+                                       max_queue=self.options.max_queue,
+                                       workers=self.options.workers_for(self._provider))
         log.info("loaded detector %s (%d classes, input %s) on %s", name, len(self.names),
                  self.input_size, self._provider)
 

@@ -220,7 +220,8 @@ class OcrEngine(VisionEngine):
             stage: DynamicBatcher(stack_run(sess, sess.get_inputs()[0].name),
                                   name=f"{name}/{stage}", max_batch=self.options.max_batch,
                                   max_wait_ms=self.options.max_wait_ms,
-                                  max_queue=self.options.max_queue)
+                                  max_queue=self.options.max_queue,
+                                  workers=self.options.workers_for(self._provider))
             for stage, sess in (("det", self._det), ("cls", self._cls), ("rec", self._rec))
             if sess is not None}
         self._batcher = self._batchers["det"]

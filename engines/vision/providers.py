@@ -107,8 +107,7 @@ class OpenedSession:
 def session_options(options: VisionOptions) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if options.intra_op_threads:
-        so.intra_op_num_threads = options.intra_op_threads
+    so.intra_op_num_threads = options.cpu_threads()
     so.log_severity_level = 3
     return so
 

@@ -115,3 +115,25 @@ def test_concurrent_ocr_requests_share_rec_batches_and_get_their_own_lines(model
         assert [len(s) for s in serial] == [2, 2, 2, 2]
     finally:
         engine.close()
+
+
+def test_two_workers_run_two_batches_at_once() -> None:
+    both = threading.Barrier(2, timeout=5)
+
+    def run(batch):
+        both.wait()  # returns only when two runs are in flight together
+        return batch
+
+    b = DynamicBatcher(run, name="pair", workers=2)
+    try:
+        f1, f2 = b.submit("a"), b.submit("b")
+        assert (f1.result(5), f2.result(5)) == ("a", "b")
+    finally:
+        b.close()
+
+
+def test_auto_policy_on_cpu() -> None:
+    opts = VisionOptions()
+    assert 1 <= opts.cpu_workers() <= 4 and opts.cpu_threads() >= 1
+    assert opts.workers_for("CUDAExecutionProvider") == 1
+    assert VisionOptions(workers=3, intra_op_threads=2).cpu_threads() == 2
