@@ -1,11 +1,12 @@
 """Clock-tamper and restored-state detection.
 
 Trusted time is a high-water mark of UTC epoch seconds (time zones never matter). It is
-raised on every start and on every periodic ``tick`` to ``max(wall clock, previous mark +
-monotonic seconds elapsed while running)``, so trusted time keeps moving even if the wall
-clock is frozen. If the wall clock is ever more than ``tolerance`` behind the mark, the box
-locks inference until an admin acknowledges (``acknowledge``) or a fresh activation is
-imported.
+raised on every start and on every periodic ``tick`` to ``max(wall clock, stored mark, this
+process's previous mark + monotonic seconds elapsed since)``, so trusted time keeps moving
+even if the wall clock is frozen (several processes may tick; each extrapolates only from
+its own last observation, so they never push the mark ahead of real time). If the wall
+clock is ever more than ``tolerance`` behind the mark, the box locks inference until an
+admin acknowledges (``acknowledge``) or a fresh activation is imported.
 
 A monotonic counter is mirrored in two places: the ``licensing_clock`` table in the box's
 database and the ``clock.state`` file in the data directory. Every tick bumps both; if they
@@ -69,12 +70,12 @@ def advance(
     state: ClockState | None,
     now: int,
     tolerance: int,
-    mono_elapsed: float = 0.0,
+    floor: int = 0,
     file_counter: int | None = None,
 ) -> ClockVerdict:
     """Pure tick: compare ``now`` with the mark and the two counters; return the next state.
 
-    ``mono_elapsed`` is monotonic time since the previous tick in this process (0 at start).
+    ``floor`` is this process's previous mark plus monotonic seconds elapsed since (0 at start).
     ``file_counter`` is the counter read from the state file (``None`` if it is missing).
     """
     if state is None:
@@ -88,7 +89,7 @@ def advance(
             f"restored state detected: database counter {state.counter} but state file "
             f"counter {file_counter if file_counter is not None else 'missing'}"
         )
-    mark = max(state.high_water + int(mono_elapsed), state.high_water)
+    mark = max(state.high_water, floor)
     if not reason and now < mark - tolerance:
         reason = (
             f"clock went back {(mark - now) / 3600:.1f} h behind trusted time "
@@ -111,7 +112,7 @@ class ClockGuard:
     ) -> None:
         self.db, self.state_path, self.tolerance = db, Path(state_path), tolerance
         self._clock, self._mono = clock, monotonic
-        self._last_mono: float | None = None
+        self._last: tuple[float, float] | None = None  # (monotonic, mark) at our last tick
 
     def migrate(self) -> None:
         schema.migrate(self.db)
@@ -146,11 +147,13 @@ class ClockGuard:
         """Record the time now (call at start and periodically); return the new state."""
         self.migrate()
         now, mono = int(self._clock()), self._mono()
-        elapsed = 0.0 if self._last_mono is None else max(0.0, mono - self._last_mono)
+        floor = 0.0 if self._last is None else self._last[1] + max(0.0, mono - self._last[0])
         with immediate(self.db):
-            verdict = advance(self._load_db(), now, self.tolerance, elapsed, self._load_file_safe())
+            verdict = advance(
+                self._load_db(), now, self.tolerance, int(floor), self._load_file_safe()
+            )
             self._save(verdict.state)
-        self._last_mono = mono
+        self._last = (mono, max(float(verdict.state.high_water), floor))
         if verdict.newly_locked:
             log.warning("licensing: inference locked: %s", verdict.state.locked)
         return verdict.state
@@ -180,5 +183,5 @@ class ClockGuard:
                 log.warning("licensing: clock lock cleared (%s): %s", why, old.locked)
             new = ClockState(high_water=now, counter=counter)
             self._save(new)
-        self._last_mono = self._mono()
+        self._last = (self._mono(), float(new.high_water))
         return replace(new)

@@ -108,3 +108,28 @@ def test_fresh_activation_clears_lock(tmp_path, clock, mono) -> None:
     state = g.reset_on_activation()
     assert state.locked == "" and state.high_water == clock.now
     assert g.tick().locked == ""
+
+
+def test_two_processes_ticking_do_not_run_trusted_time_ahead(tmp_path, clock) -> None:
+    server_mono, cli_mono = Clock(100.0), Clock(7.0)
+    server = make(tmp_path, clock, server_mono)
+    server.tick()
+    for _ in range(50):
+        clock.advance(30)
+        server_mono.advance(30)
+        cli_mono.advance(30)
+        make(tmp_path, clock, cli_mono).tick()  # a short-lived CLI process
+        clock.advance(30)
+        server_mono.advance(30)
+        server.tick()
+    state = server.state()
+    assert state.high_water == clock.now and state.locked == ""
+
+
+def test_sub_second_ticks_still_advance_trusted_time(tmp_path, clock, mono) -> None:
+    g = make(tmp_path, clock, mono, tolerance=10)
+    g.tick()
+    for _ in range(60):  # frozen wall clock, a tick every 0.25 s for 15 s
+        mono.advance(0.25)
+        g.tick()
+    assert "went back" in g.state().locked
