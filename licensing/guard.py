@@ -120,6 +120,11 @@ class LicenseGuard:
         self._licence_mtime = self._mtime()
         self._clock_state: ClockState = self.clock.tick()
         self._last_refresh = monotonic()
+        st = self.status()
+        log.log(
+            logging.INFO if st.label == "LICENSED" else logging.WARNING,
+            "licensing: %s %s — %s", st.label, st.licence.licence_id or "-", st.licence.message,
+        )  # fmt: skip
 
     # state ---------------------------------------------------------------------------
     def _mtime(self) -> float:
