@@ -6,7 +6,7 @@ Measures, on the same images:
   (max_batch=8, 4 ms); one single-threaded run per core in parallel; and the default
   policy (VisionOptions(), auto) — which must be >= the best of batched/serial;
 - INT8 (QDQ) vs FP32: speed and agreement (quantize.quantize_pack);
-- the HTTP path through real uvicorn + appliance.app.create_app, if the app exists:
+- the HTTP path through a real ``appliance serve`` process, if the app exists:
   API overhead per image vs raw session.run (target <= 10 %).
 Cases are interleaved over several rounds because this box's 2 cores are shared.
 
@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -180,40 +179,25 @@ def bench_int8(models: Path, det_images: list[np.ndarray], pages: list[np.ndarra
                               if k not in ("fp32_ms", "int8_ms", "speedup")))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def http_server(models: Path) -> Iterator[Callable[[bytes], Any] | None]:
-    """A real uvicorn serving appliance.app.create_app; yields a detect poster or None."""
+    """A real ``appliance serve`` subprocess (tests.conftest.Box); yields a detect poster."""
     try:
         import httpx
-        import uvicorn
 
-        from appliance.app import create_app
-        from appliance.settings import Settings
+        from tests.conftest import Box
     except ImportError as exc:
         print(f"\nHTTP path skipped: the app is not in the tree yet ({exc})")
         yield None
         return
-    port = _free_port()
     with tempfile.TemporaryDirectory() as data:
-        app = create_app(Settings(data_dir=Path(data), models_dir=models.resolve(), port=port,
-                                  log_level="warning"))
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                               log_level="warning", access_log=False))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}/v1/vision/detect"
+        box = Box(Path(data) / "box", models.resolve())
+        url = f"{box.base_url}/v1/vision/detect"
+        headers = {"Authorization": f"Bearer {box.api_key}"}
         local = threading.local()
 
         def post(body: bytes) -> None:
-            client = getattr(local, "c", None) or httpx.Client(timeout=60)
+            client = getattr(local, "c", None) or httpx.Client(timeout=60, headers=headers)
             local.c = client
             r = client.post(url, files={"file": ("i.jpg", body, "image/jpeg")},
                             data={"model": DETECTOR})
@@ -222,8 +206,7 @@ def http_server(models: Path) -> Iterator[Callable[[bytes], Any] | None]:
         try:
             yield post
         finally:
-            server.should_exit = True
-            thread.join(timeout=10)
+            box.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -109,6 +109,11 @@ def test_through_the_real_app(model_store, tmp_path) -> None:
     img, _ = render_page(LINES[4:5], "plain")
     with TestClient(app) as c:
         r = c.post("/v1/vision/ocr", files={"file": ("p.png", _png(img), "image/png")})
+        assert r.status_code == 401  # the licence guard wants a seat's API key
+        key = tmp_path / "admin.key"  # written on first start (evaluation licence)
+        if key.is_file():
+            c.headers["Authorization"] = f"Bearer {key.read_text().strip()}"
+        r = c.post("/v1/vision/ocr", files={"file": ("p.png", _png(img), "image/png")})
         assert r.status_code == 200 and r.json()["text"] == LINES[4]
         r = c.post("/v1/vision/ocr", json={"image": "", "model": "nope"})
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
