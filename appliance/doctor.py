@@ -43,13 +43,29 @@ def onnx_providers() -> dict[str, Any]:
 
     info: dict[str, Any] = {"version": ort.__version__,
                             "compiled_in": ort.get_available_providers()}
-    try:
-        from engines.vision.providers import probe_providers
+    from engines.errors import EngineError
+    from engines.vision.base import VisionOptions
+    from engines.vision.providers import open_session
 
-        info["working"] = probe_providers()
-    except ImportError:
-        info["working"] = "vision engine not installed"
+    try:
+        opened = open_session(_tiny_onnx(), VisionOptions())
+        info["working"] = opened.provider
+        info["skipped"] = list(opened.report)
+    except EngineError as exc:
+        info["working"] = f"none: {exc}"
     return info
+
+
+def _tiny_onnx() -> bytes:
+    """A one-node ONNX model, enough to prove a provider really creates sessions."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
 
 
 def report(settings: Settings) -> dict[str, Any]:

@@ -97,11 +97,21 @@ def _service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--command", default=os.environ.get("APPLIANCE_SERVICE_COMMAND"),
                    help="process service command; {venv}, {slot}, {root} are filled in")
     p.add_argument("--health-url",
-                   default=os.environ.get("APPLIANCE_HEALTH_URL", "http://127.0.0.1:8000"))
+                   default=os.environ.get("APPLIANCE_HEALTH_URL", "http://127.0.0.1:8080"))
     p.add_argument("--health-timeout", type=float, default=120.0)
     p.add_argument("--model", default=None, help="model for the inference probe")
     p.add_argument("--no-inference", action="store_true", help="check /readyz only")
     p.add_argument("--boot-attempts", type=int, default=3)
+
+
+def _auth_headers(data_dir: Path) -> dict[str, str]:
+    """The box's admin key (written at first start) authorises the inference probe."""
+    key_file = Path(data_dir) / "admin.key"
+    try:
+        key = key_file.read_text().strip()
+    except OSError:
+        return {}
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def _root(args: argparse.Namespace) -> Path:
@@ -134,6 +144,7 @@ def _updater(args: argparse.Namespace, progress: Any = None) -> Any:
         kwargs["service"] = service
         kwargs["health"] = HealthCheck(
             base_url=args.health_url, timeout=args.health_timeout,
+            headers=_auth_headers(args.data_dir),
             inference_path=None if args.no_inference else "/v1/completions",
             **({"inference_body": body} if args.model else {}))
         kwargs["max_boot_attempts"] = args.boot_attempts

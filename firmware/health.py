@@ -25,7 +25,7 @@ def _default_body() -> dict[str, Any]:
 class HealthCheck:
     """Where and how to probe the service; ``inference_path=None`` skips the inference."""
 
-    base_url: str = "http://127.0.0.1:8000"
+    base_url: str = "http://127.0.0.1:8080"
     ready_path: str = "/readyz"
     inference_path: str | None = "/v1/completions"
     inference_body: dict[str, Any] = field(default_factory=_default_body)

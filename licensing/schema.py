@@ -16,8 +16,9 @@ from licensing.storage import immediate
 log = logging.getLogger(__name__)
 
 V1 = [
+    # AUTOINCREMENT: a deleted seat's id (and so its usage history) is never reused.
     """CREATE TABLE IF NOT EXISTS seats (
-        id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, contact TEXT NOT NULL,
+        id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, contact TEXT NOT NULL,
         role TEXT NOT NULL CHECK (role IN ('user', 'admin')),
         max_concurrent INTEGER NOT NULL, requests_per_minute INTEGER NOT NULL,
         tokens_per_day INTEGER NOT NULL, created_at INTEGER NOT NULL)""",

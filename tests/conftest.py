@@ -64,8 +64,8 @@ class Box:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance.cli", "serve", "--port", str(self.port)],
-            env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "tests.launch_box", "--port", str(self.port)],
+            env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.wait_healthy()
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
@@ -100,9 +100,31 @@ class Box:
 
 
 @pytest.fixture(scope="session")
-def box(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory):
-    """One real server for the API tests (SmolLM2 served from the test model store)."""
-    server = Box(tmp_path_factory.mktemp("box"), model_store.root)
+def vendor_key(tmp_path_factory: pytest.TempPathFactory):
+    """A vendor signing key generated for this test run (TEST KEY, never shipped)."""
+    import json
+    from types import SimpleNamespace
+
+    from licensing.crypto import SigningKey, b64
+
+    key = SigningKey.generate()
+    path = tmp_path_factory.mktemp("vendor") / "trusted.json"
+    path.write_text(json.dumps({key.key_id: b64(key.public)}))
+    pem = path.parent / "vendor.pem"
+    pem.write_bytes(key.to_pem())
+    pem.chmod(0o600)
+    return SimpleNamespace(key=key, trusted_file=path, pem=pem,
+                           trusted={key.key_id: key.public})
+
+
+@pytest.fixture(scope="session")
+def box(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory, vendor_key):
+    """One real server for the API tests (SmolLM2 served from the test model store).
+
+    It starts on its evaluation licence and trusts the test run's vendor key.
+    """
+    server = Box(tmp_path_factory.mktemp("box"), model_store.root,
+                 env={"TEST_TRUSTED_KEYS_FILE": str(vendor_key.trusted_file)})
     yield server
     server.stop()
 

@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import firmware.errors as fw
+import licensing.errors as lic
 from appliance.errors import ApplianceError, ConfigError, ModelNotFoundError, ModelStoreError
 from engines.errors import (
     ContextLengthError,
@@ -23,8 +25,24 @@ from engines.errors import (
 
 log = logging.getLogger(__name__)
 
-# (status, OpenAI "type", "code") by error class; the most specific class wins.
+# (status, OpenAI "type", "code") by error class; the first matching class wins.
 ERROR_MAP: list[tuple[type[Exception], int, str, str | None]] = [
+    (lic.Unauthenticated, 401, "invalid_request_error", "invalid_api_key"),
+    (lic.NotEntitled, 403, "permission_error", "not_entitled"),
+    (lic.LicenceExpired, 403, "permission_error", "licence_expired"),
+    (lic.ClockTampered, 403, "permission_error", "clock_tampered"),
+    (lic.LicenceMissing, 403, "permission_error", "licence_missing"),
+    (lic.Forbidden, 403, "permission_error", "forbidden"),
+    (lic.RateLimited, 429, "rate_limit_error", "rate_limit_exceeded"),
+    (lic.SeatLimitReached, 409, "invalid_request_error", "seat_limit"),
+    (lic.NotFound, 404, "invalid_request_error", "not_found"),
+    (lic.StateError, 409, "invalid_request_error", "conflict"),
+    (lic.LicenseError, 400, "invalid_request_error", "licence_invalid"),
+    (fw.LockedError, 409, "invalid_request_error", "update_in_progress"),
+    (fw.SlotError, 409, "invalid_request_error", "slot"),
+    (fw.BundleError, 400, "invalid_request_error", "bundle_refused"),
+    (fw.ApplyError, 500, "server_error", "update_failed"),
+    (fw.UpdateError, 400, "invalid_request_error", "update"),
     (ModelNotFoundError, 404, "invalid_request_error", "model_not_found"),
     (ContextLengthError, 400, "invalid_request_error", "context_length_exceeded"),
     (InvalidRequestError, 400, "invalid_request_error", None),

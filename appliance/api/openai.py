@@ -18,6 +18,7 @@ from appliance.api.openai_schemas import (
     CompletionRequest,
     EmbeddingRequest,
 )
+from appliance.auth import Caller
 from appliance.deps import CallerDep, MetricsDep, RegistryDep
 from appliance.errors import ApplianceError
 from appliance.generation import generate
@@ -98,10 +99,17 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
-async def _start(registry: Any, model: str, build: Any
+def _authorise(registry: Any, caller: Caller, model: str, feature: str) -> None:
+    """404 for a model the box does not have, then 403 if the licence does not cover it."""
+    registry.entry(model)
+    caller.entitle(model, feature)
+
+
+async def _start(registry: Any, caller: Caller, model: str, feature: str, build: Any
                  ) -> tuple[contextlib.AsyncExitStack, AsyncIterator[GenerationEvent],
                             GenerationEvent, int]:
     """Lease the model, submit, and wait for the first event so errors surface as 4xx/5xx."""
+    _authorise(registry, caller, model, feature)
     stack = contextlib.AsyncExitStack()
     try:
         engine = _llm(await stack.enter_async_context(registry.use(model)), model)
@@ -138,7 +146,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
         tokens = engine.tokenize(prompt)
         return GenerationRequest(tuple(tokens), _sampling(body, max_tokens, _grammar(engine, body)))
 
-    stack, events, first, n_prompt = await _start(registry, body.model, build)
+    stack, events, first, n_prompt = await _start(registry, caller, body.model, "chat", build)
     run = _Run(request, metrics, body.model, n_prompt)
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -191,7 +199,8 @@ async def completions(body: CompletionRequest, request: Request, registry: Regis
         return GenerationRequest(tuple(engine.tokenize(body.text())),
                                  _sampling(body, body.max_tokens, None))
 
-    stack, events, first, n_prompt = await _start(registry, body.model, build)
+    stack, events, first, n_prompt = await _start(registry, caller, body.model, "completions",
+                                                  build)
     run = _Run(request, metrics, body.model, n_prompt)
     ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
@@ -234,6 +243,7 @@ async def embeddings(body: EmbeddingRequest, request: Request, registry: Registr
     texts = body.texts()
     if any(not t for t in texts):
         raise InvalidRequestError("input strings must be non-empty")
+    _authorise(registry, caller, body.model, "embeddings")
     async with registry.use(body.model) as engine:
         llm = _llm(engine, body.model)
         vectors = await anyio.to_thread.run_sync(llm.embed, texts)
@@ -255,7 +265,8 @@ async def embeddings(body: EmbeddingRequest, request: Request, registry: Registr
 @router.get("/models")
 async def list_models(registry: RegistryDep, caller: CallerDep) -> Any:
     """Every model in the store, with its state and (when loaded) the backend it runs on."""
-    return {"object": "list", "data": [_model_card(s) for s in registry.status()]}
+    return {"object": "list", "data": [_model_card(s, caller) for s in registry.status()],
+            "licence": _licence_label(caller)}
 
 
 @router.get("/models/{model_id}")
@@ -263,13 +274,19 @@ async def get_model(model_id: str, registry: RegistryDep, caller: CallerDep) -> 
     registry.entry(model_id)
     for s in registry.status():
         if s["name"] == model_id:
-            return _model_card(s)
+            return _model_card(s, caller)
     raise ApplianceError(f"model {model_id!r} vanished")
 
 
-def _model_card(s: dict[str, Any]) -> dict[str, Any]:
+def _licence_label(caller: Caller) -> str:
+    ctx = caller.ctx
+    return "EVALUATION" if ctx.evaluation else ctx.licence_state.upper()
+
+
+def _model_card(s: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    owner = "appliance (EVALUATION)" if caller.ctx.evaluation else "appliance"
     card = {"id": s["name"], "object": "model", "created": int(s["loaded_at"] or 0),
-            "owned_by": "appliance"}
+            "owned_by": owner}
     card.update({k: s[k] for k in ("engine", "format", "quantisation", "size", "state")})
     if "provider" in s:
         card["provider"] = s["provider"]

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
 from appliance.deps import CallerDep
+from appliance.usage import UsageRecord
 from engines.errors import InputError, InvalidRequestError
 from engines.vision.base import VisionEngine
 
@@ -147,6 +148,7 @@ async def ocr(request: Request, caller: CallerDep) -> OcrResponse:
     name = params.model or getattr(settings, "default_ocr", DEFAULT_OCR_MODEL)
     async with _engine(request, name) as engine:
         res = await anyio.to_thread.run_sync(engine.ocr, data)
+    request.state.usage = UsageRecord(model=name, images=1)
     return OcrResponse(model=name, width=res.width, height=res.height, text=res.text,
                        lines=[OcrLineOut(text=ln.text, confidence=ln.confidence,
                                          polygon=[list(p) for p in ln.polygon])
@@ -163,6 +165,7 @@ async def detect(request: Request, caller: CallerDep) -> DetectResponse:
     data, p = await _parse(request, DetectRequest)
     async with _engine(request, p.model) as engine:
         res = await anyio.to_thread.run_sync(engine.detect, data, p.conf, p.iou)
+    request.state.usage = UsageRecord(model=p.model, images=1)
     return DetectResponse(model=p.model, width=res.width, height=res.height,
                           detections=[DetectionOut(class_id=d.class_id, label=d.label,
                                                    confidence=d.confidence, box=list(d.box))

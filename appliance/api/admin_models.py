@@ -1,0 +1,71 @@
+"""Admin API: box status, models, logs (admin-role keys only)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Query, Request
+
+from appliance import __version__
+from appliance.deps import AdminDep, RegistryDep
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+def _model(registry: Any, name: str) -> dict[str, Any]:
+    for s in registry.status():
+        if s["name"] == name:
+            return s
+    registry.entry(name)  # raises ModelNotFoundError
+    return {}
+
+
+@router.get("/status")
+async def status(request: Request, registry: RegistryDep, admin: AdminDep) -> dict[str, Any]:
+    """Everything the dashboard shows, in one call."""
+    state = request.app.state
+    return {"version": __version__, "uptime_s": time.time() - state.started_at,
+            "licence": state.licence_status(), "models": registry.status(),
+            "stats": state.sampler.sample()}
+
+
+@router.get("/models")
+async def models(registry: RegistryDep, admin: AdminDep) -> list[dict[str, Any]]:
+    registry.refresh()
+    return registry.status()
+
+
+@router.post("/models/{name}/load")
+async def load(name: str, registry: RegistryDep, admin: AdminDep) -> dict[str, Any]:
+    await registry.load(name)
+    return _model(registry, name)
+
+
+@router.post("/models/{name}/unload")
+async def unload(name: str, registry: RegistryDep, admin: AdminDep) -> dict[str, Any]:
+    await registry.unload(name)
+    return _model(registry, name)
+
+
+@router.post("/models/{name}/verify")
+async def verify(name: str, registry: RegistryDep, admin: AdminDep) -> dict[str, Any]:
+    registry.entry(name)
+    problems = await anyio.to_thread.run_sync(registry.store.verify, name)
+    return {"name": name, "ok": not problems, "problems": problems}
+
+
+@router.delete("/models/{name}")
+async def remove(name: str, request: Request, registry: RegistryDep,
+                 admin: AdminDep) -> dict[str, Any]:
+    await registry.remove(name)
+    request.app.state.audit(admin, "model.removed", {"name": name})
+    return {"removed": name}
+
+
+@router.get("/logs")
+async def logs(request: Request, admin: AdminDep, limit: int = Query(100, ge=1, le=500),
+               q: str | None = Query(None, max_length=200)) -> list[dict[str, Any]]:
+    """Recent warnings and errors of this process."""
+    return request.app.state.log_ring.tail(limit, q)
