@@ -103,7 +103,8 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["*"], allow_headers=["*"])
-    app.add_middleware(ObserveMiddleware, state=app.state, max_body=settings.max_body_bytes)
+    app.add_middleware(ObserveMiddleware, state=app.state, max_body=settings.max_body_bytes,
+                       max_upload=settings.max_bundle_bytes)
     return app
 
 

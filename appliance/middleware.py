@@ -20,18 +20,23 @@ log = logging.getLogger(__name__)
 class ObserveMiddleware:
     """Counts, times and logs every HTTP request; refuses bodies over the cap with 413."""
 
-    def __init__(self, app: ASGIApp, *, state: Any, max_body: int) -> None:
+    def __init__(self, app: ASGIApp, *, state: Any, max_body: int, max_upload: int,
+                 upload_prefix: str = "/admin/updates") -> None:
         self.app = app
         self.state = state
         self.max_body = max_body
+        self.max_upload = max_upload
+        self.upload_prefix = upload_prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        cap = (self.max_upload if scope["path"].startswith(self.upload_prefix)
+               else self.max_body)
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            await _reject(send, 413, f"request body over {self.max_body} bytes")
+        if length is not None and length.isdigit() and int(length) > cap:
+            await _reject(send, 413, f"request body over {cap} bytes")
             return
         started = time.perf_counter()
         status = 500
@@ -44,7 +49,7 @@ class ObserveMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
+                if received > cap:
                     raise BodyTooLarge
             return message
 
@@ -61,7 +66,7 @@ class ObserveMiddleware:
             await self.app(scope, counted_receive, observed_send)
         except BodyTooLarge:
             status = 413
-            await _reject(send, 413, f"request body over {self.max_body} bytes")
+            await _reject(send, 413, f"request body over {cap} bytes")
         finally:
             metrics.in_flight.dec()
             elapsed = time.perf_counter() - started

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(20 << 20, ge=1024, description="Largest image upload accepted.")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="Largest decoded image.")
     max_body_bytes: int = Field(32 << 20, ge=1024, description="Largest request body accepted.")
+    max_bundle_bytes: int = Field(
+        16 << 30, ge=1024, description="Largest update bundle upload (/admin/updates).")
     tls_cert: Path | None = Field(None, description="PEM certificate to serve HTTPS.")
     tls_key: Path | None = Field(None, description="PEM private key to serve HTTPS.")
     cors_origins: list[str] = Field(default_factory=list, description="CORS origins; off if empty.")

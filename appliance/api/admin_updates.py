@@ -40,7 +40,8 @@ def _updater(request: Request, settings: Settings, guard: Any, actor: str) -> Up
 
 async def _receive(request: Request, settings: Settings) -> Path:
     """Stream the request body into a private temp file, refusing past the bundle cap."""
-    limit = Limits().max_total_size + Limits().max_manifest + 4096
+    limit = min(settings.max_bundle_bytes,
+                Limits().max_total_size + Limits().max_manifest + 4096)
     incoming = settings.data_dir / "updates"
     incoming.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, name = tempfile.mkstemp(dir=incoming, prefix="upload-", suffix=".bundle")
