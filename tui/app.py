@@ -91,6 +91,9 @@ class AdminApp(App[None]):
             self.call_from_thread(self.lost_connection, str(exc))
         except BoxError as exc:
             self.call_from_thread(self._status_refused, exc)
+        except Exception as exc:  # a malformed answer must not end the poll
+            log.exception("status poll failed")
+            self.call_from_thread(self._status_refused, BoxError(0, f"unexpected answer: {exc}"))
         else:
             self.call_from_thread(self._got_status, status)
 
@@ -119,9 +122,12 @@ class AdminApp(App[None]):
             self.connected = True
             self.notify("Connection to the box restored.")
 
-    @work(thread=True, group="box", exit_on_error=False)
+    @work(thread=True, group="box")
     def call_box(self, fn: Callable[[], T], done: Callable[[T], Any] | None = None) -> None:
-        """Run one client call off the event loop; box errors become notifications."""
+        """Run one client call off the event loop; its errors become notifications.
+
+        ``done`` runs on the event loop with the result; a bug in it is not swallowed.
+        """
         try:
             result = fn()
         except BoxError as exc:
@@ -135,6 +141,11 @@ class AdminApp(App[None]):
             return
         except OSError as exc:  # a local file the action reads or writes
             self.call_from_thread(self.notify, str(exc), title="Local file", severity="error")
+            return
+        except Exception as exc:  # e.g. an answer not shaped as documented
+            log.exception("admin call failed")
+            self.call_from_thread(self.notify, f"{type(exc).__name__}: {exc}",
+                                  title="Unexpected answer", severity="error")
             return
         self.call_from_thread(self.reconnected)
         if done is not None:

@@ -116,7 +116,7 @@ class VerifyResult(TypedDict):
 
 
 class Seat(TypedDict):
-    id: str
+    id: int | str
     name: str
     contact: str
     role: Literal["user", "admin"]
@@ -128,8 +128,8 @@ class Seat(TypedDict):
 
 
 class ApiKey(TypedDict):
-    id: str
-    seat_id: str
+    id: int | str
+    seat_id: int | str
     prefix: str
     created: float
     revoked: bool
@@ -141,7 +141,7 @@ class NewApiKey(ApiKey):
 
 
 class UsageRow(TypedDict):
-    seat_id: str
+    seat_id: int | str
     seat: str
     period: str
     requests: int
@@ -151,23 +151,34 @@ class UsageRow(TypedDict):
 
 
 class Slot(TypedDict):
-    name: Literal["a", "b"]
+    """A release slot: documented with ``healthy``; the firmware status sends ``state``."""
+
+    name: str
     version: str | None
-    healthy: bool
+    healthy: NotRequired[bool]
+    state: NotRequired[str]
+    current: NotRequired[bool]
 
 
 class Updates(TypedDict):
-    current: Slot
-    other: Slot | None
-    min_version: str | None
+    """Documented as current/other/min_version; the box also sends slots/floors (read both)."""
+
+    current: Slot | str | None
+    other: NotRequired[Slot | None]
+    min_version: NotRequired[str | None]
+    slots: NotRequired[list[Slot]]
+    floors: NotRequired[dict[str, str]]
+    apply_running: NotRequired[bool]
+    next_boot_reason: NotRequired[str]
 
 
 class UpdateRecord(TypedDict):
     id: int
-    version: str | None
+    version: NotRequired[str | None]
+    bundle_version: NotRequired[str | None]
     type: str
-    started: float | None
-    finished: float | None
+    started: float | str | None
+    finished: float | str | None
     outcome: str | None
     reason: str | None
 
@@ -176,6 +187,9 @@ class Inspection(TypedDict):
     manifest: dict[str, Any]
     signature: str
     changes: list[str]
+    problem: NotRequired[str | None]
+    payloads_ok: NotRequired[bool]
+    key_id: NotRequired[str]
 
 
 class ApplyResult(TypedDict):
@@ -353,34 +367,34 @@ class AdminClient:
         return cast(Seat, self._json("POST", "/admin/seats",
                                      json={"name": name, "contact": contact, "role": role}))
 
-    def remove_seat(self, seat_id: str) -> str:
+    def remove_seat(self, seat_id: int | str) -> str:
         """DELETE /admin/seats/{seat_id}; returns the removed id."""
         return str(self._json("DELETE", f"/admin/seats/{seat_id}")["removed"])
 
-    def keys(self, seat_id: str) -> list[ApiKey]:
+    def keys(self, seat_id: int | str) -> list[ApiKey]:
         """GET /admin/seats/{seat_id}/keys."""
         return cast(list[ApiKey], self._json("GET", f"/admin/seats/{seat_id}/keys"))
 
-    def create_key(self, seat_id: str) -> NewApiKey:
+    def create_key(self, seat_id: int | str) -> NewApiKey:
         """POST /admin/seats/{seat_id}/keys; the answer carries the secret once."""
         return cast(NewApiKey, self._json("POST", f"/admin/seats/{seat_id}/keys"))
 
-    def revoke_key(self, key_id: str) -> ApiKey:
+    def revoke_key(self, key_id: int | str) -> ApiKey:
         """POST /admin/keys/{key_id}/revoke."""
         return cast(ApiKey, self._json("POST", f"/admin/keys/{key_id}/revoke"))
 
-    def rotate_key(self, key_id: str) -> NewApiKey:
+    def rotate_key(self, key_id: int | str) -> NewApiKey:
         """POST /admin/keys/{key_id}/rotate: a new key, the old one revoked."""
         return cast(NewApiKey, self._json("POST", f"/admin/keys/{key_id}/rotate"))
 
-    def usage(self, seat_id: str | None = None, period: str = "day") -> list[UsageRow]:
+    def usage(self, seat_id: int | str | None = None, period: str = "day") -> list[UsageRow]:
         """GET /admin/usage for one seat or all, by ``day`` or ``month``."""
-        params = {"period": period} | ({"seat_id": seat_id} if seat_id else {})
+        params = {"period": period} | ({"seat_id": str(seat_id)} if seat_id else {})
         return cast(list[UsageRow], self._json("GET", "/admin/usage", params=params))
 
-    def usage_csv(self, seat_id: str | None = None) -> str:
+    def usage_csv(self, seat_id: int | str | None = None) -> str:
         """GET /admin/usage.csv: the usage rows as CSV text."""
-        params = {"seat_id": seat_id} if seat_id else {}
+        params = {"seat_id": str(seat_id)} if seat_id else {}
         return self._request("GET", "/admin/usage.csv", params=params).text
 
     # licence

@@ -57,27 +57,33 @@ class FakeBox:
         self._models = copy.deepcopy(MODELS)
         self._licence = copy.deepcopy(LICENCE)
         self._seats: list[dict[str, Any]] = [
-            {"id": "s-admin", "name": "admin", "contact": "", "role": "admin",
+            {"id": 1, "name": "admin", "contact": "", "role": "admin",
              "created": T0 - 86400 * 2, "requests_today": 4, "requests_month": 40,
              "tokens_today": 900, "tokens_month": 9100},
-            {"id": "s-alice", "name": "alice", "contact": "alice@acme.test", "role": "user",
+            {"id": 2, "name": "alice", "contact": "alice@acme.test", "role": "user",
              "created": T0 - 86400, "requests_today": 12, "requests_month": 310,
              "tokens_today": 5120, "tokens_month": 88000},
         ]
         self._keys: list[dict[str, Any]] = [
-            {"id": "k-admin1", "seat_id": "s-admin", "prefix": "sk-adm1", "created": T0 - 86400 * 2,
-             "revoked": False},
-            {"id": "k-alice1", "seat_id": "s-alice", "prefix": "sk-ali1", "created": T0 - 86400,
+            {"id": "a1b2c3", "seat_id": 1, "prefix": "sk-box-a1b2c3",
+             "created": T0 - 86400 * 2, "revoked": False},
+            {"id": "d4e5f6", "seat_id": 2, "prefix": "sk-box-d4e5f6", "created": T0 - 86400,
              "revoked": False},
         ]
+        # updates as the firmware status and history send them (not the doc's shape)
         self._history: list[dict[str, Any]] = [
-            {"id": 1, "version": "0.1.0", "type": "release", "started": T0 - 3600,
-             "finished": T0 - 3500, "outcome": "success", "reason": None},
+            {"id": 1, "bundle_version": "0.1.0", "type": "release", "bundle": "r.bundle",
+             "key_id": "vendor-2026", "started": "2026-11-18T10:06:40Z",
+             "finished": "2026-11-18T10:08:02Z", "outcome": "success", "reason": "",
+             "step": "commit"},
         ]
-        self._slots = {"current": {"name": "a", "version": "0.1.0", "healthy": True},
-                       "other": {"name": "b", "version": None, "healthy": False},
-                       "min_version": "0.1.0"}
-        self._counter = 0
+        self._slots: dict[str, Any] = {
+            "current": "a", "next_boot": "a", "next_boot_reason": "", "apply_running": False,
+            "installed": {"release": "0.1.0"}, "floors": {"release": "0.1.0"}, "boot": {},
+            "slots": [{"name": "a", "state": "committed", "version": "0.1.0", "current": True},
+                      {"name": "b", "state": "empty", "version": None, "current": False}],
+            "interrupted": [], "last": None}
+        self._counter = 2
 
     def _enter(self, name: str) -> None:
         self.calls.append(name)
@@ -85,10 +91,6 @@ class FakeBox:
             raise BoxUnreachable("cannot reach http://fake-box:8080: connection refused")
         if name in self.fail:
             raise self.fail.pop(name)
-
-    def _next(self, prefix: str) -> str:
-        self._counter += 1
-        return f"{prefix}{self._counter}"
 
     def close(self) -> None:
         pass
@@ -137,9 +139,11 @@ class FakeBox:
         self._enter("create_seat")
         with self._lock:
             if len(self._seats) >= self._licence["seats"]:
-                raise BoxError(409, f"all {self._licence['seats']} seats of licence "
-                               f"{self._licence['licence_id']} are in use", "seat_limit")
-            seat = {"id": self._next("s-new"), "name": name, "contact": contact, "role": role,
+                raise BoxError(409, f"the licence allows {self._licence['seats']} seat(s) and "
+                               f"{len(self._seats)} are in use; delete a seat or import a "
+                               "licence with more seats", "seat_limit")
+            self._counter += 1
+            seat = {"id": self._counter, "name": name, "contact": contact, "role": role,
                     "created": T0, "requests_today": 0, "requests_month": 0,
                     "tokens_today": 0, "tokens_month": 0}
             self._seats.append(seat)
@@ -158,11 +162,11 @@ class FakeBox:
     def create_key(self, seat_id: str) -> dict[str, Any]:
         self._enter("create_key")
         with self._lock:
-            n = self._next("")
-            key = {"id": f"k-{n}", "seat_id": seat_id, "prefix": f"sk-new{n}", "created": T0,
+            n = f"{len(self._keys) + 1:06x}"
+            key = {"id": n, "seat_id": seat_id, "prefix": f"sk-box-{n}", "created": T0,
                    "revoked": False}
             self._keys.append(key)
-        return dict(key, key=f"sk-new{n}-SECRET-{seat_id}")
+        return dict(key, key=f"sk-box-{n}.SECRET-of-seat-{seat_id}")
 
     def revoke_key(self, key_id: str) -> dict[str, Any]:
         self._enter("revoke_key")
@@ -227,21 +231,32 @@ class FakeBox:
 
     def inspect_update(self, file: str | Path, progress: Progress | None = None
                        ) -> dict[str, Any]:
+        """SIGNED… bundles verify; SIGNED-OLD… is below the version floor; others fail."""
         self._enter("inspect_update")
         data = self._read(file, progress)
-        return {"manifest": {"version": "0.2.0", "type": "release", "size": len(data)},
-                "signature": "valid" if data.startswith(b"SIGNED") else "invalid",
-                "changes": ["release 0.1.0 → 0.2.0 into slot b", "model smollm2 unchanged"]}
+        if not data.startswith(b"SIGNED"):
+            raise BoxError(400, "bundle signature does not verify with any trusted key",
+                           "bundle_signature")
+        old = data.startswith(b"SIGNED-OLD")
+        version = "0.0.9" if old else "0.2.0"
+        return {"manifest": {"format": "appliance-bundle/1", "type": "release",
+                             "version": version, "payloads": [{"path": "release.tar",
+                                                               "size": len(data)}]},
+                "key_id": "vendor-2026", "signature": "valid", "payloads_ok": True,
+                "problem": "version 0.0.9 is below the floor 0.1.0" if old else None,
+                "changes": [f"release {version}: release.tar ({len(data)} bytes)"]}
 
     def apply_update(self, file: str | Path, progress: Progress | None = None
                      ) -> dict[str, Any]:
         self._enter("apply_update")
         self._read(file, progress)
-        self._history.append({"id": len(self._history) + 1, "version": "0.2.0",
-                              "type": "release", "started": T0, "finished": T0 + 60,
-                              "outcome": "success", "reason": None})
-        self._slots["other"] = {"name": "b", "version": "0.2.0", "healthy": True}
-        return {"outcome": "success", "version": "0.2.0", "reason": None}
+        self._history.append({"id": len(self._history) + 1, "bundle_version": "0.2.0",
+                              "type": "release", "started": "2026-11-18T11:06:40Z",
+                              "finished": "2026-11-18T11:07:40Z", "outcome": "success",
+                              "reason": "", "step": "commit"})
+        self._slots["slots"][1].update(state="ready", version="0.2.0")
+        return {"id": 2, "type": "release", "version": "0.2.0", "outcome": "success",
+                "reason": "", "slot": "b"}
 
     def rollback(self) -> dict[str, Any]:
         self._enter("rollback")
@@ -249,16 +264,17 @@ class FakeBox:
 
     def audit(self, limit: int = 100, q: str = "") -> dict[str, Any]:
         self._enter("audit")
-        rows = [
-            {"id": 3, "ts": T0 - 60, "actor": "admin", "action": "key.create",
-             "details": {"seat": "alice"}},
-            {"id": 2, "ts": T0 - 120, "actor": "admin", "action": "seat.create",
-             "details": {"seat": "alice"}},
+        rows = [  # oldest first, as the box sends them
             {"id": 1, "ts": T0 - 86400 * 2, "actor": "system", "action": "licence.evaluation",
              "details": {"days": 30}},
+            {"id": 2, "ts": T0 - 120, "actor": "admin", "action": "seat.create",
+             "details": {"name": "alice", "seat_id": 2}},
+            {"id": 3, "ts": T0 - 60, "actor": "admin", "action": "key.issue",
+             "details": {"key_id": "d4e5f6", "seat_id": 2}},
         ]
         rows = [r for r in rows if q.lower() in (r["action"] + str(r["details"])).lower()]
-        return {"chain_ok": True, "rows": rows[:limit]}
+        return {"chain_ok": True, "chain_rows": 3, "bad_id": None, "reason": "",
+                "rows": rows[-limit:]}
 
     def logs(self, limit: int = 100, q: str = "") -> list[dict[str, Any]]:
         self._enter("logs")

@@ -76,7 +76,7 @@ async def test_navigate_every_screen(app: AdminApp) -> None:
         assert "eval-7f3a" in text_of(app.screen.query_one("#licence-details", Static))
         await pilot.press("u")
         await settle(pilot)
-        assert "0.1.0" in str(app.screen.query_one("#slot-current", Label).render())
+        assert "a: 0.1.0 (committed)" in str(app.screen.query_one("#slot-current", Label).render())
         # footer bindings switch from any screen; the dashboard shows the polled status
         await pilot.press("d")
         await settle(pilot)
@@ -113,7 +113,7 @@ async def test_create_seat_and_key_shows_the_key_once(app: AdminApp, fake: FakeB
         await settle(pilot)
         assert isinstance(app.screen, KeyShownScreen)
         secret = app.screen.query_one("#secret", Input).value
-        assert secret.startswith("sk-new") and secret.endswith("s-new1")
+        assert secret == "sk-box-000003.SECRET-of-seat-3"  # bob is seat 3
         assert "bob" in str(app.screen.query_one(".dialog-title", Label).render())
         await pilot.press("escape")
         await settle(pilot)
@@ -143,7 +143,8 @@ async def test_seat_limit_refusal_is_a_notification(app: AdminApp) -> None:
             await settle(pilot)
         assert isinstance(app.screen, SeatsScreen)
         assert app.screen.query_one("#seats", DataTable).row_count == 3
-        assert "all 3 seats of licence eval-7f3a are in use" in messages(app)
+        assert ("the licence allows 3 seat(s) and 3 are in use; delete a seat or import a "
+                "licence with more seats") in messages(app)
 
 
 async def test_box_error_message_is_notified_not_a_traceback(app: AdminApp,
@@ -251,8 +252,8 @@ async def test_update_inspect_review_apply(app: AdminApp, fake: FakeBox,
         assert app.screen.query_one("#history", DataTable).row_count == 2
 
 
-async def test_unsigned_bundle_cannot_be_applied(app: AdminApp, fake: FakeBox,
-                                                 tmp_path: Path) -> None:
+async def test_unsigned_bundle_is_refused_with_the_box_message(
+        app: AdminApp, fake: FakeBox, tmp_path: Path) -> None:
     bundle = tmp_path / "evil.bundle"
     bundle.write_bytes(b"tampered")
     async with app.run_test(size=SIZE) as pilot:
@@ -261,8 +262,24 @@ async def test_unsigned_bundle_cannot_be_applied(app: AdminApp, fake: FakeBox,
         await settle(pilot)
         await enter_path(pilot, bundle)
         await settle(pilot)
+        assert isinstance(app.screen, UpdatesScreen)  # no review of an unverified bundle
+        assert "bundle signature does not verify with any trusted key" in messages(app)
+        assert "apply_update" not in fake.calls
+
+
+async def test_bundle_the_box_would_refuse_cannot_be_applied(
+        app: AdminApp, fake: FakeBox, tmp_path: Path) -> None:
+    bundle = tmp_path / "old.bundle"
+    bundle.write_bytes(b"SIGNED-OLD release")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("u", "a")
+        await settle(pilot)
+        await enter_path(pilot, bundle)
+        await settle(pilot)
         assert isinstance(app.screen, BundleReviewScreen)
         assert app.screen.query_one("#apply").disabled
+        assert "below the floor 0.1.0" in str(app.screen.query_one("#problem", Label).render())
         await pilot.press("escape")
         await settle(pilot)
         assert "apply_update" not in fake.calls
@@ -296,7 +313,7 @@ async def test_export_usage_csv(app: AdminApp, tmp_path: Path) -> None:
         await settle(pilot)
         await enter_path(pilot, out)
         await settle(pilot)
-        assert out.read_text().splitlines()[1].startswith("s-admin,admin,day,4")
+        assert out.read_text().splitlines()[1].startswith("1,admin,day,4")
         assert f"Wrote 2 usage rows to {out}." in messages(app)
 
 

@@ -21,6 +21,8 @@ T = TypeVar("T")
 class BoxScreen(Screen[None]):
     """A main screen: widgets come from ``compose_body``, data is fetched in ``reload``."""
 
+    _back_from_modal = False
+
     @property
     def admin(self) -> AdminApp:
         """The running admin app (typed)."""
@@ -45,7 +47,16 @@ class BoxScreen(Screen[None]):
         self.watch(self.app, "connected", self._connection_changed, init=False)
 
     def on_screen_resume(self) -> None:
+        if self._back_from_modal:  # the modal's own action refreshes what it changed
+            self._back_from_modal = False
+            return
         self.reload()
+
+    def open_modal(self, screen: Screen[T], callback: Callable[[T | None], Any] | None = None
+                   ) -> None:
+        """Push a dialog; coming back from it does not reload (a stale answer could land last)."""
+        self._back_from_modal = True
+        self.app.push_screen(screen, callback)
 
     def _connection_changed(self, connected: bool) -> None:
         if connected and self.is_current:

@@ -79,7 +79,7 @@ class LicenceScreen(BoxScreen):
         details.set_classes(f"licence-{lic.get('state', 'missing')}")
 
     def action_write_request(self) -> None:
-        self.app.push_screen(PathPrompt("Write the activation request to",
+        self.open_modal(PathPrompt("Write the activation request to",
                                         value="activation-request.json"), self._write_request)
 
     def _write_request(self, path: Path | None) -> None:
@@ -94,7 +94,7 @@ class LicenceScreen(BoxScreen):
             f"Wrote {p}. Send it to the vendor; import the answer with i.", timeout=8))
 
     def action_import_response(self) -> None:
-        self.app.push_screen(PathPrompt("Import the vendor's activation file",
+        self.open_modal(PathPrompt("Import the vendor's activation file",
                                         must_exist=True), self._import)
 
     def _import(self, path: Path | None) -> None:

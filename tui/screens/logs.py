@@ -39,6 +39,12 @@ class LogsScreen(BoxScreen):
                                                         "details")
         self.query_one("#errors", DataTable).add_columns("time", "level", "logger", "message")
         self.query_one("#audit", DataTable).focus()
+        self.set_interval(max(3.0, self.admin.refresh_s * 3), self._tick)
+
+    def _tick(self) -> None:
+        """Follow the tail while this screen is shown and the box answers."""
+        if self.is_current and self.admin.connected:
+            self.reload()
 
     @property
     def query_text(self) -> str:
@@ -62,6 +68,12 @@ class LogsScreen(BoxScreen):
 
     def action_leave_filter(self) -> None:
         self.query_one("#audit", DataTable).focus()
+        self.set_interval(max(3.0, self.admin.refresh_s * 3), self._tick)
+
+    def _tick(self) -> None:
+        """Follow the tail while this screen is shown and the box answers."""
+        if self.is_current and self.admin.connected:
+            self.reload()
 
     def show_audit(self, audit: AuditLog) -> None:
         ok = audit.get("chain_ok")
@@ -71,7 +83,8 @@ class LogsScreen(BoxScreen):
         title.set_classes("section " + ("good" if ok else "bad"))
         table = self.query_one("#audit", DataTable)
         table.clear()
-        for r in audit.get("rows") or []:
+        rows = sorted(audit.get("rows") or [], key=lambda r: r.get("id") or 0, reverse=True)
+        for r in rows:  # newest first
             details = r.get("details")
             if not isinstance(details, str):
                 details = json.dumps(details, sort_keys=True)

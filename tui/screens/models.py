@@ -102,7 +102,7 @@ class ModelsScreen(BoxScreen):
             if yes:
                 self.call_box(lambda: self.client.remove_model(name), self._removed)
 
-        self.app.push_screen(ConfirmScreen(f"Remove model {name} and its files from the box?",
+        self.open_modal(ConfirmScreen(f"Remove model {name} and its files from the box?",
                                            yes="Remove"), answered)
 
     def _removed(self, name: str) -> None:
@@ -110,7 +110,7 @@ class ModelsScreen(BoxScreen):
         self.reload()
 
     def action_import_pack(self) -> None:
-        self.app.push_screen(PathPrompt("Import a model-pack bundle (path to the file)",
+        self.open_modal(PathPrompt("Import a model-pack bundle (path to the file)",
                                         must_exist=True), self._import)
 
     def _import(self, path: Path | None) -> None:

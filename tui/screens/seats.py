@@ -50,6 +50,7 @@ class SeatsScreen(BoxScreen):
     def __init__(self) -> None:
         super().__init__()
         self._seats: dict[str, Seat] = {}
+        self._highlight: str | None = None  # a seat just created, to highlight once listed
 
     def compose_body(self) -> ComposeResult:
         yield Label("Seats", classes="section")
@@ -73,12 +74,15 @@ class SeatsScreen(BoxScreen):
         table = self.query_one("#seats", DataTable)
         row = table.cursor_row
         table.clear()
-        self._seats = {s["id"]: s for s in seats}
+        self._seats = {str(s["id"]): s for s in seats}
         for s in seats:
-            table.add_row(s["id"], s["name"], s["role"], s.get("contact") or "-",
+            table.add_row(str(s["id"]), s["name"], s["role"], s.get("contact") or "-",
                           fmt.when(s.get("created")), str(s.get("requests_today", 0)),
                           str(s.get("requests_month", 0)), str(s.get("tokens_today", 0)),
-                          str(s.get("tokens_month", 0)), key=s["id"])
+                          str(s.get("tokens_month", 0)), key=str(s["id"]))
+        if self._highlight in self._seats:
+            row = table.get_row_index(self._highlight)
+            self._highlight = None
         if seats:
             table.move_cursor(row=min(row, len(seats) - 1))
         self.load_keys()
@@ -108,21 +112,25 @@ class SeatsScreen(BoxScreen):
             return
         seat_id = seat["id"]
         self.query_one("#keys-title", Label).update(f"Keys of {seat['name']}")
-        self.call_box(lambda: self.client.keys(seat_id), self.show_keys)
+        self.call_box(lambda: self.client.keys(seat_id), lambda keys: self.show_keys(keys, seat_id))
 
-    def show_keys(self, keys: list[ApiKey]) -> None:
+    def show_keys(self, keys: list[ApiKey], seat_id: int | str | None = None) -> None:
+        """Fill the key table, unless the highlight moved to another seat meanwhile."""
+        seat = self.selected_seat()
+        if seat_id is not None and (seat is None or seat["id"] != seat_id):
+            return
         table = self.query_one("#keys", DataTable)
         row = table.cursor_row
         table.clear()
         for k in keys:
-            table.add_row(k["id"], k["prefix"] + "…", fmt.when(k.get("created")),
-                          "revoked" if k.get("revoked") else "active", key=k["id"])
+            table.add_row(str(k["id"]), k["prefix"] + "…", fmt.when(k.get("created")),
+                          "revoked" if k.get("revoked") else "active", key=str(k["id"]))
         if keys:
             table.move_cursor(row=min(row, len(keys) - 1))
 
     # seats
     def action_new_seat(self) -> None:
-        self.app.push_screen(NewSeatScreen(), self._create_seat)
+        self.open_modal(NewSeatScreen(), self._create_seat)
 
     def _create_seat(self, form: SeatForm | None) -> None:
         if form is None:
@@ -132,13 +140,8 @@ class SeatsScreen(BoxScreen):
 
     def _seat_created(self, seat: Seat) -> None:
         self.notify(f"Seat {seat['name']} created ({seat['role']}). Press k for its key.")
+        self._highlight = str(seat["id"])
         self.reload()
-        self.call_after_refresh(self._highlight_seat, seat["id"])
-
-    def _highlight_seat(self, seat_id: str) -> None:
-        table = self.query_one("#seats", DataTable)
-        if seat_id in self._seats:
-            table.move_cursor(row=table.get_row_index(seat_id))
 
     def action_remove_seat(self) -> None:
         seat = self.selected_seat()
@@ -150,7 +153,7 @@ class SeatsScreen(BoxScreen):
             if yes:
                 self.call_box(lambda: self.client.remove_seat(seat_id), self._seat_removed)
 
-        self.app.push_screen(ConfirmScreen(f"Remove seat {name} and revoke all its keys?",
+        self.open_modal(ConfirmScreen(f"Remove seat {name} and revoke all its keys?",
                                            yes="Remove"), answered)
 
     def _seat_removed(self, seat_id: str) -> None:
@@ -167,8 +170,9 @@ class SeatsScreen(BoxScreen):
         self.call_box(lambda: self.client.create_key(seat_id), self._key_made)
 
     def _key_made(self, key: NewApiKey) -> None:
-        name = self._seats.get(key["seat_id"], {}).get("name", key["seat_id"])
-        self.app.push_screen(KeyShownScreen(key["key"], str(name)))
+        seat = self._seats.get(str(key["seat_id"]))
+        name = seat["name"] if seat else key["seat_id"]
+        self.open_modal(KeyShownScreen(key["key"], str(name)))
         self.load_keys()
 
     def action_revoke_key(self) -> None:
@@ -180,7 +184,7 @@ class SeatsScreen(BoxScreen):
             if yes:
                 self.call_box(lambda: self.client.revoke_key(key_id), self._revoked)
 
-        self.app.push_screen(ConfirmScreen(f"Revoke key {key_id}? Clients using it stop "
+        self.open_modal(ConfirmScreen(f"Revoke key {key_id}? Clients using it stop "
                                            "working at once.", yes="Revoke"), answered)
 
     def _revoked(self, key: ApiKey) -> None:
@@ -196,12 +200,12 @@ class SeatsScreen(BoxScreen):
             if yes:
                 self.call_box(lambda: self.client.rotate_key(key_id), self._key_made)
 
-        self.app.push_screen(ConfirmScreen(f"Rotate key {key_id}? The old key is revoked.",
+        self.open_modal(ConfirmScreen(f"Rotate key {key_id}? The old key is revoked.",
                                            yes="Rotate"), answered)
 
     # export
     def action_export(self) -> None:
-        self.app.push_screen(PathPrompt("Export usage as CSV to", value="usage.csv"),
+        self.open_modal(PathPrompt("Export usage as CSV to", value="usage.csv"),
                              self._export)
 
     def _export(self, path: Path | None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -21,12 +21,34 @@ from tui.widgets.upload_progress import UploadProgress
 T = TypeVar("T")
 
 
-def slot_text(slot: Slot | None) -> str:
-    """One slot as 'a: 1.2.0 (healthy)'."""
+def slot_text(slot: Slot | dict[str, Any] | None) -> str:
+    """One slot as 'a: 1.2.0 (committed)' (firmware state) or '(healthy)' (documented shape)."""
     if not slot:
         return "-"
-    health = "healthy" if slot.get("healthy") else "NOT healthy"
+    if "state" in slot:
+        health = str(slot["state"])
+        if health == "empty" and not slot.get("version"):
+            return f"{slot.get('name', '?')}: empty"
+    else:
+        health = "healthy" if slot.get("healthy") else "NOT healthy"
     return f"{slot.get('name', '?')}: {slot.get('version') or 'empty'} ({health})"
+
+
+def split_slots(updates: dict[str, Any]) -> tuple[Any, Any, str]:
+    """Current slot, other slot and version floor, from either answer shape.
+
+    docs/admin-api.md says ``{"current": Slot, "other": Slot, "min_version"}``; the firmware
+    status the box sends has ``"slots": [{"name", "state", "version", "current"}]`` and
+    ``"floors"``. Both are read.
+    """
+    if isinstance(updates.get("slots"), list):
+        slots = updates["slots"]
+        current = next((s for s in slots if s.get("current")), None)
+        other = next((s for s in slots if s is not current), None)
+        floors = updates.get("floors") or {}
+        floor = ", ".join(f"{k} ≥ {v}" for k, v in sorted(floors.items()))
+        return current, other, floor or "-"
+    return updates.get("current"), updates.get("other"), updates.get("min_version") or "-"
 
 
 class UpdatesScreen(BoxScreen):
@@ -60,23 +82,28 @@ class UpdatesScreen(BoxScreen):
         self.reload()
 
     def show_slots(self, updates: Updates) -> None:
-        self.query_one("#slot-current", Label).update(
-            "current  " + slot_text(updates.get("current")))
-        self.query_one("#slot-other", Label).update("other    " + slot_text(updates.get("other")))
-        self.query_one("#min-version", Label).update(
-            f"minimum version accepted: {updates.get('min_version') or '-'}")
+        current, other, floor = split_slots(dict(updates))
+        self.query_one("#slot-current", Label).update("current  " + slot_text(current))
+        self.query_one("#slot-other", Label).update("other    " + slot_text(other))
+        note = f"minimum version accepted: {floor}"
+        if updates.get("apply_running"):
+            note += " · an update is being applied now"
+        elif updates.get("next_boot_reason"):
+            note += f" · {updates['next_boot_reason']}"
+        self.query_one("#min-version", Label).update(note)
 
     def show_history(self, rows: list[UpdateRecord]) -> None:
         table = self.query_one("#history", DataTable)
         table.clear()
         for r in sorted(rows, key=lambda r: r.get("id", 0), reverse=True):
-            table.add_row(str(r.get("id")), r.get("type") or "-", r.get("version") or "-",
+            version = r.get("version") or r.get("bundle_version") or "-"
+            table.add_row(str(r.get("id")), r.get("type") or "-", version,
                           fmt.when(r.get("started")), fmt.when(r.get("finished")),
                           r.get("outcome") or "(running)", r.get("reason") or "")
 
     # apply: path → inspect (upload) → review → apply (upload) → result
     def action_apply(self) -> None:
-        self.app.push_screen(PathPrompt("Update bundle to apply (path to the file)",
+        self.open_modal(PathPrompt("Update bundle to apply (path to the file)",
                                         must_exist=True), self._inspect)
 
     def _upload(self, path: Path, what: str,
@@ -108,15 +135,15 @@ class UpdatesScreen(BoxScreen):
                 call = self._upload(path, "apply", self.client.apply_update)
                 self.call_box(call, self._applied)
 
-        self.app.push_screen(BundleReviewScreen(path, inspection), answered)
+        self.open_modal(BundleReviewScreen(path, inspection), answered)
 
     def _applied(self, result: ApplyResult) -> None:
         outcome = result.get("outcome", "?")
         text = f"Update {outcome}: version {result.get('version') or '?'}"
         if result.get("reason"):
             text += f" ({result['reason']})"
-        self.notify(text, severity="information" if outcome == "success" else "error",
-                    timeout=10)
+        good = outcome in ("success", "started")  # started: a release finishes detached
+        self.notify(text, severity="information" if good else "error", timeout=10)
         self.reload()
 
     def action_rollback(self) -> None:
@@ -124,5 +151,5 @@ class UpdatesScreen(BoxScreen):
             if yes:
                 self.call_box(self.client.rollback, self._applied)
 
-        self.app.push_screen(ConfirmScreen("Roll back to the other release slot?",
+        self.open_modal(ConfirmScreen("Roll back to the other release slot?",
                                            yes="Roll back"), answered)
