@@ -6,10 +6,10 @@ Also ``GET /v1/usage``: any seat reads its own usage, and only its own.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
@@ -19,6 +19,12 @@ from licensing.seats import IssuedKey, KeyInfo, Seat, SeatLimits, utc_day
 
 router = APIRouter(tags=["admin"])
 MAX_ACTIVATION_BYTES = 256 << 10
+# Bounds of what SQLite can store: larger numbers are refused with 400 instead of
+# overflowing the database driver (a 500).
+SQLITE_MAX_INT = 2**63 - 1
+SeatId = Annotated[int, Path(ge=0, le=SQLITE_MAX_INT)]
+SeatFilter = Annotated[int | None, Query(ge=0, le=SQLITE_MAX_INT)]
+EpochSeconds = Annotated[float, Query(ge=0, le=1e12)]
 
 
 class SeatIn(BaseModel):
@@ -75,19 +81,19 @@ async def create_seat(body: SeatIn, guard: GuardDep, admin: AdminDep) -> dict[st
 
 
 @router.delete("/admin/seats/{seat_id}")
-async def delete_seat(seat_id: int, guard: GuardDep, admin: AdminDep) -> dict[str, Any]:
+async def delete_seat(seat_id: SeatId, guard: GuardDep, admin: AdminDep) -> dict[str, Any]:
     await anyio.to_thread.run_sync(guard.delete_seat, admin.name, seat_id)
     return {"removed": seat_id}
 
 
 @router.get("/admin/seats/{seat_id}/keys")
-async def list_keys(seat_id: int, guard: GuardDep, admin: AdminDep) -> list[dict[str, Any]]:
+async def list_keys(seat_id: SeatId, guard: GuardDep, admin: AdminDep) -> list[dict[str, Any]]:
     guard.seats.get_seat(seat_id)
     return [_key_json(k) for k in guard.seats.list_keys(seat_id)]
 
 
 @router.post("/admin/seats/{seat_id}/keys", status_code=201)
-async def issue_key(seat_id: int, guard: GuardDep, admin: AdminDep) -> dict[str, Any]:
+async def issue_key(seat_id: SeatId, guard: GuardDep, admin: AdminDep) -> dict[str, Any]:
     """A new key; ``key`` is the secret and is shown this once only."""
     issued = await anyio.to_thread.run_sync(guard.issue_key, admin.name, seat_id)
     return _issued_json(issued)
@@ -104,7 +110,7 @@ async def rotate_key(key_id: str, guard: GuardDep, admin: AdminDep) -> dict[str,
 
 
 @router.get("/admin/usage")
-async def usage(guard: GuardDep, admin: AdminDep, seat_id: int | None = None,
+async def usage(guard: GuardDep, admin: AdminDep, seat_id: SeatFilter = None,
                 period: Literal["day", "month"] = "day",
                 limit: int = Query(31, ge=1, le=366)) -> list[dict[str, Any]]:
     seats = [guard.seats.get_seat(seat_id)] if seat_id is not None else guard.seats.list_seats()
@@ -119,8 +125,8 @@ async def usage(guard: GuardDep, admin: AdminDep, seat_id: int | None = None,
 
 
 @router.get("/admin/usage.csv", response_class=PlainTextResponse)
-async def usage_csv(guard: GuardDep, admin: AdminDep, seat_id: int | None = None,
-                    since: float = 0) -> PlainTextResponse:
+async def usage_csv(guard: GuardDep, admin: AdminDep, seat_id: SeatFilter = None,
+                    since: EpochSeconds = 0) -> PlainTextResponse:
     text = (guard.seats.usage_csv(seat_id, since) if seat_id is not None
             else guard.seats.usage_csv_all_seats(since))
     return PlainTextResponse(text, media_type="text/csv",
