@@ -102,7 +102,8 @@ def load(models: Path, name: str, options: VisionOptions) -> Any:
 
 
 def bench_model(models: Path, name: str, images: list[np.ndarray], rounds: int,
-                results: dict, http_post: Callable[[bytes], Any] | None = None) -> None:
+                results: dict,
+                http: Callable[[list[float]], Callable[[bytes], Any]] | None = None) -> None:
     """Raw session vs engine (serial / batched / default) [vs HTTP] at 1 and 16 clients."""
     is_ocr = name == OCR
     encoded = [cv2.imencode(".jpg", im)[1].tobytes() for im in images]
@@ -118,6 +119,7 @@ def bench_model(models: Path, name: str, images: list[np.ndarray], rounds: int,
             sess, inp = e0.session, e0.input_name
             tensors = [preprocess(im, e0.input_size)[0] for im in images]
         cases: dict[str, Case] = {}
+        overheads: dict[int, list[float]] = {1: [], 16: []}
         for c in (1, 16):
             cases[f"raw_c{c}"] = (lambda x, s=sess, n=inp: s.run(None, {n: x}), tensors, c)
             for label, engine in engines.items():
@@ -125,8 +127,8 @@ def bench_model(models: Path, name: str, images: list[np.ndarray], rounds: int,
                     np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR))) if is_ocr
                     else (lambda b, e=engine: e.detect(b)))
                 cases[f"{label}_c{c}"] = (call, encoded, c)
-            if http_post is not None:
-                cases[f"http_c{c}"] = (http_post, encoded, c)
+            if http is not None:
+                cases[f"http_c{c}"] = (http(overheads[c]), encoded, c)
         print(f"\n{name} ({'OCR-det' if is_ocr else 'detector'}, {len(images)} images "
               f"{images[0].shape[1]}x{images[0].shape[0]}, {rounds} interleaved rounds)")
         out = run_cases(cases, rounds)
@@ -143,8 +145,11 @@ def bench_model(models: Path, name: str, images: list[np.ndarray], rounds: int,
         out[f"default_vs_best_c{c}"] = ratio = out[f"default_c{c}"]["img_s"] / best
         print(f"  chosen policy (default) / best(serial, batched), {c:>2} clients = {ratio:.2f} "
               f"(target >= 1.0; 0.95 is within noise) {'OK' if ratio >= 0.95 else 'MISS'}")
-    if http_post is not None:
+    if http is not None:
         for c in (1, 16):
+            out[f"http_minus_engine_ms_c{c}"] = med = statistics.median(overheads[c][c:])
+            print(f"  HTTP latency minus the engine's own timings, {c:>2} clients: p50 "
+                  f"{med:.1f} ms per request (client, HTTP, auth, metering, thread hops)")
             over_raw = out[f"raw_c{c}"]["img_s"] / out[f"http_c{c}"]["img_s"] - 1
             over_eng = out[f"default_c{c}"]["img_s"] / out[f"http_c{c}"]["img_s"] - 1
             out[f"http_overhead_vs_raw_c{c}"] = over_raw
@@ -180,8 +185,9 @@ def bench_int8(models: Path, det_images: list[np.ndarray], pages: list[np.ndarra
 
 
 @contextlib.contextmanager
-def http_server(models: Path) -> Iterator[Callable[[bytes], Any] | None]:
-    """A real ``appliance serve`` subprocess (tests.conftest.Box); yields a detect poster."""
+def http_server(models: Path) -> Iterator[Callable[[list[float]], Callable[[bytes], Any]] | None]:
+    """A real ``appliance serve`` subprocess (tests.conftest.Box); yields a factory of
+    detect posters, each appending (client latency - engine time) in ms to a list."""
     try:
         import httpx
 
@@ -215,13 +221,19 @@ def http_server(models: Path) -> Iterator[Callable[[bytes], Any] | None]:
                 ).encode() + jpeg + f"\r\n--{boundary}--\r\n".encode()
             return bodies[id(jpeg)]
 
-        def post(body: bytes) -> None:
-            client = getattr(local, "c", None) or httpx.Client(timeout=60)
-            local.c = client
-            client.post(url, content=multipart(body), headers=ctype).raise_for_status()
+        def poster(overheads: list[float]) -> Callable[[bytes], Any]:
+            def post(body: bytes) -> None:
+                client = getattr(local, "c", None) or httpx.Client(timeout=60)
+                local.c = client
+                t0 = time.perf_counter()
+                r = client.post(url, content=multipart(body), headers=ctype)
+                r.raise_for_status()
+                engine_ms = sum(r.json()["timings_ms"].values())
+                overheads.append((time.perf_counter() - t0) * 1e3 - engine_ms)
+            return post
 
         try:
-            yield post
+            yield poster
         finally:
             box.stop()
 

@@ -139,6 +139,14 @@ async def _engine(request: Request, name: str) -> AsyncIterator[VisionEngine]:
         yield engine
 
 
+def _count(request: Request, model: str) -> None:
+    """Meter one image for the seat (usage) and for /metrics."""
+    request.state.usage = UsageRecord(model=model, images=1)
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.images.labels(model).inc()
+
+
 @router.post("/ocr", response_model=OcrResponse, summary="Read the text in an image",
              openapi_extra=_body_schema(OcrRequest, {
                  "model": {"type": "string"}}))
@@ -148,7 +156,7 @@ async def ocr(request: Request, caller: CallerDep) -> OcrResponse:
     name = params.model or getattr(settings, "default_ocr", DEFAULT_OCR_MODEL)
     async with _engine(request, name) as engine:
         res = await anyio.to_thread.run_sync(engine.ocr, data)
-    request.state.usage = UsageRecord(model=name, images=1)
+    _count(request, name)
     return OcrResponse(model=name, width=res.width, height=res.height, text=res.text,
                        lines=[OcrLineOut(text=ln.text, confidence=ln.confidence,
                                          polygon=[list(p) for p in ln.polygon])
@@ -165,7 +173,7 @@ async def detect(request: Request, caller: CallerDep) -> DetectResponse:
     data, p = await _parse(request, DetectRequest)
     async with _engine(request, p.model) as engine:
         res = await anyio.to_thread.run_sync(engine.detect, data, p.conf, p.iou)
-    request.state.usage = UsageRecord(model=p.model, images=1)
+    _count(request, p.model)
     return DetectResponse(model=p.model, width=res.width, height=res.height,
                           detections=[DetectionOut(class_id=d.class_id, label=d.label,
                                                    confidence=d.confidence, box=list(d.box))

@@ -6,17 +6,22 @@ request, then waits up to ``max_wait_ms`` (measured from that request's arrival)
 more requests with the same key (input shape) until ``max_batch``, runs them as one
 batch and routes each row of the result to its caller's Future.
 
-Measured on this box (2 shared CPU cores, onnxruntime 1.32 CPU, bench/vision.py,
-16 concurrent clients, 2026-11-22):
+Measured with bench/vision.py on the development box (2 shared vCPUs, onnxruntime
+1.32 CPU, other jobs running: load average 5-7, so +-30 % noise; cases interleaved over
+3 rounds, medians), 16 concurrent clients, images/s:
 
-    yolov8n 320x320          serial (max_batch=1)  ~ {yolo_serial} img/s
-                             batched (8, 4 ms)     ~ {yolo_batched} img/s
-    PP-OCRv4 det 736x736     serial                ~ {det_serial} img/s
-                             batched (8, 4 ms)     ~ {det_batched} img/s
+    policy                                   yolov8n 320    PP-OCRv4 det 736x736
+    serial: 1 worker x 2 threads, no batch      31.6            4.2
+    batched: 1 worker x 2 threads, 8 / 4 ms     31.2            3.6   (mean batch 1.7)
+    parallel: 2 workers x 1 thread, no batch    53.9            7.4
+    default (auto = parallel here)              59.7            7.5
+    raw session.run, 16 threads, 1 thread each 60.6            6.4
 
-On CPU one run already uses every core, so batching buys little and adds waiting;
-the default is therefore ``max_batch=1`` (serial, no wait). On a GPU, raise
-``max_batch`` (8-16) and ``max_wait_ms`` (2-5 ms) via VisionOptions.
+and with 1 client the default gives p50 11.7 ms (detector) against 36 ms for serial.
+On CPU one multi-threaded run per model wastes cores (and batching only adds waiting),
+so the default is ``max_batch=1`` with one single-threaded session run per core (up to
+4; see VisionOptions.cpu_workers). On a GPU use one worker and batching
+(``max_batch`` 8-16, ``max_wait_ms`` 2-5) via VisionOptions.
 """
 
 from __future__ import annotations
