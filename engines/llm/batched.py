@@ -12,6 +12,12 @@ order in which attention sums its own values depends on its neighbours and greed
 can drift from the solo result; with one stream per slot a sequence always sees exactly
 the cells, in the same order, that it would see alone.
 
+Packing: with one stream per slot llama.cpp splits a batch into micro-batches of
+consecutive sequence ids, so a gap (slots 0 and 2 busy, 1 free) costs a second pass over
+the weights. New requests take the lowest free slot, and when a sequence below the
+highest busy slot ends, the highest one is moved down into the gap (a copy of its KV
+stream), so busy slots are always 0..n-1 and each step is one pass.
+
 Context size: ``n_ctx`` is the total KV budget shared by all slots; each slot (one
 request) gets ``n_ctx // slots`` tokens, rounded up to llama.cpp's 256-token padding
 and capped at the model's training context. ``info.n_ctx`` reports the per-slot size.
@@ -174,6 +180,7 @@ class BatchedLlamaEngine(LLMEngine):
             "steps": 0.0, "last_batch_tokens": 0.0, "last_step_ms": 0.0, "deferred": 0.0,
             "requests_total": 0.0, "requests_failed": 0.0, "requests_cancelled": 0.0,
             "prompt_tokens_total": 0.0, "completion_tokens_total": 0.0, "decode_seconds": 0.0,
+            "slot_moves": 0.0,
         }
         self._embed_lock = threading.Lock()  # serialises embed(); taken before _life_lock
         self._life_lock = threading.Lock()  # held by callers of the model outside the scheduler
@@ -316,6 +323,7 @@ class BatchedLlamaEngine(LLMEngine):
                 for seq in list(self._running.values()):
                     if seq.handle.cancelled:
                         self._finish(seq, "cancelled")
+                self._pack()
                 if self._running:
                     self._step()
         except BaseException as exc:  # keep the engine's promise: every sink gets an end
@@ -342,6 +350,22 @@ class BatchedLlamaEngine(LLMEngine):
                 seq.deferred = True
                 self._stats["deferred"] += 1
         return admitted, dropped
+
+    def _pack(self) -> None:
+        """Move the highest busy slots down into gaps, so busy slots are 0..n-1."""
+        while self._running:
+            top = max(self._running)
+            gap = next((i for i in range(self._slots) if i not in self._running), self._slots)
+            if gap > top:
+                return
+            seq = self._running.pop(top)
+            if seq.n_past:
+                self._ctx.move(top, gap)
+            else:
+                self._ctx.forget(top)
+            seq.slot = gap
+            self._running[gap] = seq
+            self._stats["slot_moves"] += 1
 
     def _start(self, seq: _Seq) -> None:
         s = seq.request.sampling

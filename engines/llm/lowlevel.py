@@ -184,6 +184,11 @@ class Context:
         """Drop every KV cell of ``seq_id`` (-1: all sequences)."""
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
 
+    def move(self, src: int, dst: int) -> None:
+        """Move sequence ``src`` to the free id ``dst`` (its whole KV stream is copied)."""
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+        llama_cpp.llama_memory_seq_rm(self.memory, src, -1, -1)
+
     def embedding(self, seq_id: int, n_embd: int) -> list[float]:
         """Pooled embedding of ``seq_id`` after a decode."""
         ptr = llama_cpp.llama_get_embeddings_seq(self.ptr, seq_id)

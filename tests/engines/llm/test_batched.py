@@ -287,3 +287,14 @@ def test_a_raising_sink_does_not_stop_the_others(engine: BatchedLlamaEngine) -> 
     engine.submit(GenerationRequest(prompt(engine, QUESTIONS[0]), Sampling(max_tokens=8)), broken)
     sink = submit(engine, QUESTIONS[1], temperature=0.0, max_tokens=8).wait()
     assert isinstance(sink.end, Finished) and sink.end.completion_tokens == 8
+
+
+def test_moving_a_sequence_into_a_freed_slot_keeps_its_output(engine: BatchedLlamaEngine) -> None:
+    lengths = (3, 40, 3, 40, 3, 40)
+    solo = [submit(engine, q, temperature=0.0, max_tokens=n).wait().text
+            for q, n in zip(QUESTIONS, lengths, strict=False)]
+    moves = engine.stats()["slot_moves"]
+    together = [submit(engine, q, temperature=0.0, max_tokens=n)
+                for q, n in zip(QUESTIONS, lengths, strict=False)]
+    assert [s.wait().text for s in together] == solo
+    assert engine.stats()["slot_moves"] > moves  # the short ones left gaps below long ones
