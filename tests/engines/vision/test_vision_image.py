@@ -120,3 +120,28 @@ def test_letterbox_round_trip(shape: tuple[int, int]) -> None:
     # boxes outside the image are clipped to it
     clipped = lb.to_original(np.array([[-50, -50, 400, 400]], np.float32))
     np.testing.assert_allclose(clipped, [[0, 0, w, h]])
+
+
+def test_corrupt_png_and_gif_rejected() -> None:
+    png = bytearray(cv2.imencode(".png", _img(100, 120))[1].tobytes())
+    i = png.find(b"IDAT")
+    png[i + 100:i + 200] = b"\x00" * 100
+    with pytest.raises(InputError, match="could not decode"):
+        decode_image(bytes(png))
+    with pytest.raises(InputError, match="not a supported image"):
+        decode_image(b"GIF89a" + b"\0" * 100)
+
+
+@pytest.mark.parametrize("variant", ["gray", "16bit", "rgba", "progressive"])
+def test_unusual_but_valid_images_become_bgr_uint8(variant: str) -> None:
+    img = _img(40, 50)
+    if variant == "gray":
+        data = cv2.imencode(".jpg", img[:, :, 0])[1]
+    elif variant == "16bit":
+        data = cv2.imencode(".png", img.astype(np.uint16) * 257)[1]
+    elif variant == "rgba":
+        data = cv2.imencode(".png", np.dstack([img, img[:, :, 0]]))[1]
+    else:
+        data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1]
+    out = decode_image(data.tobytes())
+    assert out.shape == (40, 50, 3) and out.dtype == np.uint8
