@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Admin console of an inference appliance (talks HTTP to its admin API; "
                     "works over SSH against a remote box).")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"the box (default {DEFAULT_URL})")
-    parser.add_argument("--key", help="admin API key (else $APPLIANCE_ADMIN_KEY, else --key-file)")
+    parser.add_argument("--key", help="admin API key (visible in ps; prefer $APPLIANCE_ADMIN_KEY "
+                        "or --key-file)")
     parser.add_argument("--key-file", default="data/admin.key",
                         help="file holding the admin key, mode 0600 (default data/admin.key)")
     parser.add_argument("--refresh", type=float, default=1.5,

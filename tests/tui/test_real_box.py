@@ -120,3 +120,103 @@ async def test_seat_and_key_made_in_the_tui_work_until_revoked(
 
     with pytest.raises(openai.AuthenticationError):
         await asyncio.to_thread(chat, admin_box.base_url, secret)
+
+
+PACK = "smollm2-tui-pack"
+
+
+@pytest.fixture(scope="module")
+def own_box(model_store: Any, vendor_key: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A box of this module's own (its model store holds hard links to SmolLM2 only), so a
+    model-pack import neither fills the shared test store nor meets another test's version
+    floor. It trusts the test run's vendor key."""
+    from tests.conftest import Box
+
+    tmp = tmp_path_factory.mktemp("tui-own-box")
+    models = tmp / "models"
+    src = model_store.path(LLM)
+    (models / LLM).mkdir(parents=True)
+    for f in src.iterdir():
+        _link(f, models / LLM / f.name)
+    server = Box(tmp / "data", models,
+                 env={"TEST_TRUSTED_KEYS_FILE": str(vendor_key.trusted_file)})
+    answer = httpx.get(server.base_url + "/admin/status", timeout=10,
+                       headers={"Authorization": f"Bearer {server.api_key}"})
+    if answer.status_code == 404:
+        server.stop()
+        pytest.skip("the box has no admin API yet: GET /admin/status answers 404")
+    yield server
+    server.stop()
+
+
+def _link(src: Path, dst: Path) -> None:
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy(src, dst)
+
+
+@pytest.fixture(scope="module")
+def pack_bundle(model_store: Any, vendor_key: Any,
+                tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A signed model-pack bundle holding SmolLM2 under another name."""
+    import json
+
+    from firmware.build import build_bundle, collect_payloads
+
+    tmp = tmp_path_factory.mktemp("tui-pack")
+    pack = tmp / PACK
+    pack.mkdir()
+    src = model_store.path(LLM)
+    manifest = json.loads((src / "manifest.json").read_text())
+    manifest["name"] = PACK
+    for f in manifest["files"]:
+        _link(src / f["path"], pack / f["path"])
+    (pack / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp / "models-1.0.0.bundle"
+    build_bundle(out, bundle_type="models", version="1.0.0", key=vendor_key.key,
+                 files=collect_payloads("models", [pack]), expires="2099-01-01T00:00:00Z")
+    return out
+
+
+async def test_import_model_pack_from_the_models_screen(own_box: Any, pack_bundle: Path) -> None:
+    client = AdminClient(own_box.base_url, own_box.api_key, timeout=120)
+    progress: list[int] = []
+    apply_update = client.apply_update
+
+    def recording_apply(file: Any, callback: Any = None) -> Any:
+        def both(sent: int, total: int) -> None:
+            progress.append(sent)
+            callback(sent, total)
+
+        return apply_update(file, both)
+
+    client.apply_update = recording_apply  # type: ignore[method-assign]  # observe, not replace
+    app = AdminApp(client, refresh_s=5)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            await pilot.press("m")
+            await settle(pilot)
+            table = app.screen.query_one(DataTable)
+            assert PACK not in [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+            await pilot.press("i")
+            await settle(pilot)
+            app.screen.query_one(Input).value = str(pack_bundle)
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: any("Import success" in str(n.message)
+                                                for n in app._notifications), timeout=60)
+            await settle(pilot)
+            table = app.screen.query_one(DataTable)
+            assert PACK in [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+    finally:
+        client.close()
+    size = pack_bundle.stat().st_size
+    assert progress[0] == 0 and progress[-1] == size and len(progress) > 10  # streamed
+    oa = openai.OpenAI(base_url=own_box.base_url + "/v1", api_key=own_box.api_key,
+                       max_retries=0)
+    reply = await asyncio.to_thread(
+        lambda: oa.completions.create(model=PACK, prompt="Hello", max_tokens=3))
+    assert reply.usage.completion_tokens == 3

@@ -34,8 +34,8 @@ def slot_text(slot: Slot | dict[str, Any] | None) -> str:
     return f"{slot.get('name', '?')}: {slot.get('version') or 'empty'} ({health})"
 
 
-def split_slots(updates: dict[str, Any]) -> tuple[Any, Any, str]:
-    """Current slot, other slot and version floor, from either answer shape.
+def split_slots(updates: dict[str, Any]) -> tuple[Any, list[Any], str]:
+    """Current slot, the other slot(s) and the version floor, from either answer shape.
 
     docs/admin-api.md says ``{"current": Slot, "other": Slot, "min_version"}``; the firmware
     status the box sends has ``"slots": [{"name", "state", "version", "current"}]`` and
@@ -44,11 +44,11 @@ def split_slots(updates: dict[str, Any]) -> tuple[Any, Any, str]:
     if isinstance(updates.get("slots"), list):
         slots = updates["slots"]
         current = next((s for s in slots if s.get("current")), None)
-        other = next((s for s in slots if s is not current), None)
         floors = updates.get("floors") or {}
         floor = ", ".join(f"{k} ≥ {v}" for k, v in sorted(floors.items()))
-        return current, other, floor or "-"
-    return updates.get("current"), updates.get("other"), updates.get("min_version") or "-"
+        return current, [s for s in slots if s is not current], floor or "-"
+    other = updates.get("other")
+    return updates.get("current"), [other] if other else [], updates.get("min_version") or "-"
 
 
 class UpdatesScreen(BoxScreen):
@@ -82,9 +82,11 @@ class UpdatesScreen(BoxScreen):
         self.reload()
 
     def show_slots(self, updates: Updates) -> None:
-        current, other, floor = split_slots(dict(updates))
-        self.query_one("#slot-current", Label).update("current  " + slot_text(current))
-        self.query_one("#slot-other", Label).update("other    " + slot_text(other))
+        current, others, floor = split_slots(dict(updates))
+        self.query_one("#slot-current", Label).update(
+            "current  " + (slot_text(current) if current else "none (not started from a slot)"))
+        self.query_one("#slot-other", Label).update(
+            "other    " + (" · ".join(slot_text(o) for o in others) or "-"))
         note = f"minimum version accepted: {floor}"
         if updates.get("apply_running"):
             note += " · an update is being applied now"
