@@ -72,6 +72,13 @@ class VisionOptions:
         return self.cpu_workers() if provider == "CPUExecutionProvider" else self.workers or 1
 
 
+def rss_bytes() -> int:
+    """Resident memory of this process (for load-time memory estimates)."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))

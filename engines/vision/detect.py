@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from engines.errors import InvalidRequestError, ModelLoadError
-from engines.vision.base import ImageInput, VisionEngine, VisionOptions
+from engines.vision.base import ImageInput, VisionEngine, VisionOptions, rss_bytes
 from engines.vision.batcher import DynamicBatcher, stack_run
 from engines.vision.image import Letterbox, as_bgr, letterbox, to_chw
 from engines.vision.providers import open_session
@@ -90,6 +90,7 @@ class YoloEngine(VisionEngine):
                  input_size: tuple[int, int] | None = None) -> None:
         super().__init__(name)
         self.options = options or VisionOptions()
+        rss0 = rss_bytes()
         opened = open_session(Path(weights), self.options, override)
         self._session, self._provider, self._report = (opened.session, opened.provider,
                                                        opened.report)
@@ -100,7 +101,10 @@ class YoloEngine(VisionEngine):
             class_names = meta["names"]
         self.names = parse_class_names(class_names) if class_names is not None else {}
         self.input_size = input_size or self._size_from(inp.shape, meta)
-        self._memory = Path(weights).stat().st_size
+        # warm-up: the first request does not pay for arena growth, and we can see it
+        self._session.run(None, {self.input_name: np.zeros((1, 3, *self.input_size),
+                                                           np.float32)})
+        self._memory = max(Path(weights).stat().st_size, rss_bytes() - rss0)
         self._batcher = DynamicBatcher(stack_run(self._session, self.input_name), name=name,
                                        max_batch=self.options.max_batch,
                                        max_wait_ms=self.options.max_wait_ms,

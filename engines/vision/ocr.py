@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from engines.errors import ModelLoadError
-from engines.vision.base import ImageInput, VisionEngine, VisionOptions
+from engines.vision.base import ImageInput, VisionEngine, VisionOptions, rss_bytes
 from engines.vision.batcher import DynamicBatcher, stack_run
 from engines.vision.image import as_bgr, to_chw
 from engines.vision.providers import open_session
@@ -204,6 +204,7 @@ class OcrEngine(VisionEngine):
         super().__init__(name)
         self.options = options or VisionOptions()
         self.det_limit_side = det_limit_side
+        rss0 = rss_bytes()
         opened = open_session(Path(det), self.options, override)
         self._det, self._provider, self._report = opened.session, opened.provider, opened.report
         self._rec = open_session(Path(rec), self.options, override).session
@@ -213,7 +214,9 @@ class OcrEngine(VisionEngine):
         if isinstance(n_out, int) and n_out != len(self.charset):
             raise ModelLoadError(f"rec model has {n_out} classes but its dictionary gives "
                                  f"{len(self.charset)}")
-        self._memory = sum(Path(p).stat().st_size for p in (det, rec, cls) if p)
+        self._warm_up()
+        self._memory = max(sum(Path(p).stat().st_size for p in (det, rec, cls) if p),
+                           rss_bytes() - rss0)
         # one batcher per session: det requests of the same size share runs; cls/rec
         # chunks of concurrent requests are queued too, so CPU runs stay serialised
         self._batchers = {
@@ -226,6 +229,17 @@ class OcrEngine(VisionEngine):
             if sess is not None}
         self._batcher = self._batchers["det"]
         log.info("loaded OCR model %s on %s", name, self._provider)
+
+    def _warm_up(self) -> None:
+        """One run per session at typical sizes (page 736x736, six lines), so the first
+        request is not slow and the memory estimate includes the activation arenas."""
+        self._det.run(None, {self._det.get_inputs()[0].name:
+                             np.zeros((1, 3, DET_LIMIT_SIDE, DET_LIMIT_SIDE), np.float32)})
+        self._rec.run(None, {self._rec.get_inputs()[0].name:
+                             np.zeros((BATCH, 3, REC_HEIGHT, REC_WIDTH), np.float32)})
+        if self._cls is not None:
+            self._cls.run(None, {self._cls.get_inputs()[0].name:
+                                 np.zeros((BATCH, 3, *CLS_SHAPE), np.float32)})
 
     # pipeline stages, public for benchmarks and quantisation checks
     def detect_boxes(self, img: np.ndarray) -> list[np.ndarray]:
