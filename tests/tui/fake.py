@@ -50,6 +50,7 @@ class FakeBox:
 
     def __init__(self) -> None:
         self.down = False
+        self.chain_ok = True
         self.fail: dict[str, BoxError] = {}
         self.calls: list[str] = []
         self.requests_total = STATS["requests_total"]
@@ -273,7 +274,7 @@ class FakeBox:
              "details": {"key_id": "d4e5f6", "seat_id": 2}},
         ]
         rows = [r for r in rows if q.lower() in (r["action"] + str(r["details"])).lower()]
-        return {"chain_ok": True, "chain_rows": 3, "bad_id": None, "reason": "",
+        return {"chain_ok": self.chain_ok, "chain_rows": 3, "bad_id": None, "reason": "",
                 "rows": rows[-limit:]}
 
     def logs(self, limit: int = 100, q: str = "") -> list[dict[str, Any]]:

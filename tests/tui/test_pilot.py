@@ -346,3 +346,45 @@ async def test_status_refusal_is_said_once(fake: FakeBox) -> None:
         await wait_until(pilot, lambda: fake.calls.count("status") >= 4)
         await settle(pilot)
         assert messages(app).count("invalid API key") == 1
+
+
+async def test_rotate_key_shows_the_new_key_and_revokes_the_old(app: AdminApp,
+                                                                 fake: FakeBox) -> None:
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("s", "down")  # alice, key d4e5f6
+        await settle(pilot)
+        await pilot.press("t")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await settle(pilot)
+        assert isinstance(app.screen, KeyShownScreen)
+        assert app.screen.query_one("#secret", Input).value == "sk-box-000003.SECRET-of-seat-2"
+        await pilot.press("escape")
+        await settle(pilot)
+        keys = app.screen.query_one("#keys", DataTable)
+        states = {str(keys.get_row_at(i)[0]): str(keys.get_row_at(i)[3])
+                  for i in range(keys.row_count)}
+        assert states == {"d4e5f6": "revoked", "000003": "active"}
+
+
+async def test_rollback_asks_first(app: AdminApp, fake: FakeBox) -> None:
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("u", "b")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen) and "rollback" not in fake.calls
+        await pilot.press("y")
+        await settle(pilot)
+        assert "Update success: version 0.1.0" in messages(app)
+
+
+async def test_broken_audit_chain_is_shown(app: AdminApp, fake: FakeBox) -> None:
+    fake.chain_ok = False
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("g")
+        await settle(pilot)
+        title = app.screen.query_one("#audit-title", Label)
+        assert "CHAIN BROKEN" in str(title.render()) and title.has_class("bad")
