@@ -91,7 +91,10 @@ class YoloEngine(VisionEngine):
         super().__init__(name)
         self.options = options or VisionOptions()
         rss0 = rss_bytes()
-        opened = open_session(Path(weights), self.options, override)
+        size = input_size or (640, 640)
+        batch = max(1, self.options.max_batch)
+        opened = open_session(Path(weights), self.options, override, trt_shapes={
+            "images": ((1, 3, *size), (1, 3, *size), (batch, 3, *size))})
         self._session, self._provider, self._report = (opened.session, opened.provider,
                                                        opened.report)
         inp = self._session.get_inputs()[0]

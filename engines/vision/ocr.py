@@ -43,6 +43,7 @@ MIN_BOX_SIDE = 3
 CLS_SHAPE = (48, 192)
 CLS_THRESH = 0.9
 REC_HEIGHT, REC_WIDTH = 48, 320
+REC_MAX_WIDTH = 2048  # widest rec input (TensorRT profile); longer lines are squeezed
 TEXT_SCORE = 0.5
 BATCH = 6
 
@@ -205,10 +206,17 @@ class OcrEngine(VisionEngine):
         self.options = options or VisionOptions()
         self.det_limit_side = det_limit_side
         rss0 = rss_bytes()
-        opened = open_session(Path(det), self.options, override)
+        b = max(1, self.options.max_batch)
+        side = DET_LIMIT_SIDE
+        opened = open_session(Path(det), self.options, override, trt_shapes={
+            "x": ((1, 3, 32, 32), (1, 3, side, side), (b, 3, DET_MAX_SIDE, DET_MAX_SIDE))})
         self._det, self._provider, self._report = opened.session, opened.provider, opened.report
-        self._rec = open_session(Path(rec), self.options, override).session
-        self._cls = open_session(Path(cls), self.options, override).session if cls else None
+        self._rec = open_session(Path(rec), self.options, override, trt_shapes={
+            "x": ((1, 3, REC_HEIGHT, 32), (BATCH, 3, REC_HEIGHT, REC_WIDTH),
+                  (BATCH * b, 3, REC_HEIGHT, REC_MAX_WIDTH))}).session
+        self._cls = open_session(Path(cls), self.options, override, trt_shapes={
+            "x": ((1, 3, *CLS_SHAPE), (BATCH, 3, *CLS_SHAPE), (BATCH * b, 3, *CLS_SHAPE))}
+        ).session if cls else None
         self.charset = load_charset(self._rec.get_modelmeta().custom_metadata_map)
         n_out = self._rec.get_outputs()[0].shape[-1]
         if isinstance(n_out, int) and n_out != len(self.charset):
@@ -269,7 +277,7 @@ class OcrEngine(VisionEngine):
             ids = order[s:s + BATCH]
             ratio = max(REC_WIDTH / REC_HEIGHT,
                         max(crops[i].shape[1] / crops[i].shape[0] for i in ids))
-            width = int(REC_HEIGHT * ratio)
+            width = min(int(REC_HEIGHT * ratio), REC_MAX_WIDTH)
             x = np.stack([resize_norm(crops[i], REC_HEIGHT, width, width) for i in ids])
             probs = self._batchers["rec"](x, key=x.shape[1:])
             for i, res in zip(ids, ctc_greedy(probs, self.charset), strict=True):

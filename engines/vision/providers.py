@@ -13,7 +13,7 @@ in this onnxruntime build (else ProviderUnavailableError), and only those are tr
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,11 +76,20 @@ def plan(preference: Sequence[str] | None, override: Sequence[str] | None,
     return ProviderPlan(tuple(candidates), tuple(skipped), False)
 
 
-def provider_options(provider: str, options: VisionOptions, model: Path | None = None
-                     ) -> dict[str, Any]:
-    """ORT options for ``provider``: TensorRT engine cache, FP16/INT8, workspace; CUDA device."""
+Shapes = Mapping[str, Sequence[tuple[int, ...]]]  # input -> (min, opt, max)
+
+
+def provider_options(provider: str, options: VisionOptions, model: Path | None = None,
+                     trt_shapes: Shapes | None = None) -> dict[str, Any]:
+    """ORT options for ``provider``: TensorRT engine cache, FP16/INT8, workspace and
+    optimisation profile; CUDA device. For TensorRT the cache folder is keyed by GPU,
+    TensorRT and ORT versions (tensorrt.engine_cache_dir), which raises
+    ProviderUnavailableError when there is no GPU or TensorRT."""
     if provider == TRT:
-        cache = options.cache_dir or ((model.parent / ".trt-cache") if model else None)
+        from engines.vision.tensorrt import engine_cache_dir, profile_options
+
+        root = options.cache_dir or ((model.parent / ".trt-cache") if model else None)
+        cache = engine_cache_dir(root, options.device_id) if root is not None else None
         opts: dict[str, Any] = {
             "device_id": options.device_id,
             "trt_fp16_enable": options.trt_fp16,
@@ -91,6 +100,8 @@ def provider_options(provider: str, options: VisionOptions, model: Path | None =
             Path(cache).mkdir(parents=True, exist_ok=True)
             opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache),
                         trt_timing_cache_enable=True, trt_timing_cache_path=str(cache))
+        if trt_shapes:
+            opts.update(profile_options(trt_shapes))
         return opts
     if provider == CUDA:
         return {"device_id": options.device_id}
@@ -114,7 +125,8 @@ def session_options(options: VisionOptions) -> ort.SessionOptions:
 
 def open_session(model: Path | bytes, options: VisionOptions,
                  override: Sequence[str] | None = None,
-                 available: Sequence[str] | None = None) -> OpenedSession:
+                 available: Sequence[str] | None = None,
+                 trt_shapes: Shapes | None = None) -> OpenedSession:
     """Create a session on the first provider of the plan that really runs the model.
 
     Raises ProviderUnavailableError if nothing in a strict override works, and
@@ -126,10 +138,10 @@ def open_session(model: Path | bytes, options: VisionOptions,
     path = model if isinstance(model, Path) else None
     last_exc: Exception | None = None
     for prov in p.candidates:
-        provs: list[Any] = [(prov, provider_options(prov, options, path))]
-        if prov != CPU:
-            provs.append(CPU)
         try:
+            provs: list[Any] = [(prov, provider_options(prov, options, path, trt_shapes))]
+            if prov != CPU:
+                provs.append(CPU)
             sess = ort.InferenceSession(str(model) if path else model,
                                         sess_options=session_options(options), providers=provs)
         except Exception as exc:  # ORT raises plain RuntimeError/Fail

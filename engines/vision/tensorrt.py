@@ -1,9 +1,12 @@
 """Build and cache TensorRT engines through onnxruntime's TensorRT execution provider.
 
 An engine is only valid for the exact GPU model, compute capability, TensorRT and
-onnxruntime versions and precision it was built with, so the cache folder is keyed by
-all of them plus the model's sha256: ``<cache_root>/<key>/`` holds the ORT-managed
-engine and timing caches and a ``build.json`` describing the build. FP16 is on by
+onnxruntime versions it was built with, so engines live in
+``<cache_root>/<gpu>-sm<cc>-trt<version>-ort<version>/`` (``engine_cache_dir``); the
+sessions of the running engines use the same folder (providers.provider_options), so an
+engine built ahead of time by ``build_trt_engine`` is found at serve time. ORT names
+each engine by the model's hash and profile; ``<model sha256[:16]>-<precision>.json``
+beside it records our build (precision, shapes, seconds). FP16 is on by
 default; INT8 is used when the model is a calibrated QDQ model (see quantize.py).
 On a box without a usable GPU, TensorRT or TensorRT-enabled onnxruntime, every entry
 point raises ProviderUnavailableError saying which piece is missing.
@@ -82,15 +85,27 @@ def tensorrt_version() -> str:
     raise ProviderUnavailableError("TensorRT is not installed (pip install .[tensorrt])")
 
 
-def cache_key(model_sha256: str, gpu: GpuInfo, trt: str, ort_version: str, precision: str,
-              shapes: Mapping[str, Sequence[Shape]] | None = None) -> str:
-    """Stable folder name for one engine build (pure)."""
-    ident = json.dumps([model_sha256, gpu.name, gpu.compute_capability, trt, ort_version,
-                        precision, sorted((k, [list(s) for s in v])
-                                          for k, v in (shapes or {}).items())])
+def cache_dir_name(gpu: GpuInfo, trt: str, ort_version: str) -> str:
+    """Folder for engines of one GPU model / compute capability / TensorRT / ORT (pure)."""
     slug = "".join(c if c.isalnum() else "-" for c in gpu.name.lower()).strip("-")
-    return f"{slug}-sm{gpu.compute_capability.replace('.', '')}-trt{trt}-" \
-           f"{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
+    return f"{slug}-sm{gpu.compute_capability.replace('.', '')}-trt{trt}-ort{ort_version}"
+
+
+def build_id(model_sha256: str, precision: str,
+             shapes: Mapping[str, Sequence[Shape]] | None = None) -> str:
+    """Name of one build's record inside the engine folder (pure)."""
+    ident = json.dumps([model_sha256, precision, sorted((k, [list(s) for s in v])
+                                                        for k, v in (shapes or {}).items())])
+    return f"{model_sha256[:16]}-{precision}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
+
+
+def engine_cache_dir(cache_root: Path, device_id: int = 0) -> Path:
+    """``cache_root/<gpu>-sm<cc>-trt<ver>-ort<ver>``; ProviderUnavailableError without a GPU
+    or TensorRT."""
+    import onnxruntime as ort
+
+    return Path(cache_root) / cache_dir_name(gpu_info(device_id), tensorrt_version(),
+                                             ort.__version__)
 
 
 def is_qdq(model: Path) -> bool:
@@ -111,6 +126,13 @@ def _sha256(path: Path) -> str:
 
 def _profile(shapes: Mapping[str, Sequence[Shape]], which: int) -> str:
     return ",".join(f"{k}:{'x'.join(map(str, v[which]))}" for k, v in shapes.items())
+
+
+def profile_options(shapes: Mapping[str, Sequence[Shape]]) -> dict[str, str]:
+    """TensorRT EP optimisation-profile options for ``{input: (min, opt, max)}``."""
+    return {"trt_profile_min_shapes": _profile(shapes, 0),
+            "trt_profile_opt_shapes": _profile(shapes, 1),
+            "trt_profile_max_shapes": _profile(shapes, 2)}
 
 
 def build_trt_engine(model: Path, cache_root: Path, *, fp16: bool = True,
@@ -136,9 +158,9 @@ def build_trt_engine(model: Path, cache_root: Path, *, fp16: bool = True,
     trt = tensorrt_version()
     int8 = is_qdq(model) if int8 is None else int8
     precision = "int8" if int8 else "fp16" if fp16 else "fp32"
-    key = cache_key(_sha256(model), gpu, trt, ort.__version__, precision, shapes)
-    cache_dir = Path(cache_root) / key
-    meta_path = cache_dir / "build.json"
+    key = build_id(_sha256(model), precision, shapes)
+    cache_dir = Path(cache_root) / cache_dir_name(gpu, trt, ort.__version__)
+    meta_path = cache_dir / f"{key}.json"
     common = dict(key=key, precision=precision, gpu=gpu.name,
                   compute_capability=gpu.compute_capability, tensorrt=trt,
                   onnxruntime=ort.__version__)
@@ -151,9 +173,7 @@ def build_trt_engine(model: Path, cache_root: Path, *, fp16: bool = True,
         "trt_engine_cache_path": str(cache_dir), "trt_timing_cache_enable": True,
         "trt_timing_cache_path": str(cache_dir)}
     if shapes:
-        opts.update(trt_profile_min_shapes=_profile(shapes, 0),
-                    trt_profile_opt_shapes=_profile(shapes, 1),
-                    trt_profile_max_shapes=_profile(shapes, 2))
+        opts.update(profile_options(shapes))
     started = time.perf_counter()
     sess = ort.InferenceSession(str(model), providers=[(TRT, opts), CPU])
     if sess.get_providers()[0] != TRT:
@@ -169,7 +189,9 @@ def build_trt_engine(model: Path, cache_root: Path, *, fp16: bool = True,
     seconds = time.perf_counter() - started
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".json")
     with os.fdopen(fd, "w") as fh:
-        json.dump({**common, "model": str(model), "seconds": seconds}, fh, indent=2)
+        json.dump({**common, "model": str(model), "seconds": seconds,
+                   "shapes": {k: [list(x) for x in v] for k, v in (shapes or {}).items()}},
+                  fh, indent=2)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, meta_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from vision_helpers import DETECTOR, load
 
@@ -57,9 +59,12 @@ def test_manifest_override_of_absent_provider_is_a_clear_error(model_store) -> N
 
 
 def test_tensorrt_options(tmp_path) -> None:
-    opts = provider_options(TRT, VisionOptions(cache_dir=tmp_path / "trt", trt_fp16=True,
-                                               trt_workspace_bytes=1 << 30))
-    assert opts["trt_engine_cache_enable"] is True
-    assert opts["trt_engine_cache_path"] == str(tmp_path / "trt")
+    opts = provider_options(TRT, VisionOptions(trt_fp16=True, trt_workspace_bytes=1 << 30),
+                            trt_shapes={"x": ((1, 3, 32, 32), (1, 3, 736, 736),
+                                              (4, 3, 2000, 2000))})
     assert opts["trt_fp16_enable"] is True and opts["trt_max_workspace_size"] == 1 << 30
-    assert (tmp_path / "trt").is_dir()
+    assert opts["trt_profile_min_shapes"] == "x:1x3x32x32"
+    assert opts["trt_profile_max_shapes"] == "x:4x3x2000x2000"
+    if shutil.which("nvidia-smi") is None:  # the engine cache is keyed by the GPU model
+        with pytest.raises(ProviderUnavailableError, match="NVIDIA GPU"):
+            provider_options(TRT, VisionOptions(cache_dir=tmp_path / "trt"))

@@ -8,8 +8,15 @@ import pytest
 from vision_helpers import DETECTOR
 
 from engines.errors import ProviderUnavailableError
-from engines.vision.providers import CPU, CUDA, TRT
-from engines.vision.tensorrt import GpuInfo, build_trt_engine, cache_key, is_qdq
+from engines.vision.base import VisionOptions
+from engines.vision.providers import CPU, CUDA, TRT, open_session
+from engines.vision.tensorrt import (
+    GpuInfo,
+    build_id,
+    build_trt_engine,
+    cache_dir_name,
+    is_qdq,
+)
 
 
 def test_onnxruntime_without_tensorrt_is_refused(model_store, tmp_path) -> None:
@@ -25,21 +32,26 @@ def test_tensorrt_build_of_onnxruntime_without_gpu_is_refused(model_store, tmp_p
                          available=[TRT, CUDA, CPU])
 
 
-def test_cache_key_changes_with_everything_an_engine_depends_on() -> None:
+def test_engine_folder_and_build_ids_key_everything_an_engine_depends_on() -> None:
     h100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0", "550.54")
-    base = cache_key("ab" * 32, h100, "10.3.0", "1.20.0", "fp16")
-    assert base == cache_key("ab" * 32, GpuInfo(h100.name, "9.0", "555.0"), "10.3.0",
-                             "1.20.0", "fp16")  # the driver alone does not matter
-    assert base.startswith("nvidia-h100-80gb-hbm3-sm90-trt10.3.0-")
-    others = {cache_key("cd" * 32, h100, "10.3.0", "1.20.0", "fp16"),
-              cache_key("ab" * 32, GpuInfo("NVIDIA L4", "8.9", "550.54"), "10.3.0", "1.20.0",
-                        "fp16"),
-              cache_key("ab" * 32, h100, "10.4.0", "1.20.0", "fp16"),
-              cache_key("ab" * 32, h100, "10.3.0", "1.21.0", "fp16"),
-              cache_key("ab" * 32, h100, "10.3.0", "1.20.0", "int8"),
-              cache_key("ab" * 32, h100, "10.3.0", "1.20.0", "fp16",
-                        {"images": [(1, 3, 320, 320), (8, 3, 320, 320), (16, 3, 320, 320)]})}
-    assert base not in others and len(others) == 6
+    base = cache_dir_name(h100, "10.3.0", "1.20.0")
+    assert base == "nvidia-h100-80gb-hbm3-sm90-trt10.3.0-ort1.20.0"
+    assert base == cache_dir_name(GpuInfo(h100.name, "9.0", "555.0"), "10.3.0", "1.20.0")
+    assert len({base, cache_dir_name(GpuInfo("NVIDIA L4", "8.9", "550"), "10.3.0", "1.20.0"),
+                cache_dir_name(h100, "10.4.0", "1.20.0"),
+                cache_dir_name(h100, "10.3.0", "1.21.0")}) == 4
+    one = build_id("ab" * 32, "fp16")
+    assert one.startswith("abababababababab-fp16-") and one == build_id("ab" * 32, "fp16")
+    assert len({one, build_id("cd" * 32, "fp16"), build_id("ab" * 32, "int8"),
+                build_id("ab" * 32, "fp16", {"images": [(1, 3, 320, 320)] * 3})}) == 4
+
+
+def test_tensorrt_candidate_without_gpu_is_skipped_with_reason(model_store) -> None:
+    """A build listing TensorRT on a box without GPU: the chain records why and uses CPU."""
+    opened = open_session(model_store.file_path(DETECTOR), VisionOptions(),
+                          available=[TRT, CPU])
+    assert opened.provider == CPU
+    assert any(r.startswith(TRT) and "NVIDIA" in r for r in opened.report), opened.report
 
 
 def test_qdq_detection(model_store) -> None:
