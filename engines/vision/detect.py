@@ -42,6 +42,13 @@ def parse_class_names(raw: Any) -> dict[int, str]:
     raise ModelLoadError("class names must be a list or a dict of id -> name")
 
 
+def trt_shapes(input_size: tuple[int, int] | None, max_batch: int
+               ) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """TensorRT profile (min, opt, max) of the detector input ``images``."""
+    size = input_size or (640, 640)
+    return {"images": ((1, 3, *size), (1, 3, *size), (max(1, max_batch), 3, *size))}
+
+
 def preprocess(img: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
     """BGR image -> (1, 3, h, w) float32 RGB in 0..1, plus the letterbox mapping."""
     boxed, lb = letterbox(img, size)
@@ -91,10 +98,8 @@ class YoloEngine(VisionEngine):
         super().__init__(name)
         self.options = options or VisionOptions()
         rss0 = rss_bytes()
-        size = input_size or (640, 640)
-        batch = max(1, self.options.max_batch)
-        opened = open_session(Path(weights), self.options, override, trt_shapes={
-            "images": ((1, 3, *size), (1, 3, *size), (batch, 3, *size))})
+        opened = open_session(Path(weights), self.options, override,
+                              trt_shapes=trt_shapes(input_size, self.options.max_batch))
         self._session, self._provider, self._report = (opened.session, opened.provider,
                                                        opened.report)
         inp = self._session.get_inputs()[0]

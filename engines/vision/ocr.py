@@ -48,6 +48,19 @@ TEXT_SCORE = 0.5
 BATCH = 6
 
 
+def trt_shapes(max_batch: int) -> dict[str, dict[str, tuple[tuple[int, ...], ...]]]:
+    """TensorRT profiles (min, opt, max) of the det/rec/cls input ``x``, by role."""
+    b = max(1, max_batch)
+    side = DET_LIMIT_SIDE
+    return {
+        "det": {"x": ((1, 3, 32, 32), (1, 3, side, side), (b, 3, DET_MAX_SIDE, DET_MAX_SIDE))},
+        "rec": {"x": ((1, 3, REC_HEIGHT, 32), (BATCH, 3, REC_HEIGHT, REC_WIDTH),
+                      (BATCH * b, 3, REC_HEIGHT, REC_MAX_WIDTH))},
+        "cls": {"x": ((1, 3, *CLS_SHAPE), (BATCH, 3, *CLS_SHAPE),
+                      (BATCH * b, 3, *CLS_SHAPE))},
+    }
+
+
 # --- detection ------------------------------------------------------------------------
 def det_size(h: int, w: int, limit_side: int = DET_LIMIT_SIDE,
              max_side: int = DET_MAX_SIDE) -> tuple[int, int]:
@@ -206,17 +219,13 @@ class OcrEngine(VisionEngine):
         self.options = options or VisionOptions()
         self.det_limit_side = det_limit_side
         rss0 = rss_bytes()
-        b = max(1, self.options.max_batch)
-        side = DET_LIMIT_SIDE
-        opened = open_session(Path(det), self.options, override, trt_shapes={
-            "x": ((1, 3, 32, 32), (1, 3, side, side), (b, 3, DET_MAX_SIDE, DET_MAX_SIDE))})
+        shapes = trt_shapes(self.options.max_batch)
+        opened = open_session(Path(det), self.options, override, trt_shapes=shapes["det"])
         self._det, self._provider, self._report = opened.session, opened.provider, opened.report
-        self._rec = open_session(Path(rec), self.options, override, trt_shapes={
-            "x": ((1, 3, REC_HEIGHT, 32), (BATCH, 3, REC_HEIGHT, REC_WIDTH),
-                  (BATCH * b, 3, REC_HEIGHT, REC_MAX_WIDTH))}).session
-        self._cls = open_session(Path(cls), self.options, override, trt_shapes={
-            "x": ((1, 3, *CLS_SHAPE), (BATCH, 3, *CLS_SHAPE), (BATCH * b, 3, *CLS_SHAPE))}
-        ).session if cls else None
+        self._rec = open_session(Path(rec), self.options, override,
+                                 trt_shapes=shapes["rec"]).session
+        self._cls = open_session(Path(cls), self.options, override,
+                                 trt_shapes=shapes["cls"]).session if cls else None
         self.charset = load_charset(self._rec.get_modelmeta().custom_metadata_map)
         n_out = self._rec.get_outputs()[0].shape[-1]
         if isinstance(n_out, int) and n_out != len(self.charset):

@@ -200,6 +200,30 @@ def build_trt_engine(model: Path, cache_root: Path, *, fp16: bool = True,
     return TrtBuild(cache_dir=cache_dir, seconds=seconds, cached=False, **common)
 
 
+def build_pack_engines(manifest: Mapping[str, object], directory: Path, cache_root: Path,
+                       *, max_batch: int = 1, fp16: bool = True, device_id: int = 0
+                       ) -> list[TrtBuild]:
+    """Build every ONNX file of a vision pack with the profiles its engine will use, into
+    the folder its sessions will read (so serving starts without a build).
+
+    For ``appliance models trt NAME``; ``cache_root`` must be VisionOptions.cache_dir.
+    Raises ProviderUnavailableError like ``build_trt_engine``.
+    """
+    from engines.vision.base import _files, _input_size
+    from engines.vision.detect import trt_shapes as yolo_shapes
+    from engines.vision.ocr import trt_shapes as ocr_shapes
+
+    files = {role: Path(directory) / p for role, p in _files(manifest).items()}
+    if manifest.get("engine") == "yolo":
+        plan = {role: yolo_shapes(_input_size(manifest.get("input_shape")), max_batch)
+                for role in files}
+    else:
+        shapes = ocr_shapes(max_batch)
+        plan = {role: shapes[role] for role in files if role in shapes}
+    return [build_trt_engine(files[role], cache_root, fp16=fp16, shapes=s,
+                             device_id=device_id) for role, s in plan.items()]
+
+
 def describe(build: TrtBuild) -> dict[str, object]:
     """JSON-friendly view of a build (for the CLI)."""
     return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(build).items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from vision_helpers import DETECTOR
+from vision_helpers import DETECTOR, OCR
 
 from engines.errors import ProviderUnavailableError
 from engines.vision.base import VisionOptions
@@ -13,6 +13,7 @@ from engines.vision.providers import CPU, CUDA, TRT, open_session
 from engines.vision.tensorrt import (
     GpuInfo,
     build_id,
+    build_pack_engines,
     build_trt_engine,
     cache_dir_name,
     is_qdq,
@@ -56,3 +57,8 @@ def test_tensorrt_candidate_without_gpu_is_skipped_with_reason(model_store) -> N
 
 def test_qdq_detection(model_store) -> None:
     assert not is_qdq(model_store.file_path(DETECTOR))
+
+
+def test_pack_build_is_refused_clearly_here(model_store, tmp_path) -> None:
+    with pytest.raises(ProviderUnavailableError):
+        build_pack_engines(model_store.manifest(OCR).to_json(), model_store.path(OCR), tmp_path)
