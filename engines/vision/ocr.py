@@ -10,6 +10,11 @@ Pipeline, after PaddleOCR/RapidOCR (our own code; parameters from rapidocr's con
    flips crops it reads as upside-down with score >= 0.9.
 4. rec (48 px high, width by aspect ratio) then greedy CTC decoding against the
    character list in the model's metadata (blank at 0, a space appended).
+
+Each session runs behind its own DynamicBatcher: det requests are grouped by input
+shape (sides are multiples of 32, so same-size pages share a bucket), cls/rec chunks
+by (height, width). Known limit: PP-OCRv4 (a Chinese+English model) sometimes drops the
+space between Latin words on clean synthetic text.
 """
 
 from __future__ import annotations
