@@ -83,6 +83,7 @@ class Licence(TypedDict):
     evaluation: bool
     fingerprint_match: str
     message: str
+    clock_locked: NotRequired[str]
 
 
 class Stats(TypedDict):
@@ -209,6 +210,8 @@ class AuditRow(TypedDict):
 class AuditLog(TypedDict):
     chain_ok: bool
     rows: list[AuditRow]
+    bad_id: NotRequired[int | None]
+    reason: NotRequired[str]
 
 
 class LogLine(TypedDict):

@@ -388,3 +388,14 @@ async def test_broken_audit_chain_is_shown(app: AdminApp, fake: FakeBox) -> None
         await settle(pilot)
         title = app.screen.query_one("#audit-title", Label)
         assert "CHAIN BROKEN" in str(title.render()) and title.has_class("bad")
+
+
+async def test_accepting_the_clock_asks_first(app: AdminApp, fake: FakeBox) -> None:
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("l", "c")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmScreen) and "ack_clock" not in fake.calls
+        await pilot.press("y")
+        await settle(pilot)
+        assert "ack_clock" in fake.calls and "Clock accepted." in messages(app)

@@ -13,6 +13,7 @@ from textual.widgets import Label, Static
 from tui import format as fmt
 from tui.client import Licence, dump_json
 from tui.screens.base import BoxScreen
+from tui.screens.confirm import ConfirmScreen
 from tui.screens.path_prompt import PathPrompt
 from tui.screens.seats import write_atomic
 
@@ -33,6 +34,8 @@ def describe(lic: Licence) -> str:
         ("Models", ", ".join(ent.get("models") or []) or "-"),
         ("Features", ", ".join(ent.get("features") or []) or "-"),
     ]
+    if lic.get("clock_locked"):
+        rows.append(("Clock", f"LOCKED: {lic['clock_locked']} (c to accept the clock)"))
     text = "\n".join(f"{k:<16} {v}" for k, v in rows)
     if lic.get("message"):
         text += f"\n\n{lic['message']}"
@@ -107,7 +110,13 @@ class LicenceScreen(BoxScreen):
         self.show(lic)
 
     def action_ack_clock(self) -> None:
-        self.call_box(self.client.ack_clock, self._acked)
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.call_box(self.client.ack_clock, self._acked)
+
+        self.open_modal(ConfirmScreen("Accept the box's current clock as correct? Do this only "
+                                      "after checking the date and time.", yes="Accept"),
+                        answered)
 
     def _acked(self, lic: Licence) -> None:
         self.notify("Clock accepted.")

@@ -78,8 +78,12 @@ class LogsScreen(BoxScreen):
     def show_audit(self, audit: AuditLog) -> None:
         ok = audit.get("chain_ok")
         title = self.query_one("#audit-title", Label)
-        title.update("Audit log — chain intact" if ok else
-                     "Audit log — CHAIN BROKEN: rows were altered or removed")
+        if ok:
+            title.update("Audit log — chain intact")
+        else:
+            where = f" at row {audit['bad_id']}" if audit.get("bad_id") else ""
+            why = audit.get("reason") or "rows were altered or removed"
+            title.update(f"Audit log — CHAIN BROKEN{where}: {why}")
         title.set_classes("section " + ("good" if ok else "bad"))
         table = self.query_one("#audit", DataTable)
         table.clear()
