@@ -126,7 +126,7 @@ class AdminApp(App[None]):
     def call_box(self, fn: Callable[[], T], done: Callable[[T], Any] | None = None) -> None:
         """Run one client call off the event loop; its errors become notifications.
 
-        ``done`` runs on the event loop with the result; a bug in it is not swallowed.
+        ``done`` runs on the event loop with the result.
         """
         try:
             result = fn()
@@ -149,7 +149,16 @@ class AdminApp(App[None]):
             return
         self.call_from_thread(self.reconnected)
         if done is not None:
-            self.call_from_thread(done, result)
+            self.call_from_thread(self._deliver, done, result)
+
+    def _deliver(self, done: Callable[[T], Any], result: T) -> None:
+        """Hand a result to the screen; an answer it cannot show is a notification."""
+        try:
+            done(result)
+        except Exception as exc:  # e.g. a field the box did not send
+            log.exception("could not show the box's answer")
+            self.notify(f"{type(exc).__name__}: {exc}", title="Unexpected answer",
+                        severity="error")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -399,3 +399,13 @@ async def test_accepting_the_clock_asks_first(app: AdminApp, fake: FakeBox) -> N
         await pilot.press("y")
         await settle(pilot)
         assert "ack_clock" in fake.calls and "Clock accepted." in messages(app)
+
+
+async def test_an_answer_missing_fields_is_a_notification(app: AdminApp, fake: FakeBox) -> None:
+    fake.models = lambda: [{"state": "loaded"}]  # type: ignore[method-assign]  # no "name"
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("m")
+        await settle(pilot)
+        assert "KeyError: 'name'" in messages(app)
+        assert isinstance(app.screen, ModelsScreen) and app.return_code is None

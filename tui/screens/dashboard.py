@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from textual.app import ComposeResult
 from textual.containers import Grid, Horizontal
 from textual.widgets import DataTable, Label
@@ -10,6 +12,8 @@ from tui import format as fmt
 from tui.client import Status
 from tui.screens.base import BoxScreen
 from tui.widgets.stat_tile import StatTile
+
+log = logging.getLogger(__name__)
 
 TILES = [
     ("requests", "Requests/s", True),
@@ -31,6 +35,8 @@ def _memory(model: dict) -> str:
 class DashboardScreen(BoxScreen):
     """Fed by the app's ``status`` poll (every refresh interval)."""
 
+    _last_problem = ""
+
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="dash-top"):
             yield Label("Licence: …", id="dash-licence")
@@ -47,7 +53,17 @@ class DashboardScreen(BoxScreen):
         table = self.query_one("#dash-models", DataTable)
         table.add_columns("name", "state", "provider", "engine", "quant", "on disk",
                           "memory", "busy")
-        self.watch(self.app, "status", self.show, init=True)
+        self.watch(self.app, "status", self._show_safely, init=True)
+
+    def _show_safely(self, status: Status | None) -> None:
+        try:
+            self.show(status)
+        except Exception as exc:  # a status not shaped as documented: say so once
+            message = f"{type(exc).__name__}: {exc}"
+            if message != self._last_problem:
+                self._last_problem = message
+                log.exception("cannot show the status")
+                self.notify(message, title="Unexpected status answer", severity="error")
 
     def tile(self, key: str) -> StatTile:
         return self.query_one(f"#tile-{key}", StatTile)
