@@ -180,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `appliance-admin`."""
     args = build_parser().parse_args(argv)
+    from textual.logging import TextualHandler
+
+    # log records go to Textual's devtools console, never onto the screen being drawn
+    logging.basicConfig(level=logging.INFO, handlers=[TextualHandler()])
     try:
         key = resolve_key(args.key, args.key_file)
     except KeyFileError as exc:
