@@ -109,15 +109,17 @@ async def _parse(request: Request, model: type[M]) -> tuple[bytes, M]:
     try:
         if ctype.startswith("multipart/form-data"):
             form = await request.form()
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise RequestValidationError([{"type": "missing", "loc": ("body", "file"),
-                                               "msg": "Field required (an image file)",
-                                               "input": None}])
-            data = await upload.read()
-            fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
-            params = model.model_validate({**fields, "image": ""})
-            return data, params
+            try:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise RequestValidationError([{"type": "missing", "loc": ("body", "file"),
+                                                   "msg": "Field required (an image file)",
+                                                   "input": None}])
+                data = await upload.read()
+                fields = {k: v for k, v in form.items() if k != "file" and isinstance(v, str)}
+            finally:
+                await form.close()  # removes spooled temporary files now
+            return data, model.model_validate({**fields, "image": ""})
         params = model.model_validate_json(await request.body())
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from exc

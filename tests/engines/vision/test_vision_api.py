@@ -124,3 +124,9 @@ def test_through_the_real_app(model_store, tmp_path) -> None:
                                            "model": "smollm2-135m-instruct"})
         assert r.status_code == 400 and "not a vision model" in r.json()["error"]["message"]
         assert "smollm2-135m-instruct" not in app.state.registry.loaded_engines()
+
+
+def test_multipart_without_file_is_a_validation_error(client) -> None:
+    r = client.post("/v1/vision/detect", data={"model": DETECTOR},
+                    files={"other": ("x.txt", b"hello")})
+    assert r.status_code == 422
