@@ -240,7 +240,8 @@ class OcrEngine(VisionEngine):
         self._memory = max(sum(Path(p).stat().st_size for p in (det, rec, cls) if p),
                            rss_bytes() - rss0)
         # one batcher per session: det requests of the same size share runs; cls/rec
-        # chunks of concurrent requests are queued too, so CPU runs stay serialised
+        # chunks of concurrent requests queue too, so every stage is bounded and the
+        # number of session runs in flight stays at the configured workers
         self._batchers = {
             stage: DynamicBatcher(stack_run(sess, sess.get_inputs()[0].name),
                                   name=f"{name}/{stage}", max_batch=self.options.max_batch,
