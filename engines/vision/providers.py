@@ -146,7 +146,7 @@ def open_session(model: Path | bytes, options: VisionOptions,
                                         sess_options=session_options(options), providers=provs)
         except Exception as exc:  # ORT raises plain RuntimeError/Fail
             last_exc = exc
-            report.append(f"{prov}: session creation failed: {str(exc).strip()[:300]}")
+            report.append(f"{prov}: not usable: {str(exc).strip()[:300]}")
             log.warning("provider %s failed for %s: %s", prov, path or "model", exc)
             continue
         used = sess.get_providers()[0]
