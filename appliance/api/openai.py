@@ -66,17 +66,31 @@ class _Run:
         self.started = time.perf_counter()
         self.first_token: float | None = None
         self.finish_reason = "stop"
+        self.finished = False
+        self._meter()
+
+    def _meter(self) -> None:
+        # Kept current after every event: a client that hangs up mid-stream is metered
+        # (when its response ends) for the prompt and every token produced until then.
+        self.request.state.usage = UsageRecord(
+            model=self.model, prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens)
 
     def see(self, event: GenerationEvent) -> None:
         if isinstance(event, TextDelta):
+            self.completion_tokens += event.n_tokens
             if self.first_token is None and event.text:
                 self.first_token = time.perf_counter()
                 self.metrics.ttft.labels(self.model).observe(self.first_token - self.started)
         elif isinstance(event, Finished):
             self.completion_tokens = event.completion_tokens
             self.finish_reason = event.finish_reason
+        self._meter()
 
     def done(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
         m = self.metrics
         m.tokens_in.labels(self.model).inc(self.prompt_tokens)
         m.tokens_out.labels(self.model).inc(self.completion_tokens)
@@ -85,9 +99,7 @@ class _Run:
             if span > 0:
                 m.tokens_per_second.labels(self.model).observe(
                     (self.completion_tokens - 1) / span)
-        self.request.state.usage = UsageRecord(
-            model=self.model, prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens)
+        self._meter()
 
     def usage(self) -> dict[str, int]:
         return {"prompt_tokens": self.prompt_tokens,
