@@ -1,0 +1,113 @@
+"""Streamed requests cut off at random points free everything and are still metered.
+
+20 streams (HARDENING_FULL=1: 100), each on its own connection, closed after a random
+number of server-sent events (0 = right after the headers). Afterwards: the engine's
+active slots and the requests in flight are back to 0 (the /metrics scrape counts itself
+as 1), the seat can still run ``max_concurrent`` requests at once (no leaked seat slot),
+the server has no more threads than before, and every cut request is in the usage table
+with at least the tokens the client had received.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import LLM
+from tests.hardening.conftest import FULL, admin, gauge, new_seat, wait_for
+
+pytestmark = pytest.mark.slow
+
+CUTS = 100 if FULL else 20
+MAX_CONCURRENT = 3
+
+
+def _chat(max_tokens: int, stream: bool, seed: int) -> dict:
+    body = {"model": LLM, "messages": [{"role": "user", "content": "Tell me a long story."}],
+            "max_tokens": max_tokens, "temperature": 0.8, "seed": seed, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _cut_stream(base_url: str, key: str, after_events: int, seed: int) -> int:
+    """Open a stream, read ``after_events`` events, hang up; return content chunks seen."""
+    seen = 0
+    with httpx.Client(base_url=base_url, timeout=60) as client, client.stream(
+            "POST", "/v1/chat/completions", json=_chat(64, True, seed),
+            headers={"Authorization": f"Bearer {key}"}) as r:
+        assert r.status_code == 200, r.read()
+        events = 0
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            if events >= after_events:
+                break
+            events += 1
+            if line != "data: [DONE]":
+                delta = json.loads(line[6:])["choices"]
+                if delta and delta[0]["delta"].get("content"):
+                    seen += 1
+    return seen
+
+
+def _usage_rows(box, seat_id: int) -> list[dict]:
+    text = admin(box, "GET", f"/admin/usage.csv?seat_id={seat_id}").text
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _threads(proc: psutil.Process) -> int:
+    return proc.num_threads()
+
+
+def test_cut_streams_free_slots_threads_and_are_metered(fresh_box) -> None:
+    box = fresh_box
+    seat_id, key = new_seat(box, "cutter", max_concurrent=MAX_CONCURRENT,
+                            requests_per_minute=0, tokens_per_day=0)
+    server = psutil.Process(box.proc.pid)
+    auth = {"Authorization": f"Bearer {key}"}
+
+    def full(i: int) -> int:
+        r = httpx.post(box.base_url + "/v1/chat/completions", json=_chat(4, i % 2 == 0, i),
+                       headers=auth, timeout=60)
+        return r.status_code
+
+    # Warm-up with the same shape of work, so pools have their steady size before counting.
+    with ThreadPoolExecutor(MAX_CONCURRENT) as pool:
+        assert list(pool.map(full, range(MAX_CONCURRENT))) == [200] * MAX_CONCURRENT
+    assert wait_for(lambda: gauge(box, "appliance_engine_active_slots") == 0)
+    threads_before = _threads(server)
+    rows_before = len(_usage_rows(box, seat_id))
+
+    rng = random.Random(8)
+    plan = [rng.choice([0, 1, 2, 3, 5, 8]) for _ in range(CUTS)]
+    with ThreadPoolExecutor(MAX_CONCURRENT) as pool:
+        seen = list(pool.map(lambda a: _cut_stream(box.base_url, key, a[1], a[0]),
+                             enumerate(plan)))
+
+    assert wait_for(lambda: gauge(box, "appliance_engine_active_slots") == 0, timeout=30), \
+        "an engine slot stayed taken after its client went away"
+    # The scrape of /metrics is itself in flight while it is served.
+    assert wait_for(lambda: gauge(box, "appliance_requests_in_flight") == 1, timeout=30)
+    # Usage: one row per cut request, with at least the tokens the client saw.
+    assert wait_for(lambda: len(_usage_rows(box, seat_id)) == rows_before + CUTS, timeout=15)
+    rows = _usage_rows(box, seat_id)[rows_before:]
+    assert all(r["route"] == "/v1/chat/completions" for r in rows)
+    assert sum(int(r["tokens_in"]) for r in rows) > 0
+    assert sum(int(r["tokens_out"]) for r in rows) >= sum(seen), (
+        "tokens generated for a cut stream are not metered", sum(seen),
+        [r["tokens_out"] for r in rows])
+
+    # The seat's concurrency slots all came back: max_concurrent requests at once all pass.
+    with ThreadPoolExecutor(MAX_CONCURRENT) as pool:
+        statuses = list(pool.map(full, range(MAX_CONCURRENT)))
+    assert statuses == [200] * MAX_CONCURRENT, statuses
+    assert wait_for(lambda: _threads(server) <= threads_before, timeout=30), \
+        (threads_before, _threads(server))
