@@ -17,6 +17,7 @@ from rich.table import Table
 from appliance.errors import ApplianceError
 from appliance.modelstore import ModelStore, default_names, fetch
 from appliance.settings import Settings, describe, load_settings
+from engines.errors import EngineError
 
 out = Console()
 err = Console(stderr=True)
@@ -109,7 +110,69 @@ def cmd_models(args: argparse.Namespace) -> int:
         store.remove(args.name)
         out.print(f"removed {args.name}")
         return 0
+    if action == "quantize":
+        return _quantize(store, args)
+    if action == "build-trt":
+        return _build_trt(store, settings, args)
     raise ApplianceError(f"unknown models action {action}")
+
+
+def _quantize(store: ModelStore, args: argparse.Namespace) -> int:
+    """INT8 (QDQ) copy of a vision pack, calibrated on a folder of images; prints accuracy."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    from engines.vision.quantize import quantize_pack
+
+    manifest = store.manifest(args.name)
+    target = args.output or f"{args.name}-int8"
+    if target in store.names() and not args.replace:
+        raise ApplianceError(f"model {target!r} already exists; pass --replace or --output")
+    with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
+        work = Path(tmp) / "work"
+        pack = Path(tmp) / target
+        work.mkdir()
+        pack.mkdir()
+        with err.status(f"quantising {args.name} on {args.calibration} ..."):
+            result = quantize_pack(manifest.to_json(), store.path(args.name),
+                                   Path(args.calibration), work, max_images=args.max_images)
+        files = []
+        for f in manifest.files:
+            src = result.files.get(f.role, store.path(args.name) / f.path)
+            name = Path(src).name if f.role in result.quantised_roles else f.path
+            shutil.copyfile(src, pack / name)
+            data = (pack / name).read_bytes()
+            files.append({"path": name, "role": f.role, "size": len(data),
+                          "sha256": hashlib.sha256(data).hexdigest()})
+        new = manifest.to_json() | {
+            "name": target, "quantisation": "int8-qdq", "files": files,
+            "quantised_from": args.name, "quantised_roles": list(result.quantised_roles),
+            "calibration_images": result.images, "int8_agreement": result.agreement}
+        new.pop("size", None)
+        (pack / "manifest.json").write_text(json.dumps(new, indent=2))
+        store.import_dir(pack, replace=args.replace)
+    table = Table("metric", "value", title=f"{target}: INT8 vs FP32 on {result.images} images")
+    table.add_row("agreement", f"{result.agreement:.3f}")
+    for key, value in sorted(result.metrics.items()):
+        table.add_row(key, f"{value:.4g}")
+    out.print(table)
+    out.print(f"[green]✓[/] {target} added to the model store")
+    return 0
+
+
+def _build_trt(store: ModelStore, settings: Settings, args: argparse.Namespace) -> int:
+    """Build and cache TensorRT engines so the box never builds at first request."""
+    from engines.vision.tensorrt import build_pack_engines
+
+    manifest = store.manifest(args.name)
+    with err.status(f"building TensorRT engines for {args.name} ..."):
+        builds = build_pack_engines(manifest.to_json(), store.path(args.name),
+                                    settings.data_dir / "cache" / "trt",
+                                    max_batch=settings.vision_max_batch)
+    for b in builds:
+        out.print(f"[green]✓[/] {b}")
+    return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -155,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--replace", action="store_true")
     r = msub.add_parser("remove", help="delete a pack")
     r.add_argument("name")
+    q = msub.add_parser("quantize", help="INT8 copy of a vision pack, with its accuracy")
+    q.add_argument("name")
+    q.add_argument("--calibration", required=True, help="folder of representative images")
+    q.add_argument("--output", help="name of the new pack (default NAME-int8)")
+    q.add_argument("--max-images", type=int, default=64)
+    q.add_argument("--replace", action="store_true")
+    t = msub.add_parser("build-trt", help="build and cache TensorRT engines (GPU boxes)")
+    t.add_argument("name")
     m.set_defaults(func=cmd_models)
 
     c = sub.add_parser("config", help="configuration")
@@ -171,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ApplianceError as exc:
+    except (ApplianceError, EngineError) as exc:
         err.print(f"[red]error:[/] {exc}")
         return 2
     except KeyboardInterrupt:
