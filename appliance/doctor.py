@@ -90,4 +90,24 @@ def report(settings: Settings) -> dict[str, Any]:
         "disk": {"data_dir": str(data_dir.resolve()),
                  "free_gb": round(shutil.disk_usage(probe).free / 2**30, 1)},
         "models": models or "store is empty: run `appliance models fetch-defaults`",
+        "running_box": running_models(settings),
     }
+
+
+def running_models(settings: Settings) -> Any:
+    """Loaded models of a box answering on this host/port, with the provider each runs on."""
+    import httpx
+
+    key_file = settings.data_dir / "admin.key"
+    if not key_file.is_file():
+        return "no admin key in the data directory"
+    url = f"http://127.0.0.1:{settings.port}/admin/models"
+    try:
+        r = httpx.get(url, timeout=2,
+                      headers={"Authorization": f"Bearer {key_file.read_text().strip()}"})
+    except httpx.HTTPError:
+        return f"no box answering at {url}"
+    if r.status_code != 200:
+        return f"{url} answered {r.status_code}"
+    return {m["name"]: {"provider": m.get("provider"), "skipped": m.get("provider_report", [])}
+            for m in r.json() if m.get("state") == "loaded"} or "no model loaded"
