@@ -98,7 +98,8 @@ def parse_manifest(raw: bytes | str) -> Manifest:
     """Validate manifest JSON; raise ModelStoreError saying what is wrong."""
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: nesting deeper than the parser can follow (e.g. "[[[[...").
         raise ModelStoreError(f"manifest.json is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ModelStoreError("manifest.json must hold a JSON object")
