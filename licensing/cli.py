@@ -147,6 +147,9 @@ def cmd_inspect(ctx: Context) -> int:
 
 def cmd_import(ctx: Context) -> int:
     data = read_document(Path(ctx.args.file))
+    # Refuse a bad file before opening the box's state (database, clock): a refused
+    # import leaves the data directory exactly as it was.
+    Activation(ctx.data_dir, ctx.trusted, clock=ctx.clock, facts=ctx.facts).verify(data)
     st = ctx.guard().import_licence(_actor(), data)
     print(f"imported licence {st.licence.licence_id}")
     print(format_status(st), end="")
