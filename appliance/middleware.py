@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.api.errors import error_body
@@ -50,7 +51,7 @@ class ObserveMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > cap:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(cap)
             return message
 
         async def observed_send(message: Message) -> None:
@@ -82,8 +83,18 @@ class ObserveMiddleware:
                     log.exception("recording request %s failed", path)
 
 
-class BodyTooLarge(Exception):
-    """The body grew past the cap while being read."""
+class BodyTooLarge(HTTPException):
+    """The body grew past the cap while being read (no or a lying Content-Length).
+
+    An HTTPException, because FastAPI turns any other exception raised while it reads a
+    JSON body into "400 There was an error parsing the body"; HTTPExceptions it re-raises,
+    so the error handlers answer 413 with code ``body_too_large``.
+    """
+
+    code = "body_too_large"
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(413, f"request body over {cap} bytes")
 
 
 async def _reject(send: Send, status: int, message: str) -> None:

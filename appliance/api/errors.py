@@ -101,7 +101,8 @@ def register(extra: list[tuple[type[Exception], int, str, str | None]] | None = 
 
         async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
             type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-            return error_response(exc.status_code, str(exc.detail), type_, None,
+            return error_response(exc.status_code, str(exc.detail), type_,
+                                  getattr(exc, "code", None),
                                   headers=getattr(exc, "headers", None))
 
         async def unexpected(request: Request, exc: Exception) -> JSONResponse:
