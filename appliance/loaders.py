@@ -20,8 +20,9 @@ def llm_loader(settings: Settings) -> Loader:
         if settings.llm_engine == "batched" and importlib.util.find_spec("engines.llm.batched"):
             from engines.llm.batched import BatchedLlamaEngine
 
+            # Each slot (one request) gets llm_ctx tokens of its own KV cache.
             return BatchedLlamaEngine(
-                path, n_ctx=settings.llm_ctx, slots=settings.llm_slots,
+                path, n_ctx=settings.llm_ctx * settings.llm_slots, slots=settings.llm_slots,
                 n_threads=settings.llm_threads, n_gpu_layers=settings.llm_gpu_layers,
                 max_queue=settings.llm_max_queue)
         from engines.llm.llama import LlamaEngine

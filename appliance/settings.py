@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     llm_engine: str = Field(
         "batched", pattern="^(batched|simple)$",
         description="'batched' = continuous batching scheduler; 'simple' = one request at a time.")
-    llm_ctx: int = Field(8192, ge=256, description="Context tokens per LLM (shared by slots).")
+    llm_ctx: int = Field(
+        4096, ge=256, le=131072,
+        description="Context tokens per request; each slot gets this much KV cache.")
     llm_slots: int = Field(8, ge=1, le=256, description="Sequences decoded together per LLM.")
     llm_threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores.")
     llm_gpu_layers: int = Field(-1, description="Layers on the GPU: -1 all if CUDA works, 0 none.")
