@@ -19,7 +19,7 @@ from tests.hardening.conftest import FULL, admin, gauge, license_box, new_seat, 
 
 pytestmark = pytest.mark.slow
 
-CLIENTS, DURATION, WARMUP = (64, 60.0, 15.0) if FULL else (16, 10.0, 6.0)
+CLIENTS, DURATION, WARMUP = (64, 60.0, 15.0) if FULL else (16, 10.0, 4.0)
 
 
 def _usage(box, seat_id: int) -> tuple[int, int]:
@@ -64,7 +64,8 @@ def test_bounded_load_mixed_routes_many_seats(fresh_box, vendor_key) -> None:
     assert rss_after <= rss_warm * 1.10, (rss_warm, rss_after)
 
     # Every answered request is in the usage table exactly once, per seat.
-    wait_for(lambda: gauge(box, "appliance_requests_in_flight") == 0, timeout=30)
+    # (the /metrics scrape is itself in flight while it is served)
+    assert wait_for(lambda: gauge(box, "appliance_requests_in_flight") == 1, timeout=30)
     for (seat_id, key) in seats:
         answered = sum(r.answered_by_key[key] for r in (prime, warm, result))
         ok = sum(r.ok_by_key[key] for r in (prime, warm, result))
