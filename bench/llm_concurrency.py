@@ -120,6 +120,21 @@ def http_client(base_url: str, key: str, tokens: int) -> Client:
     return run
 
 
+def unlimited_key(base_url: str, admin_key: str) -> str:
+    """A key on a new seat without concurrency or rate limits (the admin seat allows 4)."""
+    import httpx
+
+    auth = {"Authorization": f"Bearer {admin_key}"}
+    seat = httpx.post(base_url + "/admin/seats", headers=auth, timeout=30, json={
+        "name": f"bench-{os.getpid()}", "max_concurrent": 0, "requests_per_minute": 0,
+        "tokens_per_day": 0})
+    seat.raise_for_status()
+    key = httpx.post(base_url + f"/admin/seats/{seat.json()['id']}/keys", headers=auth,
+                     timeout=30)
+    key.raise_for_status()
+    return str(key.json()["key"])
+
+
 def run_clients(client: Client, n: int, rounds: int, stagger: float) -> list[Trace]:
     """``n`` closed-loop clients, client i starting at i/n * stagger, ``rounds`` requests each."""
     traces: list[Trace] = []
@@ -180,6 +195,30 @@ def measure_level(client: Client, n: int, rounds: int) -> Level:
                  statistics.mean(t.completion_tokens for t in burst))
 
 
+def busy_fraction(seconds: float = 1.0) -> float:
+    """Share of all CPUs busy over ``seconds`` (Linux /proc/stat; 0.0 elsewhere)."""
+    def snap() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+    try:
+        t0, i0 = snap()
+        time.sleep(seconds)
+        t1, i1 = snap()
+    except OSError:
+        return 0.0
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_quiet(limit: float = 0.15, patience: float = 60.0) -> float:
+    """Wait (up to ``patience`` s) until other work leaves the CPUs idle; return last load."""
+    deadline = time.monotonic() + patience
+    load = busy_fraction()
+    while load > limit and time.monotonic() < deadline:
+        load = busy_fraction()
+    return load
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
@@ -208,7 +247,8 @@ def main() -> None:
             "APPLIANCE_LLM_THREADS": str(args.threads), "APPLIANCE_LLM_ENGINE": "batched",
             "APPLIANCE_LLM_SLOTS": str(slots), "APPLIANCE_LLM_CTX": str(slots * 512),
             "APPLIANCE_LLM_MAX_QUEUE": str(4 * slots)})
-        client = http_client(box.base_url, box.api_key, args.tokens)
+        client = http_client(box.base_url, unlimited_key(box.base_url, box.api_key),
+                             args.tokens)
     else:
         engine = BatchedLlamaEngine(gguf, n_ctx=slots * 512, slots=slots,
                                     n_threads=args.threads, max_queue=4 * slots)
@@ -219,13 +259,14 @@ def main() -> None:
         run_clients(client, 1, 1, 0.0)  # warm-up (loads the model behind HTTP)
         for rep in range(args.repeat):
             for n in levels:  # ceiling and ours back to back, so both see the same noise
+                load = wait_quiet()
                 if not args.no_ceiling:
                     (row,) = _ceiling.measure(gguf, levels=[n], threads=args.threads, pp=64,
                                               tg=args.tokens, n_ctx=max(n * 256, 1024))
                     ceiling[n] = max(ceiling.get(n, 0.0), row.speed_tg)
                 level = measure_level(client, n, args.rounds)
                 best[n] = best[n].best(level) if n in best else level
-                print(f"repeat {rep + 1}: N={n:2d} ceiling "
+                print(f"repeat {rep + 1} (other load {load:4.0%}): N={n:2d} ceiling "
                       f"{row.speed_tg if not args.no_ceiling else float('nan'):7.1f} tok/s; "
                       f"burst {level.burst:7.1f} tok/s over {level.window:5.2f}s; loop "
                       f"{level.e2e:7.1f} tok/s, TTFT p50 {level.p50 * 1000:6.0f} ms", flush=True)
