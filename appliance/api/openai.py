@@ -160,6 +160,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
 
     stack, events, first, n_prompt = await _start(registry, caller, body.model, "chat", build)
     run = _Run(request, metrics, body.model, n_prompt)
+    stack.callback(run.done)  # token metrics also for a stream cut off by its client
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
@@ -214,6 +215,7 @@ async def completions(body: CompletionRequest, request: Request, registry: Regis
     stack, events, first, n_prompt = await _start(registry, caller, body.model, "completions",
                                                   build)
     run = _Run(request, metrics, body.model, n_prompt)
+    stack.callback(run.done)  # token metrics also for a stream cut off by its client
     ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
     def payload(text: str, finish: str | None) -> dict[str, Any]:
