@@ -40,7 +40,7 @@ from licensing.errors import (
 from licensing.fingerprint import collect_facts
 from licensing.limits import SeatLimiter
 from licensing.seats import IssuedKey, KeyInfo, Seat, SeatLimits, SeatStore
-from licensing.storage import atomic_write
+from licensing.storage import atomic_write, immediate
 from licensing.verify import EXPIRED, MISSING, LicenceStatus, expired_message, status_of
 
 log = logging.getLogger(__name__)
@@ -269,8 +269,11 @@ class LicenseGuard:
         self, actor: str, name: str, contact: str = "", role: str = "user",
         limits: SeatLimits | None = None,
     ) -> Seat:  # fmt: skip
-        seat = self.seats.create_seat(name, contact, role, limits, max_seats=self.seat_capacity())
-        self.audit.append(actor, "seat.create", {"seat_id": seat.id, "name": name, "role": role})
+        with immediate(self.seats.db):  # the seat and its audit row commit together
+            seat = self.seats.create_seat(name, contact, role, limits,
+                                          max_seats=self.seat_capacity())
+            self.audit.append(actor, "seat.create",
+                              {"seat_id": seat.id, "name": name, "role": role})
         return seat
 
     def delete_seat(self, actor: str, seat_id: int) -> None:
@@ -283,8 +286,10 @@ class LicenseGuard:
         return seat
 
     def issue_key(self, actor: str, seat_id: int) -> IssuedKey:
-        issued = self.seats.issue_key(seat_id)
-        self.audit.append(actor, "key.issue", {"seat_id": seat_id, "key_id": issued.info.key_id})
+        with immediate(self.seats.db):  # never a usable key without its audit row
+            issued = self.seats.issue_key(seat_id)
+            self.audit.append(actor, "key.issue",
+                              {"seat_id": seat_id, "key_id": issued.info.key_id})
         return issued
 
     def revoke_key(self, actor: str, key_id: str) -> KeyInfo:
@@ -293,8 +298,10 @@ class LicenseGuard:
         return info
 
     def rotate_key(self, actor: str, key_id: str) -> IssuedKey:
-        issued = self.seats.rotate_key(key_id)
-        self.audit.append(actor, "key.rotate", {"old_key_id": key_id, "key_id": issued.info.key_id})
+        with immediate(self.seats.db):  # never a usable key without its audit row
+            issued = self.seats.rotate_key(key_id)
+            self.audit.append(actor, "key.rotate",
+                              {"old_key_id": key_id, "key_id": issued.info.key_id})
         return issued
 
     def import_licence(self, actor: str, data: bytes) -> GuardStatus:
