@@ -146,6 +146,8 @@ def test_sigkill_during_writes_loses_nothing_acknowledged(
             seen = _check(db_path, w, user_seat)
             assert usage_acked_total <= seen["usage"] <= usage_sent_total, (
                 kill, usage_acked_total, seen, usage_sent_total)
+            # Not even an unacknowledged key may exist without its audit row.
+            assert seen["keys_without_audit"] == 0, seen
             print(f"kill {kill + 1}: keys acked {len(all_acked_keys)}, usage acked "
                   f"{usage_acked_total} / rows {seen['usage']} / sent {usage_sent_total}, "
                   f"audit rows {seen['audit_rows']}, keys without audit row "

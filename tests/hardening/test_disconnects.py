@@ -90,6 +90,7 @@ def test_cut_streams_free_slots_threads_and_are_metered(fresh_box) -> None:
     assert wait_for(lambda: gauge(box, "appliance_requests_in_flight") == 1, timeout=30)
     threads_before = _threads(server)
     rows_before = len(_usage_rows(box, seat_id))
+    tokens_before = gauge(box, "appliance_tokens_out_total")
 
     rng = random.Random(8)
     plan = [rng.choice([0, 1, 2, 3, 5]) for _ in range(CUTS)]
@@ -109,6 +110,10 @@ def test_cut_streams_free_slots_threads_and_are_metered(fresh_box) -> None:
     assert sum(int(r["tokens_out"]) for r in rows) >= sum(seen), (
         "tokens generated for a cut stream are not metered", sum(seen),
         [r["tokens_out"] for r in rows])
+
+    # The token counters of /metrics see the cut streams too.
+    assert wait_for(lambda: gauge(box, "appliance_tokens_out_total") - tokens_before
+                    >= sum(seen), timeout=15)
 
     # The seat's concurrency slots all came back: max_concurrent requests at once all pass.
     with ThreadPoolExecutor(MAX_CONCURRENT) as pool:

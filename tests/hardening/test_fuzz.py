@@ -169,6 +169,8 @@ PINNED = [  # cases the fuzz found once (500s from SQLite integer overflow), kep
     ("GET", f"/admin/seats/{BIG}/keys"), ("POST", f"/admin/seats/{BIG}/keys"),
     ("GET", f"/admin/seats/-{BIG}/keys"), ("GET", "/admin/audit?q=%00"),
     ("POST", f"/admin/keys/{'f' * 5000}/revoke"), ("GET", f"/v1/models/{'%00' * 10}"),
+    ("GET", "/no/such/route"), ("PUT", "/v1/chat/completions"), ("GET", "/v1/embeddings"),
+    ("DELETE", "/admin/seats"), ("POST", "/healthz"),
 ]
 
 
