@@ -78,12 +78,11 @@ def new_seat(box: Box, name: str, **limits: int) -> tuple[int, str]:
 
 
 def gauge(box: Box, name: str) -> float:
-    """Sum of a gauge over its label sets in /metrics (0 when absent)."""
+    """Sum of a gauge over its label sets in /metrics; AssertionError when it is absent."""
     text = httpx.get(box.base_url + "/metrics", timeout=30).text
-    total = 0.0
-    for m in re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", text, re.M):
-        total += float(m.group(1))
-    return total
+    found = list(re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", text, re.M))
+    assert found, f"{name} is not in /metrics"
+    return sum(float(m.group(1)) for m in found)
 
 
 def wait_for(cond, timeout: float = 30.0, every: float = 0.1) -> bool:
