@@ -10,6 +10,7 @@ status below 400 == the 200s the clients saw).
 from __future__ import annotations
 
 import asyncio
+import time
 
 import psutil
 import pytest
@@ -39,11 +40,13 @@ def test_bounded_load_mixed_routes_many_seats(fresh_box, vendor_key) -> None:
                           tokens_per_day=0))
     keys = [k for _, k in seats]
     server = psutil.Process(box.proc.pid)
+    t0 = time.perf_counter()
 
     # Warm-up: every route once (loads every model), then the same concurrency for a while.
     prime = asyncio.run(run_load(LoadConfig(box.base_url, keys[:1], clients=1,
                                             duration_s=0.0, seed=0, sweep=True)))
     assert not prime.errors, prime.errors
+    t_prime = time.perf_counter() - t0
     warm = asyncio.run(run_load(LoadConfig(box.base_url, keys, clients=CLIENTS,
                                            duration_s=WARMUP, seed=1)))
     assert not warm.errors, warm.errors[:10]
@@ -52,7 +55,8 @@ def test_bounded_load_mixed_routes_many_seats(fresh_box, vendor_key) -> None:
     result = asyncio.run(run_load(LoadConfig(box.base_url, keys, clients=CLIENTS,
                                              duration_s=DURATION, seed=2)))
     rss_after = server.memory_info().rss
-    print(f"\nload: {CLIENTS} clients x {DURATION:.0f} s, {len(keys)} seats; RSS warm "
+    print(f"\nload: prime (every route once, models loaded) {t_prime:.1f} s")
+    print(f"load: {CLIENTS} clients x {DURATION:.0f} s, {len(keys)} seats; RSS warm "
           f"{rss_warm / 2**20:.0f} MiB, after {rss_after / 2**20:.0f} MiB\n{result.table()}")
 
     assert not result.errors, result.errors[:10]
