@@ -34,7 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from engines.base import EventSink, GenerationHandle, LLMEngine
@@ -110,7 +110,6 @@ class _Seq:
     unsent_tokens: int = 0  # tokens whose text the stream is still holding back
     deferred: bool = False
     done: bool = False
-    events: list[GenerationEvent] = field(default_factory=list)
 
     @property
     def prefilling(self) -> bool:
@@ -288,18 +287,16 @@ class BatchedLlamaEngine(LLMEngine):
         }
 
     def close(self) -> None:
+        """Stop the scheduler; it fails what is pending and frees the model on its way out.
+
+        Called from a sink (the scheduler thread itself) it returns at once and the
+        scheduler stops after the current step.
+        """
         with self._cond:
             self._closing = True
             self._cond.notify_all()
         if threading.current_thread() is not self._thread:
             self._thread.join()
-        with self._embed_lock:
-            for obj in (self._embed_batch, self._embed_ctx):
-                if obj is not None:
-                    obj.close()
-            self._embed_ctx = self._embed_batch = None
-            with self._life_lock:
-                self._model.close()
 
     # ----------------------------------------------------------------- scheduler
 
@@ -398,6 +395,8 @@ class BatchedLlamaEngine(LLMEngine):
         batch.clear()
         wants: list[tuple[_Seq, int]] = []
         plan = self._plan()
+        if not plan:
+            return
         for seq, n in plan:
             if seq.prefilling:
                 end = seq.n_past + n
@@ -506,6 +505,14 @@ class BatchedLlamaEngine(LLMEngine):
             self._fail(seq, closed)
         self._batch.close()
         self._ctx.close()
+        with self._embed_lock:
+            for obj in (self._embed_batch, self._embed_ctx):
+                if obj is not None:
+                    obj.close()
+            self._embed_ctx = self._embed_batch = None
+            with self._life_lock:
+                self._model.close()
+        log.info("unloaded %s", self._model.path.name)
 
     # ----------------------------------------------------------------- embeddings
 

@@ -298,3 +298,22 @@ def test_moving_a_sequence_into_a_freed_slot_keeps_its_output(engine: BatchedLla
                 for q, n in zip(QUESTIONS, lengths, strict=False)]
     assert [s.wait().text for s in together] == solo
     assert engine.stats()["slot_moves"] > moves  # the short ones left gaps below long ones
+
+
+def test_close_from_inside_a_sink(gguf_path: Path) -> None:
+    eng = BatchedLlamaEngine(gguf_path, n_ctx=1024, slots=2, n_threads=THREADS)
+    ids = prompt(eng, QUESTIONS[0])
+    other = submit(eng, QUESTIONS[1], temperature=0.0)
+    closer = Collector()
+
+    def sink(event: GenerationEvent) -> None:
+        closer(event)
+        if isinstance(event, TextDelta) and len(closer.events) == 1:
+            eng.close()  # on the scheduler thread: must not free what the step still uses
+
+    eng.submit(GenerationRequest(ids, Sampling(temperature=0.0)), sink)
+    for c in (closer, other):
+        end = c.wait().end
+        assert isinstance(end, Failed) and isinstance(end.error, EngineClosedError)
+    eng.close()
+    assert eng.stats()["active_slots"] == 0
