@@ -28,7 +28,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -50,6 +49,7 @@ from engines.llm.lowlevel import (
     Batch,
     Context,
     ContextConfig,
+    Embedder,
     Model,
     Sampler,
     gpu_offload_supported,
@@ -183,8 +183,7 @@ class BatchedLlamaEngine(LLMEngine):
         }
         self._embed_lock = threading.Lock()  # serialises embed(); taken before _life_lock
         self._life_lock = threading.Lock()  # held by callers of the model outside the scheduler
-        self._embed_ctx: Context | None = None
-        self._embed_batch: Batch | None = None
+        self._embedder: Embedder | None = None  # created on first embed()
         self._thread = threading.Thread(
             target=self._run, name=f"llm-batched-{self._model.path.stem}", daemon=True
         )
@@ -258,23 +257,9 @@ class BatchedLlamaEngine(LLMEngine):
         with self._embed_lock:
             if self._model.ptr is None:
                 raise EngineClosedError("the model is unloaded")
-            ctx, batch = self._embedder()
-            out = []
-            for text in texts:
-                ids = self._model.tokenize(text, add_special=True, parse_special=False)
-                if not ids:
-                    raise InvalidRequestError("cannot embed an empty input")
-                if len(ids) > ctx.n_ctx:
-                    raise ContextLengthError(len(ids), ctx.n_ctx)
-                ctx.forget(-1)
-                batch.clear()
-                for pos, tok in enumerate(ids):
-                    batch.add(tok, pos, 0, True)
-                ctx.decode(batch)
-                vec = ctx.embedding(0, self._model.n_embd)
-                norm = math.sqrt(sum(v * v for v in vec)) or 1.0
-                out.append([v / norm for v in vec])
-            return out
+            if self._embedder is None:
+                self._embedder = Embedder(self._model, n_ctx=EMBED_CTX, n_threads=self._threads)
+            return [self._embedder.embed(text) for text in texts]
 
     def stats(self) -> dict[str, float]:
         with self._cond:
@@ -506,22 +491,9 @@ class BatchedLlamaEngine(LLMEngine):
         self._batch.close()
         self._ctx.close()
         with self._embed_lock:
-            for obj in (self._embed_batch, self._embed_ctx):
-                if obj is not None:
-                    obj.close()
-            self._embed_ctx = self._embed_batch = None
+            if self._embedder is not None:
+                self._embedder.close()
+                self._embedder = None
             with self._life_lock:
                 self._model.close()
         log.info("unloaded %s", self._model.path.name)
-
-    # ----------------------------------------------------------------- embeddings
-
-    def _embedder(self) -> tuple[Context, Batch]:
-        """The embeddings context, created on first use (caller holds ``_embed_lock``)."""
-        if self._embed_ctx is None or self._embed_batch is None:
-            n = min(EMBED_CTX, self._model.n_ctx_train)
-            self._embed_ctx = Context(self._model, ContextConfig(
-                n_ctx=n, n_batch=n, n_seq_max=1, n_threads=self._threads, embeddings=True,
-            ))
-            self._embed_batch = Batch(n)
-        return self._embed_ctx, self._embed_batch

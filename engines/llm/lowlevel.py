@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,12 @@ from pathlib import Path
 
 import llama_cpp
 
-from engines.errors import EngineError, InvalidRequestError, ModelLoadError
+from engines.errors import (
+    ContextLengthError,
+    EngineError,
+    InvalidRequestError,
+    ModelLoadError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +291,37 @@ class Sampler:
         if self.ptr:
             llama_cpp.llama_sampler_free(self.ptr)
             self.ptr = None
+
+
+class Embedder:
+    """A small embeddings context (mean pooling) on a loaded model; one text per decode."""
+
+    def __init__(self, model: Model, *, n_ctx: int, n_threads: int) -> None:
+        n = min(n_ctx, model.n_ctx_train)
+        self.model = model
+        self.ctx = Context(model, ContextConfig(
+            n_ctx=n, n_batch=n, n_seq_max=1, n_threads=n_threads, embeddings=True))
+        self.batch = Batch(n)
+
+    def embed(self, text: str) -> list[float]:
+        """The L2-normalised mean-pooled embedding of ``text``."""
+        ids = self.model.tokenize(text, add_special=True, parse_special=False)
+        if not ids:
+            raise InvalidRequestError("cannot embed an empty input")
+        if len(ids) > self.ctx.n_ctx:
+            raise ContextLengthError(len(ids), self.ctx.n_ctx)
+        self.ctx.forget(-1)
+        self.batch.clear()
+        for pos, tok in enumerate(ids):
+            self.batch.add(tok, pos, 0, True)
+        self.ctx.decode(self.batch)
+        vec = self.ctx.embedding(0, self.model.n_embd)
+        norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+        return [v / norm for v in vec]
+
+    def close(self) -> None:
+        self.batch.close()
+        self.ctx.close()
 
 
 def prompt_ids(model: Model, tokens: Sequence[int]) -> list[int]:
