@@ -31,6 +31,23 @@ def gguf_path(model_store: ModelStore) -> Path:
     return model_store.file_path(LLM)
 
 
+def linked_models(src: Path, dst: Path) -> Path:
+    """A copy of the model store made of hard links (falls back to copies across devices).
+
+    Boxes that install or remove packs get one, so the shared test store never changes.
+    """
+    import shutil
+
+    def link(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, copy_function=link)
+    return dst
+
+
 def free_port() -> int:
     import socket
 
@@ -123,7 +140,8 @@ def box(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory, vendo
 
     It starts on its evaluation licence and trusts the test run's vendor key.
     """
-    server = Box(tmp_path_factory.mktemp("box"), model_store.root,
+    tmp = tmp_path_factory.mktemp("box")
+    server = Box(tmp / "data", linked_models(model_store.root, tmp / "models"),
                  env={"TEST_TRUSTED_KEYS_FILE": str(vendor_key.trusted_file)})
     yield server
     server.stop()

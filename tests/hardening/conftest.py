@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,21 +18,9 @@ import pytest
 
 from appliance.modelstore import ModelStore
 from licensing.issuer import issue, parse_request
-from tests.conftest import Box
+from tests.conftest import Box, linked_models
 
 FULL = os.environ.get("HARDENING_FULL") == "1"
-
-
-def linked_models(src: Path, dst: Path) -> Path:
-    """A copy of the model store made of hard links (falls back to copies across devices)."""
-    def link(s: str, d: str) -> None:
-        try:
-            os.link(s, d)
-        except OSError:
-            shutil.copy2(s, d)
-
-    shutil.copytree(src, dst, copy_function=link)
-    return dst
 
 
 def start_box(tmp: Path, models: Path, vendor_key, env: dict[str, str] | None = None) -> Box:
