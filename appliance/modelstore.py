@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ModelStoreError
+from licensing.storage import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -158,17 +159,7 @@ def sha256_file(path: Path, progress: Progress | None = None) -> str:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON via a temp file in the same directory, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), 0o644)
 
 
 class ModelStore:

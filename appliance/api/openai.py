@@ -143,6 +143,19 @@ async def _events(first: GenerationEvent, events: AsyncIterator[GenerationEvent]
             yield event
 
 
+async def _collect(stack: contextlib.AsyncExitStack, run: _Run, first: GenerationEvent,
+                   events: AsyncIterator[GenerationEvent]) -> str:
+    """Whole text of a non-streamed generation."""
+    parts = []
+    async with stack:
+        async for event in _events(first, events):
+            run.see(event)
+            if isinstance(event, TextDelta):
+                parts.append(event.text)
+    run.done()
+    return "".join(parts)
+
+
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request,
                            registry: RegistryDep, metrics: MetricsDep, caller: CallerDep) -> Any:
@@ -170,17 +183,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
                              "finish_reason": finish}]}
 
     if not body.stream:
-        async with stack:
-            parts = []
-            async for event in _events(first, events):
-                run.see(event)
-                if isinstance(event, TextDelta):
-                    parts.append(event.text)
-        run.done()
+        text = await _collect(stack, run, first, events)
         return {"id": ident, "object": "chat.completion", "created": created,
                 "model": body.model, "system_fingerprint": None,
-                "choices": [{"index": 0, "message": {"role": "assistant",
-                                                     "content": "".join(parts)},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "logprobs": None, "finish_reason": run.finish_reason}],
                 "usage": run.usage()}
 
@@ -225,14 +231,8 @@ async def completions(body: CompletionRequest, request: Request, registry: Regis
                              "finish_reason": finish}]}
 
     if not body.stream:
-        async with stack:
-            parts = []
-            async for event in _events(first, events):
-                run.see(event)
-                if isinstance(event, TextDelta):
-                    parts.append(event.text)
-        run.done()
-        return payload("".join(parts), run.finish_reason) | {"usage": run.usage()}
+        text = await _collect(stack, run, first, events)
+        return payload(text, run.finish_reason) | {"usage": run.usage()}
 
     async def stream() -> AsyncIterator[bytes]:
         async with stack:
