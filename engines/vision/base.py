@@ -67,6 +67,16 @@ class VisionOptions:
         """onnxruntime intra-op threads per CPU session run."""
         return self.intra_op_threads or max(1, _cores() // self.cpu_workers())
 
+    def solo_threads(self, provider: str) -> int:
+        """Threads for a run that has the CPU to itself (a lone request); 0 = no such run.
+
+        Several single-threaded runs win under load, but one request alone finishes
+        sooner on every core (bench/vision.py, 1 client vs 16)."""
+        if provider != "CPUExecutionProvider" or self.intra_op_threads:
+            return 0
+        cores = _cores()
+        return cores if self.cpu_workers() > 1 and self.cpu_threads() < cores else 0
+
     def workers_for(self, provider: str) -> int:
         """Worker threads of a batcher for a session on ``provider`` (GPU: 1 unless set)."""
         return self.cpu_workers() if provider == "CPUExecutionProvider" else self.workers or 1

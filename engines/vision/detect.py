@@ -21,7 +21,7 @@ from engines.errors import InvalidRequestError, ModelLoadError
 from engines.vision.base import ImageInput, VisionEngine, VisionOptions, rss_bytes
 from engines.vision.batcher import DynamicBatcher, stack_run
 from engines.vision.image import Letterbox, as_bgr, letterbox, to_chw
-from engines.vision.providers import open_session
+from engines.vision.providers import open_session, solo_session
 from engines.vision.types import Detection, Detections
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,14 @@ class YoloEngine(VisionEngine):
         self._session.run(None, {self.input_name: np.zeros((1, 3, *self.input_size),
                                                            np.float32)})
         self._memory = max(Path(weights).stat().st_size, rss_bytes() - rss0)
+        solo = solo_session(Path(weights), self.options, self._provider)
         self._batcher = DynamicBatcher(stack_run(self._session, self.input_name), name=name,
                                        max_batch=self.options.max_batch,
                                        max_wait_ms=self.options.max_wait_ms,
                                        max_queue=self.options.max_queue,
-                                       workers=self.options.workers_for(self._provider))
+                                       workers=self.options.workers_for(self._provider),
+                                       run_solo=stack_run(solo, self.input_name) if solo
+                                       else None)
         log.info("loaded detector %s (%d classes, input %s) on %s", name, len(self.names),
                  self.input_size, self._provider)
 

@@ -33,7 +33,7 @@ from engines.errors import ModelLoadError
 from engines.vision.base import ImageInput, VisionEngine, VisionOptions, rss_bytes
 from engines.vision.batcher import DynamicBatcher, stack_run
 from engines.vision.image import as_bgr, to_chw
-from engines.vision.providers import open_session
+from engines.vision.providers import open_session, solo_session
 from engines.vision.types import OcrLine, OcrResult
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,10 @@ def load_charset(meta: dict[str, str]) -> list[str]:
     return ["blank", *raw.split("\n"), " "]
 
 
+def _solo_run(session: Any) -> Any:
+    return stack_run(session, session.get_inputs()[0].name) if session is not None else None
+
+
 class OcrEngine(VisionEngine):
     """PP-OCR det + (cls) + rec; see ``VisionEngine`` for the contract."""
 
@@ -242,12 +246,15 @@ class OcrEngine(VisionEngine):
         # one batcher per session: det requests of the same size share runs; cls/rec
         # chunks of concurrent requests queue too, so every stage is bounded and the
         # number of session runs in flight stays at the configured workers
+        solo = {stage: solo_session(Path(path), self.options, self._provider)
+                for stage, path in (("det", det), ("cls", cls), ("rec", rec)) if path}
         self._batchers = {
             stage: DynamicBatcher(stack_run(sess, sess.get_inputs()[0].name),
                                   name=f"{name}/{stage}", max_batch=self.options.max_batch,
                                   max_wait_ms=self.options.max_wait_ms,
                                   max_queue=self.options.max_queue,
-                                  workers=self.options.workers_for(self._provider))
+                                  workers=self.options.workers_for(self._provider),
+                                  run_solo=_solo_run(solo.get(stage)))
             for stage, sess in (("det", self._det), ("cls", self._cls), ("rec", self._rec))
             if sess is not None}
         self._batcher = self._batchers["det"]

@@ -115,10 +115,20 @@ class OpenedSession:
     report: tuple[str, ...]
 
 
-def session_options(options: VisionOptions) -> ort.SessionOptions:
+def solo_session(model: Path, options: VisionOptions, provider: str
+                 ) -> ort.InferenceSession | None:
+    """A CPU session using every core, for lone requests (None when not worth it)."""
+    threads = options.solo_threads(provider)
+    if not threads:
+        return None
+    return ort.InferenceSession(str(model), sess_options=session_options(options, threads),
+                                providers=[CPU])
+
+
+def session_options(options: VisionOptions, threads: int | None = None) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = options.cpu_threads()
+    so.intra_op_num_threads = threads or options.cpu_threads()
     so.log_severity_level = 3
     return so
 
