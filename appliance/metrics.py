@@ -21,9 +21,16 @@ class EngineCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         loaded = GaugeMetricFamily("appliance_model_loaded", "1 if the model is loaded",
                                    labels=["model"])
+        provider = GaugeMetricFamily("appliance_model_provider",
+                                     "1 for the backend or execution provider a model runs on",
+                                     labels=["model", "provider"])
         families: dict[str, GaugeMetricFamily] = {}
         for name, engine in self._engines().items():
             loaded.add_metric([name], 1.0)
+            used = getattr(engine, "provider", None)
+            if not isinstance(used, str):
+                used = str(getattr(getattr(engine, "info", None), "backend", "unknown"))
+            provider.add_metric([name, used], 1.0)
             stats = getattr(engine, "stats", None)
             if not callable(stats):
                 continue
@@ -34,6 +41,7 @@ class EngineCollector(Collector):
                         f"appliance_engine_{key}", f"engine gauge {key}", labels=["model"])
                 fam.add_metric([name], float(value))
         yield loaded
+        yield provider
         yield from families.values()
 
 

@@ -85,6 +85,7 @@ class DynamicBatcher(Generic[T, R]):
         self._batches = 0
         self._done = 0
         self._busy_s = 0.0
+        self._wait_s = 0.0
         self._threads = [threading.Thread(target=self._loop, name=f"batcher-{name}-{i}",
                                           daemon=True) for i in range(workers)]
         for t in self._threads:
@@ -123,7 +124,7 @@ class DynamicBatcher(Generic[T, R]):
             return {"queue_depth": float(len(self._queue)), "requests": float(self._requests),
                     "batches": float(self._batches),
                     "mean_batch_size": self._done / self._batches if self._batches else 0.0,
-                    "busy_seconds": self._busy_s}
+                    "busy_seconds": self._busy_s, "queue_wait_seconds": self._wait_s}
 
     def close(self) -> None:
         """Stop the worker; fail queued requests with EngineClosedError. Idempotent."""
@@ -174,6 +175,7 @@ class DynamicBatcher(Generic[T, R]):
                          and self._busy == 0)
                 self._busy += 1
             run = self._solo if alone and self._solo is not None else self._run
+            waited = sum(time.monotonic() - it.arrived for it in live)
             t0 = time.perf_counter()
             try:
                 results = run([it.value for it in live])
@@ -188,6 +190,7 @@ class DynamicBatcher(Generic[T, R]):
                     it.future.set_result(res)
             with self._cond:
                 self._busy -= 1
+                self._wait_s += waited
                 self._batches += 1
                 self._done += len(live)
                 self._busy_s += time.perf_counter() - t0
