@@ -23,7 +23,8 @@ def llm_loader(settings: Settings) -> Loader:
             # Each slot (one request) gets llm_ctx tokens of its own KV cache.
             return BatchedLlamaEngine(
                 path, n_ctx=settings.llm_ctx * settings.llm_slots, slots=settings.llm_slots,
-                n_threads=settings.llm_threads, n_gpu_layers=settings.llm_gpu_layers,
+                n_threads=settings.llm_threads,
+                n_gpu_layers=None if settings.llm_gpu_layers < 0 else settings.llm_gpu_layers,
                 max_queue=settings.llm_max_queue)
         from engines.llm.llama import LlamaEngine
 
