@@ -15,7 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 from rich.table import Table
 
 from appliance.errors import ApplianceError
-from appliance.modelstore import ModelStore, default_names, fetch
+from appliance.modelstore import ModelStore, default_names, fetch, sha256_file
 from appliance.settings import Settings, describe, load_settings
 from engines.errors import EngineError
 
@@ -119,7 +119,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _quantize(store: ModelStore, args: argparse.Namespace) -> int:
     """INT8 (QDQ) copy of a vision pack, calibrated on a folder of images; prints accuracy."""
-    import hashlib
     import shutil
     import tempfile
 
@@ -142,9 +141,8 @@ def _quantize(store: ModelStore, args: argparse.Namespace) -> int:
             src = result.files.get(f.role, store.path(args.name) / f.path)
             name = Path(src).name if f.role in result.quantised_roles else f.path
             shutil.copyfile(src, pack / name)
-            data = (pack / name).read_bytes()
-            files.append({"path": name, "role": f.role, "size": len(data),
-                          "sha256": hashlib.sha256(data).hexdigest()})
+            files.append({"path": name, "role": f.role, "size": (pack / name).stat().st_size,
+                          "sha256": sha256_file(pack / name)})
         new = manifest.to_json() | {
             "name": target, "quantisation": "int8-qdq", "files": files,
             "quantised_from": args.name, "quantised_roles": list(result.quantised_roles),
