@@ -37,7 +37,6 @@ class Caller:
     """An authenticated seat; ``entitle`` checks the licence covers a model or feature."""
 
     ctx: SeatContext
-    key: str
     guard: LicenseGuard
 
     @property
@@ -45,7 +44,7 @@ class Caller:
         return self.ctx.seat_id
 
     def entitle(self, model: str | None = None, feature: str | None = None) -> None:
-        self.guard.check(self.key, model, feature)
+        self.guard.entitle(model, feature)
 
 
 def licence_headers(ctx: SeatContext) -> list[tuple[bytes, bytes]]:
@@ -70,7 +69,7 @@ def make_authenticate(guard: LicenseGuard) -> Any:
         state["response_headers"] = licence_headers(ctx)
         guard.limiter.acquire(ctx.seat_id, ctx.name, ctx.limits)
         state["slot_held"] = True
-        return Caller(ctx, key, guard)
+        return Caller(ctx, guard)
 
     return authenticate
 

@@ -42,7 +42,7 @@ if not guarded:
                       evaluation=False, days_left=30, licence_id="bench", limits=SeatLimits())
 
     async def open_door(request):
-        return Caller(ctx, "", None)
+        return Caller(ctx, None)
 
     inner = app.router.lifespan_context
 

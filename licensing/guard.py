@@ -39,6 +39,7 @@ from licensing.errors import (
 )
 from licensing.fingerprint import collect_facts
 from licensing.limits import SeatLimiter
+from licensing.model import Licence
 from licensing.seats import IssuedKey, KeyInfo, Seat, SeatLimits, SeatStore
 from licensing.storage import atomic_write, immediate
 from licensing.verify import EXPIRED, MISSING, LicenceStatus, expired_message, status_of
@@ -205,10 +206,7 @@ class LicenseGuard:
             raise LicenceExpired(lic.licence_id, expired_message(lic))
         if now < lic.valid_from:
             raise Forbidden(f"licence {lic.licence_id} is not valid yet")
-        if model is not None and not lic.entitlements.allows_model(model):
-            raise NotEntitled(f"licence {lic.licence_id} does not cover model {model!r}")
-        if feature is not None and not lic.entitlements.allows_feature(feature):
-            raise NotEntitled(f"licence {lic.licence_id} does not include feature {feature!r}")
+        _check_entitled(lic, model, feature)
         covered = self._covered
         if covered is None:
             covered = self._covered = self.seats.first_seat_ids(lic.seats)
@@ -226,6 +224,14 @@ class LicenseGuard:
             licence_state=state, evaluation=lic.evaluation, days_left=days_left,
             licence_id=lic.licence_id, limits=seat.limits,
         )  # fmt: skip
+
+    def entitle(self, model: str | None = None, feature: str | None = None) -> None:
+        """For a caller ``check`` already admitted: NotEntitled unless the installed licence
+        covers ``model`` and ``feature`` (no second key lookup or clock refresh)."""
+        verified = self._installed.verified
+        if verified is None:
+            raise LicenceMissing(self._installed.error or "no licence is installed")
+        _check_entitled(verified.licence, model, feature)
 
     def check_admin(self, api_key: str) -> SeatContext:
         """Authenticate an admin; ignores licence expiry and clock locks on purpose."""
@@ -333,6 +339,13 @@ class LicenseGuard:
         )
         self.refresh(force=True)
         return receipt
+
+
+def _check_entitled(lic: Licence, model: str | None, feature: str | None) -> None:
+    if model is not None and not lic.entitlements.allows_model(model):
+        raise NotEntitled(f"licence {lic.licence_id} does not cover model {model!r}")
+    if feature is not None and not lic.entitlements.allows_feature(feature):
+        raise NotEntitled(f"licence {lic.licence_id} does not include feature {feature!r}")
 
 
 def bootstrap_evaluation(

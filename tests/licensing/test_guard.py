@@ -69,6 +69,13 @@ def test_errors_by_kind(licensed) -> None:
         guard.check(user_key.secret, "gemma3-270m", "chat")
     with pytest.raises(NotEntitled, match="embeddings"):
         guard.check(user_key.secret, "smollm2-135m-instruct", "embeddings")
+    # the API admits the key once, then asks per model and feature
+    guard.check(user_key.secret)
+    guard.entitle("smollm2-135m-instruct", "chat")
+    with pytest.raises(NotEntitled, match="gemma"):
+        guard.entitle("gemma3-270m", "chat")
+    with pytest.raises(NotEntitled, match="embeddings"):
+        guard.entitle("smollm2-135m-instruct", "embeddings")
     with pytest.raises(Forbidden, match="not an admin"):
         guard.check_admin(user_key.secret)
     assert guard.check_admin(admin_key).role == "admin"
