@@ -6,15 +6,39 @@ STAMP  := $(VENV)/.installed-stamp
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup models run test lint bench clean
+# llama.cpp is compiled from the pinned llama-cpp-python sdist. The default build is
+# portable: no -march=native (so no AVX-512 or AMX code), the x86-64-v3 set ggml enables
+# when GGML_NATIVE is off (SSE4.2, AVX, AVX2, FMA, F16C, BMI2). It runs on any x86-64 CPU
+# with AVX2, whichever host built it. `make LLAMA_VARIANT=native` builds for this CPU only
+# (for benchmarks). The wheel is kept per variant under .cache/wheels, never taken from
+# pip's cache, which would not tell the two builds apart.
+LLAMA_VERSION := 0.3.36
+LLAMA_VARIANT ?= portable
+LLAMA_CMAKE_ARGS_portable := -DGGML_NATIVE=OFF
+LLAMA_CMAKE_ARGS_native   := -DGGML_NATIVE=ON
+LLAMA_WHEELS  := .cache/wheels/llama-$(LLAMA_VARIANT)
+LLAMA_WHEEL   := $(LLAMA_WHEELS)/.built
 
-$(STAMP): pyproject.toml
+.PHONY: setup models run test lint bench clean llama-wheel
+
+$(LLAMA_WHEEL):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
-	# llama-cpp-python compiles llama.cpp on first install (about 9 min on 2 cores);
-	# pip caches the built wheel, so later set-ups take seconds.
+	# Compiles llama.cpp: about 9 min on 2 cores, once per variant.
+	mkdir -p $(LLAMA_WHEELS)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS_$(LLAMA_VARIANT))" $(BIN)/python -m pip wheel \
+	    --no-deps --no-cache-dir --no-binary llama-cpp-python -w $(LLAMA_WHEELS) \
+	    llama-cpp-python==$(LLAMA_VERSION)
+	echo "$(LLAMA_VARIANT) $(LLAMA_CMAKE_ARGS_$(LLAMA_VARIANT))" > $@
+
+llama-wheel: $(LLAMA_WHEEL)
+
+$(STAMP): pyproject.toml Makefile $(LLAMA_WHEEL)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
+	$(BIN)/python -m pip install --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/python -m pip install -e '.[dev]'
-	touch $(STAMP)
+	echo "$(LLAMA_VARIANT)" > $(STAMP)
 
 setup: $(STAMP)
 

@@ -57,7 +57,7 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
         model_store = ModelStore(settings.model_root)
         model_store.ensure()
         model_store.cleanup_staging()
-        registry = ModelRegistry(model_store, loaders(settings),
+        registry = ModelRegistry(model_store, loaders(settings, _engine_events(app, guard)),
                                  memory_budget=settings.memory_budget_mb << 20,
                                  idle_unload_s=settings.idle_unload_s)
         state = app.state
@@ -145,6 +145,15 @@ def _record(app: FastAPI, scope: Any, path: str, status: int, elapsed: float) ->
                       prompt_tokens=getattr(usage, "prompt_tokens", 0),
                       completion_tokens=getattr(usage, "completion_tokens", 0),
                       seat_id=getattr(ctx, "seat_id", None))
+
+
+def _engine_events(app: FastAPI, guard: LicenseGuard) -> Any:
+    """Worker crashes, restarts and fallbacks: a log line, a metric and an audit row each."""
+    def hook(kind: str, details: dict[str, Any]) -> None:
+        app.state.metrics.engine_events.labels(details.get("model", "?"), kind).inc()
+        guard.audit.append("system", f"engine.{kind}", details)
+
+    return hook
 
 
 def _tick(guard: LicenseGuard) -> Any:

@@ -1,59 +1,75 @@
-"""Build engines for model packs: the only place that picks engine implementations."""
+"""Build engines for model packs: the only place that picks engine implementations.
+
+Every engine runs in a supervised worker process (``engines.worker``); the box's process
+never loads llama.cpp or ONNX Runtime. ``on_event`` hears worker crashes, restarts and
+fallbacks (the app audits and counts them).
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
 
+from appliance import __version__
 from appliance.modelstore import Manifest
 from appliance.registry import Loader
 from appliance.settings import Settings
+from appliance.trust import TRUST_FILE, TrustFile
+from engines.worker.proxies import WorkerLLMEngine, WorkerVisionEngine
+from engines.worker.spec import LLAMA_CONFIGS, EngineSpec, vision_configs
+from engines.worker.supervisor import EventHook, Supervisor
 
 log = logging.getLogger(__name__)
 
 
-def llm_loader(settings: Settings) -> Loader:
+def _identity(manifest: Manifest) -> str:
+    files = ",".join(f"{f.path}:{f.sha256}" for f in manifest.files)
+    return f"{manifest.name} [{files}] appliance {__version__}"
+
+
+def _supervisor(settings: Settings, spec: EngineSpec, on_event: EventHook | None) -> Supervisor:
+    return Supervisor(spec, trust=TrustFile(settings.data_dir / TRUST_FILE), on_event=on_event,
+                      ready_timeout=settings.worker_ready_timeout_s,
+                      log_level=logging.getLevelName(settings.log_level.upper()))
+
+
+def llm_loader(settings: Settings, on_event: EventHook | None = None) -> Loader:
     def load(manifest: Manifest, directory: Path) -> Any:
-        path = directory / manifest.file("weights").path
-        if settings.llm_engine == "batched" and importlib.util.find_spec("engines.llm.batched"):
-            from engines.llm.batched import BatchedLlamaEngine
-
-            # Each slot (one request) gets llm_ctx tokens of its own KV cache.
-            return BatchedLlamaEngine(
-                path, n_ctx=settings.llm_ctx * settings.llm_slots, slots=settings.llm_slots,
-                n_threads=settings.llm_threads,
-                n_gpu_layers=None if settings.llm_gpu_layers < 0 else settings.llm_gpu_layers,
-                max_queue=settings.llm_max_queue)
-        from engines.llm.llama import LlamaEngine
-
-        return LlamaEngine(path, n_ctx=settings.llm_ctx, n_threads=settings.llm_threads,
-                           n_gpu_layers=settings.llm_gpu_layers,
-                           max_queue=settings.llm_max_queue)
+        # Each slot (one request) gets llm_ctx tokens of its own KV cache.
+        params = {
+            "model_path": str(directory / manifest.file("weights").path),
+            "n_ctx": settings.llm_ctx * settings.llm_slots, "slots": settings.llm_slots,
+            "n_threads": settings.llm_threads,
+            "n_gpu_layers": None if settings.llm_gpu_layers < 0 else settings.llm_gpu_layers,
+            "max_queue": settings.llm_max_queue,
+        }
+        spec = EngineSpec("llm", manifest.name, params, _identity(manifest), LLAMA_CONFIGS)
+        return WorkerLLMEngine(_supervisor(settings, spec, on_event))
 
     return load
 
 
-def vision_loader(settings: Settings) -> Loader | None:
-    if importlib.util.find_spec("engines.vision.base") is None:
-        return None
-
+def vision_loader(settings: Settings, on_event: EventHook | None = None) -> Loader:
     def load(manifest: Manifest, directory: Path) -> Any:
-        from engines.vision.base import VisionOptions, load_vision_model
-
-        options = VisionOptions(
-            max_batch=settings.vision_max_batch, max_wait_ms=settings.vision_max_wait_ms,
-            max_queue=settings.vision_max_queue, cache_dir=settings.data_dir / "cache" / "trt",
-            max_image_bytes=settings.max_image_bytes, max_image_pixels=settings.max_image_pixels)
-        return load_vision_model(manifest.to_json(), directory, options)
+        options = {
+            "max_batch": settings.vision_max_batch, "max_wait_ms": settings.vision_max_wait_ms,
+            "max_queue": settings.vision_max_queue,
+            "cache_dir": settings.data_dir / "cache" / "trt",
+            "max_image_bytes": settings.max_image_bytes,
+            "max_image_pixels": settings.max_image_pixels,
+        }
+        data = manifest.to_json()
+        override = data.get("providers")
+        params = {"manifest": data, "directory": str(directory), "options": options}
+        spec = EngineSpec("vision", manifest.name, params, _identity(manifest),
+                          vision_configs(list(override) if override else None))
+        return WorkerVisionEngine(_supervisor(settings, spec, on_event))
 
     return load
 
 
-def loaders(settings: Settings) -> dict[str, Loader]:
-    out: dict[str, Loader] = {"llama": llm_loader(settings)}
-    vision = vision_loader(settings)
-    if vision is not None:
-        out.update({"ocr": vision, "yolo": vision, "onnx": vision})
-    return out
+def loaders(settings: Settings, on_event: EventHook | None = None) -> dict[str, Loader]:
+    vision = vision_loader(settings, on_event)
+    return {"llama": llm_loader(settings, on_event), "ocr": vision, "yolo": vision,
+            "onnx": vision}

@@ -63,6 +63,9 @@ class Metrics:
         self.tokens_per_second = Histogram(
             "appliance_decode_tokens_per_second", "decode speed per request", ["model"],
             buckets=(1, 5, 10, 20, 40, 80, 160, 320, 640, 1280), registry=r)
+        self.engine_events = Counter(
+            "appliance_engine_worker_events", "engine worker crashes, restarts and fallbacks",
+            ["model", "event"], registry=r)
         self.images = Counter("appliance_images", "images processed", ["model"], registry=r)
         self.in_flight = Gauge("appliance_requests_in_flight", "requests being served",
                                registry=r)

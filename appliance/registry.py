@@ -104,6 +104,9 @@ class ModelRegistry:
                 report = getattr(e.engine, "provider_report", None)
                 if report:
                     info["provider_report"] = report
+                worker = getattr(e.engine, "worker_status", None)
+                if callable(worker):
+                    info.update(worker())
             out.append(info)
         return out
 

@@ -37,8 +37,9 @@ class Settings(BaseSettings):
     memory_budget_mb: int = Field(
         4096, ge=64, description="Loaded models may use this much RAM; LRU models are unloaded.")
     llm_engine: str = Field(
-        "batched", pattern="^(batched|simple)$",
-        description="'batched' = continuous batching scheduler; 'simple' = one request at a time.")
+        "batched", pattern="^batched$",
+        description="'batched' (continuous batching) is the only LLM engine; the serial one "
+                    "was removed.")
     llm_ctx: int = Field(
         4096, ge=256, le=131072,
         description="Context tokens per request; each slot gets this much KV cache.")
@@ -59,6 +60,8 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="CORS origins; off if empty.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     clock_tolerance_h: float = Field(24.0, ge=0, description="Clock may go back this far.")
+    worker_ready_timeout_s: float = Field(
+        900.0, ge=1, description="How long an engine worker may take to load and self-test.")
 
     @field_validator("log_level")
     @classmethod

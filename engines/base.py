@@ -51,8 +51,11 @@ class LLMEngine(ABC):
 
     @abstractmethod
     def submit(self, request: GenerationRequest, sink: EventSink) -> GenerationHandle:
-        """Queue a generation. Raises ContextLengthError if the prompt cannot fit,
-        OverloadedError if the queue is full, EngineClosedError after ``close``."""
+        """Queue a generation. Refuses with ContextLengthError if the prompt cannot fit,
+        InvalidRequestError for a bad request, OverloadedError if the queue is full:
+        raised here, or (for an engine in another process, which answers later) delivered
+        as the only event, ``Failed(error)``. Raises EngineClosedError after ``close`` and
+        EngineCrashedError while a worker restarts."""
 
     @abstractmethod
     def embed(self, texts: Sequence[str]) -> list[list[float]]:

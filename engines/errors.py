@@ -24,6 +24,9 @@ class ContextLengthError(EngineError):
             msg += f" (with max_tokens={max_tokens} requested)"
         super().__init__(msg + "; shorten the prompt or lower max_tokens")
 
+    def __reduce__(self) -> tuple:  # crosses the worker pipe intact
+        return (type(self), (self.prompt_tokens, self.n_ctx, self.max_tokens))
+
 
 class InvalidRequestError(EngineError):
     """Request parameters the engine cannot honour (e.g. a JSON schema it cannot compile)."""
@@ -36,6 +39,9 @@ class OverloadedError(EngineError):
         self.retry_after = retry_after
         super().__init__(message)
 
+    def __reduce__(self) -> tuple:  # crosses the worker pipe intact
+        return (type(self), (str(self), self.retry_after))
+
 
 class EngineClosedError(EngineError):
     """The engine was closed (model unloaded) while the request was pending."""
@@ -47,3 +53,15 @@ class InputError(EngineError):
 
 class ProviderUnavailableError(EngineError):
     """A requested execution provider or accelerator is not usable on this box."""
+
+
+class EngineCrashedError(EngineError):
+    """The engine's worker process died (a signal or an exit) with the request inside it,
+    or is being restarted; retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 2.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (str(self), self.retry_after))

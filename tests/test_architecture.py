@@ -14,6 +14,8 @@ FORBIDDEN = {
     "licensing": ("fastapi", "starlette", "textual", "appliance", "tui", "engines"),
     "firmware": ("fastapi", "starlette", "textual", "tui", "engines"),
     "tui": ("engines", "llama_cpp", "onnxruntime", "sqlite_utils"),
+    # The API process never loads a native inference library: engines run in workers.
+    "appliance": ("llama_cpp", "onnxruntime", "tensorrt", "textual", "tui"),
 }
 
 

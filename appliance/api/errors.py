@@ -16,6 +16,7 @@ from appliance.errors import ApplianceError, ConfigError, ModelNotFoundError, Mo
 from engines.errors import (
     ContextLengthError,
     EngineClosedError,
+    EngineCrashedError,
     EngineError,
     InputError,
     InvalidRequestError,
@@ -49,6 +50,7 @@ ERROR_MAP: list[tuple[type[Exception], int, str, str | None]] = [
     (InputError, 400, "invalid_request_error", "invalid_input"),
     (OverloadedError, 503, "server_overloaded", "queue_full"),
     (EngineClosedError, 503, "server_error", "model_unloaded"),
+    (EngineCrashedError, 503, "server_error", "engine_crashed"),
     (ProviderUnavailableError, 503, "server_error", "provider_unavailable"),
     (ModelStoreError, 409, "invalid_request_error", "model_store"),
     (ConfigError, 500, "server_error", "config"),
@@ -67,6 +69,14 @@ def error_response(status: int, message: str, type_: str, code: str | None = Non
                    ) -> JSONResponse:
     return JSONResponse(error_body(message, type_, code, param), status_code=status,
                         headers=headers)
+
+
+def mapped(exc: Exception) -> tuple[int, dict[str, Any]] | None:
+    """(status, OpenAI error body) for a known error, e.g. to end a stream already begun."""
+    for cls, status, type_, code in ERROR_MAP:
+        if isinstance(exc, cls):
+            return status, error_body(str(exc), type_, code)
+    return None
 
 
 def register(extra: list[tuple[type[Exception], int, str, str | None]] | None = None):

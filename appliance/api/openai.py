@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from appliance.api.errors import mapped
 from appliance.api.openai_schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -24,10 +26,11 @@ from appliance.errors import ApplianceError
 from appliance.generation import generate
 from appliance.usage import UsageRecord
 from engines.base import LLMEngine
-from engines.errors import InvalidRequestError
+from engines.errors import EngineError, InvalidRequestError
 from engines.types import Finished, GenerationEvent, GenerationRequest, Sampling, TextDelta
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+log = logging.getLogger(__name__)
 
 
 def _llm(engine: Any, model: str) -> LLMEngine:
@@ -125,7 +128,7 @@ async def _start(registry: Any, caller: Caller, model: str, feature: str, build:
     stack = contextlib.AsyncExitStack()
     try:
         engine = _llm(await stack.enter_async_context(registry.use(model)), model)
-        gen_request = build(engine)
+        gen_request = await anyio.to_thread.run_sync(build, engine)  # worker round trips
         events = generate(engine, gen_request)
         stack.push_async_callback(events.aclose)  # type: ignore[attr-defined]
         first = await events.__anext__()
@@ -141,6 +144,23 @@ async def _events(first: GenerationEvent, events: AsyncIterator[GenerationEvent]
     if not isinstance(first, Finished):
         async for event in events:
             yield event
+
+
+async def _sse_events(first: GenerationEvent, events: AsyncIterator[GenerationEvent],
+                      run: _Run, chunk: Any) -> AsyncIterator[bytes]:
+    """SSE chunks of the text; an engine failure after the 200 was sent (a worker crash)
+    ends the stream with an OpenAI error event, which clients raise as an APIError."""
+    try:
+        async for event in _events(first, events):
+            run.see(event)
+            if isinstance(event, TextDelta) and event.text:
+                yield _sse(chunk(event.text))
+    except EngineError as exc:
+        status, body = mapped(exc) or (500, {"error": {"message": str(exc)}})
+        log.error("stream of %s ended by %s (%d): %s", run.model, type(exc).__name__,
+                  status, exc)
+        run.finish_reason = "error"
+        yield _sse(body)
 
 
 async def _collect(stack: contextlib.AsyncExitStack, run: _Run, first: GenerationEvent,
@@ -195,11 +215,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     async def stream() -> AsyncIterator[bytes]:
         async with stack:
             yield _sse(chunk({"role": "assistant", "content": ""}, None))
-            async for event in _events(first, events):
-                run.see(event)
-                if isinstance(event, TextDelta) and event.text:
-                    yield _sse(chunk({"content": event.text}, None))
+            async for data in _sse_events(first, events, run,
+                                          lambda text: chunk({"content": text}, None)):
+                yield data
             run.done()
+            if run.finish_reason == "error":
+                return
             yield _sse(chunk({}, run.finish_reason))
             if include_usage:
                 final = chunk({}, None) | {"choices": [], "usage": run.usage()}
@@ -236,18 +257,19 @@ async def completions(body: CompletionRequest, request: Request, registry: Regis
 
     async def stream() -> AsyncIterator[bytes]:
         async with stack:
-            async for event in _events(first, events):
-                run.see(event)
-                if isinstance(event, TextDelta) and event.text:
-                    yield _sse(payload(event.text, None))
+            async for data in _sse_events(first, events, run,
+                                          lambda text: payload(text, None)):
+                yield data
             run.done()
+            if run.finish_reason == "error":
+                return
             yield _sse(payload("", run.finish_reason))
             if body.stream_options and body.stream_options.include_usage:
                 yield _sse(payload("", None) | {"choices": [], "usage": run.usage()})
             yield b"data: [DONE]\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.post("/embeddings")
@@ -261,7 +283,8 @@ async def embeddings(body: EmbeddingRequest, request: Request, registry: Registr
     async with registry.use(body.model) as engine:
         llm = _llm(engine, body.model)
         vectors = await anyio.to_thread.run_sync(llm.embed, texts)
-        n_tokens = sum(len(llm.tokenize(t)) for t in texts)
+        n_tokens = await anyio.to_thread.run_sync(
+            lambda: sum(len(llm.tokenize(t)) for t in texts))
     if body.encoding_format == "base64":
         import base64
 

@@ -121,7 +121,8 @@ class BatchedLlamaEngine(LLMEngine):
 
     ``n_ctx`` is the total KV cache across slots (see the module docstring); ``max_queue``
     bounds the requests waiting for a slot; ``prefill_chunk`` bounds the prompt tokens
-    read per step.
+    read per step; ``use_extra_bufts=False`` is the safe configuration (see
+    ``lowlevel.Model``).
     """
 
     def __init__(
@@ -134,6 +135,7 @@ class BatchedLlamaEngine(LLMEngine):
         n_gpu_layers: int | None = None,
         max_queue: int = 64,
         prefill_chunk: int = 256,
+        use_extra_bufts: bool = True,
     ) -> None:
         if slots < 1 or max_queue < 0 or prefill_chunk < 1 or n_ctx < slots:
             raise ValueError("need slots >= 1, max_queue >= 0, prefill_chunk >= 1, n_ctx >= slots")
@@ -144,7 +146,8 @@ class BatchedLlamaEngine(LLMEngine):
         self._max_queue = max_queue
         self._prefill_chunk = prefill_chunk
         self._n_gpu_layers = n_gpu_layers
-        self._model = Model(Path(model_path), n_gpu_layers=n_gpu_layers)
+        self._model = Model(Path(model_path), n_gpu_layers=n_gpu_layers,
+                            use_extra_bufts=use_extra_bufts)
         try:
             per_slot = min(max(1, n_ctx // slots), self._model.n_ctx_train)
             self._ctx = Context(self._model, ContextConfig(

@@ -151,7 +151,9 @@ class Box:
         self.command = ["{venv}/bin/appliance", "serve", "--foreground", "--port",
                         str(self.port)]
         self.service = ProcessServiceManager(self.root, self.command)
-        self.health = HealthCheck(base_url=f"http://127.0.0.1:{self.port}", timeout=5,
+        # 20 s: a new release's interpreter may start slowly on a busy 2-core machine;
+        # the "unready" release answers 503 throughout, so it still fails, after 20 s.
+        self.health = HealthCheck(base_url=f"http://127.0.0.1:{self.port}", timeout=20,
                                   interval=0.05)
         self.audit: list[tuple[str, dict]] = []
         self.bundles = base / "bundles"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -15,8 +16,16 @@ from firmware.errors import DowngradeError, SlotError
 from .conftest import Box
 
 
-def _ready(box: Box) -> dict:
-    return httpx.get(f"http://127.0.0.1:{box.port}/readyz", timeout=5).json()
+def _ready(box: Box, within: float = 60.0) -> dict:
+    """/readyz of the service the box runs now, waiting for it to start (busy machines)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return httpx.get(f"http://127.0.0.1:{box.port}/readyz", timeout=10).json()
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def test_apply_switch_commit_then_failed_release_rolls_back(box: Box, wheels: dict) -> None:

@@ -1,4 +1,6 @@
-"""BatchedLlamaEngine against the real SmolLM2-135M GGUF (CPU, 2 threads)."""
+"""The LLMEngine contract against the real SmolLM2-135M GGUF (CPU), run twice: on
+BatchedLlamaEngine in this process and on the same engine in a supervised worker process
+(WorkerLLMEngine). Tests that reach into the scheduler thread run in-process only."""
 
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from engines.base import LLMEngine
 from engines.errors import (
     ContextLengthError,
     EngineClosedError,
+    EngineError,
     InvalidRequestError,
     OverloadedError,
 )
@@ -25,6 +29,9 @@ from engines.types import (
     Sampling,
     TextDelta,
 )
+from engines.worker.proxies import WorkerLLMEngine
+from engines.worker.spec import LLAMA_CONFIGS, EngineSpec
+from engines.worker.supervisor import Supervisor
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +47,34 @@ QUESTIONS = (
 )
 WAIT = 240.0
 THREADS = 1  # the test box has 2 shared cores; one thread is steadier under load
+KINDS = ["in-process", "worker"]
+
+
+def make_engine(kind: str, gguf_path: Path, **kw: object) -> LLMEngine:
+    """The batched engine in this process, or in a worker process behind a supervisor."""
+    if kind == "in-process":
+        return BatchedLlamaEngine(gguf_path, **kw)  # type: ignore[arg-type]
+    spec = EngineSpec("llm", "test-smollm2", {"model_path": str(gguf_path), **kw},
+                      "contract test", LLAMA_CONFIGS)
+    return WorkerLLMEngine(Supervisor(spec))
+
+
+def refusal(engine: LLMEngine, request: GenerationRequest) -> Exception:
+    """How ``submit`` refused ``request``: raised at once, or as the only event."""
+    sink = Collector()
+    try:
+        engine.submit(request, sink)
+    except EngineError as exc:
+        return exc
+    end = sink.wait().end
+    assert isinstance(end, Failed) and len(sink.events) == 1, sink.events
+    return end.error
 
 
 class Collector:
     """An event sink that records what the engine sends, and when it ended."""
 
-    def __init__(self, engine: BatchedLlamaEngine | None = None) -> None:
+    def __init__(self, engine: LLMEngine | None = None) -> None:
         self.events: list[GenerationEvent] = []
         self.done = threading.Event()
         self.first = threading.Event()
@@ -79,25 +108,26 @@ class Collector:
         return end
 
 
-def prompt(engine: BatchedLlamaEngine, question: str) -> tuple[int, ...]:
+def prompt(engine: LLMEngine, question: str) -> tuple[int, ...]:
     return tuple(engine.tokenize(engine.render_chat([{"role": "user", "content": question}])))
 
 
-def submit(engine: BatchedLlamaEngine, question: str, **sampling: object) -> Collector:
+def submit(engine: LLMEngine, question: str, **sampling: object) -> Collector:
     sink = Collector(engine)
     request = GenerationRequest(prompt(engine, question), Sampling(**sampling))  # type: ignore[arg-type]
     engine.submit(request, sink)
     return sink
 
 
-@pytest.fixture(scope="module")
-def engine(gguf_path: Path) -> Iterator[BatchedLlamaEngine]:
-    eng = BatchedLlamaEngine(gguf_path, n_ctx=8 * 512, slots=8, n_threads=THREADS, prefill_chunk=64)
+@pytest.fixture(scope="module", params=KINDS)
+def engine(request: pytest.FixtureRequest, gguf_path: Path) -> Iterator[LLMEngine]:
+    eng = make_engine(request.param, gguf_path, n_ctx=8 * 512, slots=8, n_threads=THREADS,
+                      prefill_chunk=64)
     yield eng
     eng.close()
 
 
-def test_info_and_chat_template(engine: BatchedLlamaEngine) -> None:
+def test_info_and_chat_template(engine: LLMEngine) -> None:
     info = engine.info
     assert (info.slots, info.n_ctx, info.n_embd, info.backend) == (8, 512, 576, "cpu")
     assert info.chat_template and "<|im_start|>" in info.chat_template
@@ -108,7 +138,7 @@ def test_info_and_chat_template(engine: BatchedLlamaEngine) -> None:
 
 
 def test_eight_concurrent_greedy_requests_match_their_solo_runs(
-    engine: BatchedLlamaEngine,
+    engine: LLMEngine,
 ) -> None:
     solo = [submit(engine, q, temperature=0.0, max_tokens=32).wait() for q in QUESTIONS]
     steps_before = engine.stats()["steps"]
@@ -125,7 +155,7 @@ def test_eight_concurrent_greedy_requests_match_their_solo_runs(
     assert engine.stats()["active_slots"] == 0
 
 
-def test_max_tokens_ends_with_length(engine: BatchedLlamaEngine) -> None:
+def test_max_tokens_ends_with_length(engine: LLMEngine) -> None:
     story = "Write a long story about a dragon."
     sink = submit(engine, story, temperature=0.0, max_tokens=5).wait()
     end = sink.end
@@ -135,7 +165,7 @@ def test_max_tokens_ends_with_length(engine: BatchedLlamaEngine) -> None:
     assert sum(e.n_tokens for e in sink.events if isinstance(e, TextDelta)) <= 5
 
 
-def test_stop_string_cuts_the_text(engine: BatchedLlamaEngine) -> None:
+def test_stop_string_cuts_the_text(engine: LLMEngine) -> None:
     full = submit(engine, QUESTIONS[5], temperature=0.0, max_tokens=32).wait().text
     words = full.split()
     assert len(words) > 4
@@ -147,14 +177,14 @@ def test_stop_string_cuts_the_text(engine: BatchedLlamaEngine) -> None:
     assert isinstance(end, Finished) and end.finish_reason == "stop"
 
 
-def test_seeded_sampling_repeats(engine: BatchedLlamaEngine) -> None:
+def test_seeded_sampling_repeats(engine: LLMEngine) -> None:
     kw = {"temperature": 0.9, "top_p": 0.9, "seed": 1234, "max_tokens": 16}
     first = submit(engine, QUESTIONS[3], **kw).wait().text
     second = submit(engine, QUESTIONS[3], **kw).wait().text
     assert first and first == second
 
 
-def test_cancel_frees_its_slot_within_one_step(engine: BatchedLlamaEngine) -> None:
+def test_cancel_frees_its_slot_within_one_step(engine: LLMEngine) -> None:
     keep = submit(engine, "Write a long story about a dragon.", temperature=0.0, max_tokens=48)
     sink = Collector(engine)
     handle = engine.submit(
@@ -177,7 +207,7 @@ def test_cancel_frees_its_slot_within_one_step(engine: BatchedLlamaEngine) -> No
     assert engine.stats()["active_slots"] == 0
 
 
-def test_bad_grammar_fails_alone(engine: BatchedLlamaEngine) -> None:
+def test_bad_grammar_fails_alone(engine: LLMEngine) -> None:
     good = [submit(engine, q, temperature=0.0, max_tokens=12) for q in QUESTIONS[:3]]
     bad = submit(engine, QUESTIONS[3], temperature=0.0, max_tokens=12, grammar="root ::= (")
     for sink in [*good, bad]:
@@ -188,7 +218,7 @@ def test_bad_grammar_fails_alone(engine: BatchedLlamaEngine) -> None:
         assert isinstance(sink.end, Finished) and sink.end.completion_tokens == 12
 
 
-def test_grammar_constrains_output(engine: BatchedLlamaEngine) -> None:
+def test_grammar_constrains_output(engine: LLMEngine) -> None:
     grammar = engine.json_schema_grammar({
         "type": "object",
         "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
@@ -203,23 +233,22 @@ def test_grammar_constrains_output(engine: BatchedLlamaEngine) -> None:
         engine.json_schema_grammar({"type": "no-such-type"})
 
 
-def test_prompt_that_cannot_fit_is_refused_at_submit(engine: BatchedLlamaEngine) -> None:
+def test_prompt_that_cannot_fit_is_refused_at_submit(engine: LLMEngine) -> None:
     running = submit(engine, QUESTIONS[0], temperature=0.0, max_tokens=8)
     too_long = tuple(engine.tokenize("word " * 600))
-    with pytest.raises(ContextLengthError):
-        engine.submit(GenerationRequest(too_long, Sampling()), Collector())
+    assert isinstance(refusal(engine, GenerationRequest(too_long, Sampling())),
+                      ContextLengthError)
     short = prompt(engine, "hi")
-    with pytest.raises(ContextLengthError):
-        engine.submit(GenerationRequest(short, Sampling(max_tokens=512)), Collector())
-    with pytest.raises(InvalidRequestError):
-        engine.submit(GenerationRequest((), Sampling()), Collector())
-    with pytest.raises(InvalidRequestError):
-        engine.submit(GenerationRequest((10**9,), Sampling()), Collector())
+    assert isinstance(refusal(engine, GenerationRequest(short, Sampling(max_tokens=512))),
+                      ContextLengthError)
+    assert isinstance(refusal(engine, GenerationRequest((), Sampling())), InvalidRequestError)
+    assert isinstance(refusal(engine, GenerationRequest((10**9,), Sampling())),
+                      InvalidRequestError)
     end = running.wait().end
     assert isinstance(end, Finished) and end.completion_tokens == 8
 
 
-def test_context_full_ends_with_length(engine: BatchedLlamaEngine) -> None:
+def test_context_full_ends_with_length(engine: LLMEngine) -> None:
     ids = tuple(engine.tokenize("word " * 500))[:500]
     sink = submit_ids(engine, ids, temperature=0.0)
     end = sink.wait().end
@@ -227,13 +256,13 @@ def test_context_full_ends_with_length(engine: BatchedLlamaEngine) -> None:
     assert end.prompt_tokens + end.completion_tokens <= 512 + 1
 
 
-def submit_ids(engine: BatchedLlamaEngine, ids: tuple[int, ...], **sampling: object) -> Collector:
+def submit_ids(engine: LLMEngine, ids: tuple[int, ...], **sampling: object) -> Collector:
     sink = Collector(engine)
     engine.submit(GenerationRequest(ids, Sampling(**sampling)), sink)  # type: ignore[arg-type]
     return sink
 
 
-def test_embeddings_have_model_width_and_unit_length(engine: BatchedLlamaEngine) -> None:
+def test_embeddings_have_model_width_and_unit_length(engine: LLMEngine) -> None:
     a, b, c = engine.embed(["The cat sat on the mat.", "The cat sat on the mat.", "Quantum flux"])
     assert len(a) == engine.info.n_embd == 576
     for v in (a, b, c):
@@ -244,15 +273,17 @@ def test_embeddings_have_model_width_and_unit_length(engine: BatchedLlamaEngine)
         engine.embed(["word " * 3000])
 
 
-def test_queue_full_raises_overloaded(gguf_path: Path) -> None:
-    eng = BatchedLlamaEngine(gguf_path, n_ctx=512, slots=1, n_threads=THREADS, max_queue=1)
+@pytest.mark.parametrize("kind", KINDS)
+def test_queue_full_raises_overloaded(gguf_path: Path, kind: str) -> None:
+    eng = make_engine(kind, gguf_path, n_ctx=512, slots=1, n_threads=THREADS, max_queue=1)
     try:
         running = submit(eng, QUESTIONS[0], temperature=0.0, max_tokens=64)
         assert running.first.wait(WAIT)
         waiting = submit(eng, QUESTIONS[1], temperature=0.0, max_tokens=4)
-        with pytest.raises(OverloadedError) as info:
-            submit(eng, QUESTIONS[2], temperature=0.0, max_tokens=4)
-        assert info.value.retry_after > 0
+        error = refusal(eng, GenerationRequest(prompt(eng, QUESTIONS[2]),
+                                               Sampling(temperature=0.0, max_tokens=4)))
+        assert isinstance(error, OverloadedError)
+        assert error.retry_after > 0
         assert eng.stats()["queue_depth"] == 1
         for sink in (running, waiting):
             end = sink.wait().end
@@ -262,8 +293,9 @@ def test_queue_full_raises_overloaded(gguf_path: Path) -> None:
         eng.close()
 
 
-def test_close_fails_pending_requests(gguf_path: Path) -> None:
-    eng = BatchedLlamaEngine(gguf_path, n_ctx=512, slots=1, n_threads=THREADS, max_queue=4)
+@pytest.mark.parametrize("kind", KINDS)
+def test_close_fails_pending_requests(gguf_path: Path, kind: str) -> None:
+    eng = make_engine(kind, gguf_path, n_ctx=512, slots=1, n_threads=THREADS, max_queue=4)
     running = submit(eng, QUESTIONS[0], temperature=0.0)
     queued = submit(eng, QUESTIONS[1], temperature=0.0)
     assert running.first.wait(WAIT)
@@ -280,7 +312,7 @@ def test_close_fails_pending_requests(gguf_path: Path) -> None:
     eng.close()  # idempotent
 
 
-def test_a_raising_sink_does_not_stop_the_others(engine: BatchedLlamaEngine) -> None:
+def test_a_raising_sink_does_not_stop_the_others(engine: LLMEngine) -> None:
     def broken(event: GenerationEvent) -> None:
         raise RuntimeError("client went away")
 
@@ -289,7 +321,7 @@ def test_a_raising_sink_does_not_stop_the_others(engine: BatchedLlamaEngine) -> 
     assert isinstance(sink.end, Finished) and sink.end.completion_tokens == 8
 
 
-def test_moving_a_sequence_into_a_freed_slot_keeps_its_output(engine: BatchedLlamaEngine) -> None:
+def test_moving_a_sequence_into_a_freed_slot_keeps_its_output(engine: LLMEngine) -> None:
     lengths = (3, 40, 3, 40, 3, 40)
     solo = [submit(engine, q, temperature=0.0, max_tokens=n).wait().text
             for q, n in zip(QUESTIONS, lengths, strict=False)]

@@ -9,16 +9,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from vision_helpers import DETECTOR, OCR, load
+from vision_helpers import DETECTOR, OCR, load, load_in_worker
 
 from engines.errors import EngineClosedError
 from engines.vision.base import VisionEngine, VisionOptions
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("where", ["in-process", "worker"])
 @pytest.mark.parametrize("name", [OCR, DETECTOR])
-def test_contract(model_store, name: str) -> None:
-    engine = load(model_store, name, VisionOptions(max_batch=2, max_wait_ms=1))
+def test_contract(model_store, name: str, where: str) -> None:
+    loader = load if where == "in-process" else load_in_worker
+    engine = loader(model_store, name, VisionOptions(max_batch=2, max_wait_ms=1))
     assert isinstance(engine, VisionEngine)
     assert engine.provider == "CPUExecutionProvider"
     assert len(engine.provider_report) == 2  # TensorRT and CUDA, each with a reason

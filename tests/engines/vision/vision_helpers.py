@@ -18,6 +18,21 @@ def load(store: ModelStore, name: str, options: VisionOptions | None = None,
     manifest = {**store.manifest(name).to_json(), **manifest_extra}
     return load_vision_model(manifest, store.path(name), options or VisionOptions())
 
+
+def load_in_worker(store: ModelStore, name: str, options: VisionOptions | None = None
+                   ) -> VisionEngine:
+    """The same pack in a supervised worker process, as the box loads it."""
+    from dataclasses import asdict
+
+    from engines.worker.proxies import WorkerVisionEngine
+    from engines.worker.spec import EngineSpec, vision_configs
+    from engines.worker.supervisor import Supervisor
+
+    params = {"manifest": store.manifest(name).to_json(), "directory": str(store.path(name)),
+              "options": asdict(options or VisionOptions())}
+    spec = EngineSpec("vision", name, params, "contract test", vision_configs(None))
+    return WorkerVisionEngine(Supervisor(spec))
+
 LINES = [
     "Hello World 2026",
     "INVOICE NUMBER 4711",
