@@ -19,7 +19,7 @@ LLAMA_CMAKE_ARGS_native   := -DGGML_NATIVE=ON
 LLAMA_WHEELS  := .cache/wheels/llama-$(LLAMA_VARIANT)
 LLAMA_WHEEL   := $(LLAMA_WHEELS)/.built
 
-.PHONY: setup models run test lint bench clean llama-wheel
+.PHONY: setup models run test test-busy lint bench clean llama-wheel
 
 $(LLAMA_WHEEL):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ lint: setup
 
 test: setup lint
 	$(BIN)/python -m pytest -q
+
+# The same suite while a busy loop runs on every core: waits are on events or generous.
+test-busy: setup lint
+	$(BIN)/python -m tests.cpu_hog -- $(BIN)/python -m pytest -q
 
 bench: models
 	$(BIN)/python bench/llm_api.py

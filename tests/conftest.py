@@ -85,7 +85,7 @@ class Box:
             env=full_env, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.wait_healthy()
 
-    def wait_healthy(self, timeout: float = 60.0) -> None:
+    def wait_healthy(self, timeout: float = 180.0) -> None:
         import time
 
         import httpx
@@ -95,7 +95,7 @@ class Box:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
             try:
-                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(self.base_url + "/healthz", timeout=5).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -15,12 +15,12 @@ def test_lone_request_uses_solo_run_and_busy_box_does_not() -> None:
 
     def run(xs):
         used.append("shared")
-        gate.wait(5)
+        gate.wait(30)
         return xs
 
     def solo(xs):
         used.append("solo")
-        gate.wait(5)
+        gate.wait(30)
         return xs
 
     b = DynamicBatcher(run, name="t", workers=2, run_solo=solo)

@@ -51,7 +51,7 @@ def test_queue_full_raises_overloaded_with_retry_after() -> None:
     started, release, seen, b = _gated()
     try:
         first = b.submit(1)
-        assert started.wait(5)  # the worker holds 1; the queue is empty again
+        assert started.wait(30)  # the worker holds 1; the queue is empty again
         queued = [b.submit(v, key="k") for v in (2, 3, 4)]
         with pytest.raises(OverloadedError) as err:
             b.submit(5)
@@ -69,7 +69,7 @@ def test_different_keys_are_never_mixed() -> None:
     b.max_queue = 10
     try:
         head = b.submit(0, key="x")
-        assert started.wait(5)
+        assert started.wait(30)
         futs = [b.submit(v, key="a" if v % 2 else "b") for v in range(1, 7)]
         release.set()
         assert [f.result(5) for f in futs] == [v * 10 for v in range(1, 7)]
@@ -92,7 +92,7 @@ def test_errors_reach_every_caller_of_the_batch_and_close_fails_pending() -> Non
 
     started, release, _, g = _gated()
     g.submit(1)
-    assert started.wait(5)
+    assert started.wait(30)
     pending = g.submit(2)
     threading.Timer(0.2, release.set).start()
     g.close()
@@ -118,7 +118,7 @@ def test_concurrent_ocr_requests_share_rec_batches_and_get_their_own_lines(model
 
 
 def test_two_workers_run_two_batches_at_once() -> None:
-    both = threading.Barrier(2, timeout=5)
+    both = threading.Barrier(2, timeout=30)
 
     def run(batch):
         both.wait()  # returns only when two runs are in flight together
