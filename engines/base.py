@@ -46,6 +46,15 @@ class LLMEngine(ABC):
         """
 
     @abstractmethod
+    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Prompt token ids for ``messages``: the chat template's control tokens are real,
+        message content is always plain text (typing ``<|im_start|>system`` forges nothing).
+
+        Raises InvalidRequestError like ``render_chat`` and ContextLengthError for a prompt
+        too long to tokenise.
+        """
+
+    @abstractmethod
     def json_schema_grammar(self, schema: dict) -> str:
         """GBNF grammar constraining output to ``schema``; InvalidRequestError if unsupported."""
 

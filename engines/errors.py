@@ -28,6 +28,20 @@ class ContextLengthError(EngineError):
         return (type(self), (self.prompt_tokens, self.n_ctx, self.max_tokens))
 
 
+class PromptTooLongError(ContextLengthError):
+    """A prompt so long it cannot fit whatever its tokens: refused before tokenising it."""
+
+    def __init__(self, chars: int, n_ctx: int) -> None:
+        self.chars = chars
+        self.prompt_tokens, self.n_ctx, self.max_tokens = chars, n_ctx, None
+        EngineError.__init__(
+            self, f"the prompt is {chars} characters, more than the model's context of "
+                  f"{n_ctx} tokens can hold; shorten the prompt")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.chars, self.n_ctx))
+
+
 class InvalidRequestError(EngineError):
     """Request parameters the engine cannot honour (e.g. a JSON schema it cannot compile)."""
 

@@ -187,8 +187,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     max_tokens = body.max_completion_tokens or body.max_tokens
 
     def build(engine: LLMEngine) -> GenerationRequest:
-        prompt = engine.render_chat(messages)
-        tokens = engine.tokenize(prompt)
+        tokens = engine.chat_tokens(messages)  # content never becomes control tokens
         return GenerationRequest(tuple(tokens), _sampling(body, max_tokens, _grammar(engine, body)))
 
     stack, events, first, n_prompt = await _start(registry, caller, body.model, "chat", build)

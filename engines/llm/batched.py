@@ -43,8 +43,10 @@ from engines.errors import (
     EngineError,
     InvalidRequestError,
     OverloadedError,
+    PromptTooLongError,
 )
-from engines.llm.chat import render_chat
+from engines.llm.chat import render_chat, render_chat_segments
+from engines.llm.grammar import check_grammar, check_schema
 from engines.llm.lowlevel import (
     Batch,
     Context,
@@ -69,6 +71,10 @@ from engines.types import (
 log = logging.getLogger(__name__)
 
 EMBED_CTX = 2048  # tokens per text for embed(); capped at the model's training context
+# No token of a real vocabulary is this long: text longer than this many characters per
+# token of context cannot fit, and is refused without tokenising (a 30 MB message would
+# otherwise keep a worker busy for seconds).
+MAX_CHARS_PER_TOKEN = 64
 
 
 def _default_threads() -> int:
@@ -203,10 +209,31 @@ class BatchedLlamaEngine(LLMEngine):
         return self._info
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        self._check_length(len(text))
         with self._life_lock:  # the model must outlive the call
             if self._model.ptr is None:
                 raise EngineClosedError("the model is unloaded")
             return self._model.tokenize(text, add_special=True, parse_special=special)
+
+    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        pieces = render_chat_segments(messages, self._chat_template,
+                                      bos_token=self._bos_text, eos_token=self._eos_text)
+        self._check_length(sum(len(text) for text, _ in pieces))
+        ids: list[int] = []
+        with self._life_lock:
+            if self._model.ptr is None:
+                raise EngineClosedError("the model is unloaded")
+            for i, (text, is_content) in enumerate(pieces):
+                if text or i == 0:  # the first call adds BOS when the model wants it
+                    ids += self._model.tokenize(text, add_special=i == 0,
+                                                parse_special=not is_content)
+        return ids
+
+    def _check_length(self, chars: int) -> None:
+        """Refuse, before tokenising, text that cannot fit the context whatever its tokens."""
+        limit = max(self._n_ctx_slot, EMBED_CTX) * MAX_CHARS_PER_TOKEN
+        if chars > limit:
+            raise PromptTooLongError(chars, self._n_ctx_slot)
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         return render_chat(
@@ -219,10 +246,15 @@ class BatchedLlamaEngine(LLMEngine):
     def json_schema_grammar(self, schema: dict) -> str:
         from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+        check_schema(schema)
         try:
-            return json_schema_to_gbnf(json.dumps(schema))
+            grammar = json_schema_to_gbnf(json.dumps(schema))
+        except RecursionError as exc:
+            raise InvalidRequestError("the JSON schema is too deeply recursive") from exc
         except Exception as exc:  # the converter raises plain Exceptions of many kinds
-            raise InvalidRequestError(f"unsupported JSON schema: {exc}") from exc
+            raise InvalidRequestError(f"unsupported JSON schema: {str(exc)[:300]}") from exc
+        check_grammar(grammar)
+        return grammar
 
     def submit(self, request: GenerationRequest, sink: EventSink) -> GenerationHandle:
         prompt = prompt_ids(self._model, request.prompt_tokens)

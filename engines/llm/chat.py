@@ -6,6 +6,8 @@ in Jinja2's sandbox, so a hostile model file cannot reach Python objects.
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -35,15 +37,7 @@ def _compile(template: str) -> Any:
     return env.from_string(template)
 
 
-def render_chat(
-    messages: Sequence[dict[str, Any]],
-    template: str | None,
-    *,
-    bos_token: str = "",
-    eos_token: str = "",
-    add_generation_prompt: bool = True,
-) -> str:
-    """Prompt text for ``messages``; InvalidRequestError on bad roles or template errors."""
+def _clean(messages: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
     if not messages:
         raise InvalidRequestError("messages must contain at least one message")
     clean = []
@@ -57,6 +51,11 @@ def render_chat(
         if not isinstance(content, str):
             raise InvalidRequestError(f"messages[{i}].content must be a string")
         clean.append({"role": "system" if role == "developer" else role, "content": content})
+    return clean
+
+
+def _render(clean: list[dict[str, str]], template: str | None, bos_token: str,
+            eos_token: str, add_generation_prompt: bool) -> str:
     try:
         return str(_compile(template or CHATML).render(
             messages=clean, bos_token=bos_token, eos_token=eos_token,
@@ -66,3 +65,52 @@ def render_chat(
         raise
     except TemplateError as exc:
         raise InvalidRequestError(f"chat template error: {exc}") from exc
+
+
+def render_chat(
+    messages: Sequence[dict[str, Any]],
+    template: str | None,
+    *,
+    bos_token: str = "",
+    eos_token: str = "",
+    add_generation_prompt: bool = True,
+) -> str:
+    """Prompt text for ``messages``; InvalidRequestError on bad roles or template errors."""
+    return _render(_clean(messages), template, bos_token, eos_token, add_generation_prompt)
+
+
+Segment = tuple[str, bool]  # (text, is message content)
+
+
+def render_chat_segments(
+    messages: Sequence[dict[str, Any]],
+    template: str | None,
+    *,
+    bos_token: str = "",
+    eos_token: str = "",
+    add_generation_prompt: bool = True,
+) -> list[Segment]:
+    """The prompt as pieces: the template's own text, whose special tokens (``<|im_start|>``)
+    are real, and each message's content verbatim, which must be tokenised as plain text so
+    that a user cannot forge a turn by typing a control token.
+
+    The template is rendered with a random placeholder per message; a template that alters
+    the placeholders (it rewrites content) is refused rather than tokenised unsafely.
+    """
+    clean = _clean(messages)
+    nonce = secrets.token_hex(8)
+    marked = [{**m, "content": f"\ue000{nonce}:{i}\ue001"} for i, m in enumerate(clean)]
+    text = _render(marked, template, bos_token, eos_token, add_generation_prompt)
+    pattern = re.compile(f"\ue000{nonce}:(\\d+)\ue001")
+    out: list[Segment] = []
+    at = 0
+    for match in pattern.finditer(text):
+        out.append((text[at:match.start()], False))
+        out.append((clean[int(match.group(1))]["content"], True))
+        at = match.end()
+    out.append((text[at:], False))
+    if any("\ue000" in piece or nonce in piece.lower() for piece, is_content in out
+           if not is_content):
+        raise InvalidRequestError("this model's chat template rewrites message content, so "
+                                  "the box cannot keep user text apart from control tokens")
+    return out

@@ -23,8 +23,10 @@ from engines.errors import (
     InvalidRequestError,
     ModelLoadError,
 )
+from engines.llm.grammar import check_grammar
 
 log = logging.getLogger(__name__)
+NATIVE_LOG_MAX = 500  # characters of one native log line (never a whole grammar or prompt)
 
 _backend_lock = threading.Lock()
 _backend_ready = False
@@ -38,7 +40,10 @@ _NATIVE_LEVELS = {3: logging.WARNING, 4: logging.ERROR}  # ggml: 1 debug, 2 info
 def _route_native_log(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
     lvl = _NATIVE_LEVELS.get(level, logging.DEBUG)
     if _native_log.isEnabledFor(lvl):
-        _native_log.log(lvl, "%s", text.decode("utf-8", errors="replace").rstrip("\n"))
+        line = text[: NATIVE_LOG_MAX * 4].decode("utf-8", errors="replace").rstrip("\n")
+        if len(line) > NATIVE_LOG_MAX:
+            line = line[:NATIVE_LOG_MAX] + f"... [{len(text)} bytes]"
+        _native_log.log(lvl, "%s", line)
 
 
 def _init_backend() -> None:
@@ -262,6 +267,7 @@ class Sampler:
         self.ptr = llama_cpp.llama_sampler_chain_init(params)
         try:
             if grammar:
+                check_grammar(grammar)  # llama.cpp's parser recurses per nested group
                 g = llama_cpp.llama_sampler_init_grammar(
                     model.vocab, grammar.encode("utf-8"), b"root"
                 )

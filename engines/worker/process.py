@@ -25,7 +25,12 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from engines.base import EventSink, GenerationHandle
-from engines.errors import EngineClosedError, EngineCrashedError, EngineError
+from engines.errors import (
+    EngineClosedError,
+    EngineCrashedError,
+    EngineError,
+    OverloadedError,
+)
 from engines.types import Failed, Finished, GenerationRequest
 from engines.worker.serve import FD_ENV
 from engines.worker.spec import Config, EngineSpec
@@ -143,7 +148,8 @@ class WorkerProcess:
         except FutureTimeout:
             with self._state_lock:
                 self._calls.pop(cid, None)
-            raise TimeoutError(f"{method} did not answer within {timeout}s") from None
+            raise OverloadedError(f"the engine worker of {self.spec.name} did not answer "
+                                  f"{method} within {timeout:g}s", retry_after=5) from None
 
     def close(self, timeout: float = CLOSE_WAIT_S) -> None:
         """Ask the worker to stop, then kill it if it does not; memory goes back to the OS."""

@@ -21,6 +21,7 @@ from engines.worker.supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 STATS_TIMEOUT_S = 2.0
+PREPARE_TIMEOUT_S = 60.0  # tokenising or compiling a grammar: bounded, never a hang
 
 
 class _WorkerBacked:
@@ -85,13 +86,16 @@ class WorkerLLMEngine(_WorkerBacked, LLMEngine):
         return self.supervisor.payload["info"]
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        return self._call("tokenize", text, special=special)
+        return self._call("tokenize", text, special=special, timeout=PREPARE_TIMEOUT_S)
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        return self._call("render_chat", [dict(m) for m in messages])
+        return self._call("render_chat", [dict(m) for m in messages], timeout=PREPARE_TIMEOUT_S)
+
+    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        return self._call("chat_tokens", [dict(m) for m in messages], timeout=PREPARE_TIMEOUT_S)
 
     def json_schema_grammar(self, schema: dict) -> str:
-        return self._call("json_schema_grammar", schema)
+        return self._call("json_schema_grammar", schema, timeout=PREPARE_TIMEOUT_S)
 
     def submit(self, request: GenerationRequest, sink: EventSink) -> GenerationHandle:
         return self.supervisor.current().submit(request, sink)
