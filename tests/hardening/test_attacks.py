@@ -40,8 +40,8 @@ def _png() -> bytes:
 
 
 def _post(box, key: str, path: str, **kw) -> httpx.Response:
-    return httpx.post(box.base_url + path, timeout=120,
-                      headers={"Authorization": f"Bearer {key}"}, **kw)
+    headers = {"Authorization": f"Bearer {key}", **kw.pop("headers", {})}
+    return httpx.post(box.base_url + path, timeout=120, headers=headers, **kw)
 
 
 def test_attack_2_vision_checks_entitlements(fresh_box, vendor_key) -> None:
@@ -63,8 +63,7 @@ def test_attack_12_lone_surrogate_in_chat_is_400(fresh_box) -> None:
     body = (b'{"model": "' + LLM.encode() + b'", "max_tokens": 2, "messages": '
             b'[{"role": "user", "content": "hi \\ud800"}]}')
     r = _post(fresh_box, fresh_box.api_key, "/v1/chat/completions", content=body,
-              headers={"Content-Type": "application/json",
-                       "Authorization": f"Bearer {fresh_box.api_key}"})
+              headers={"Content-Type": "application/json"})
     assert r.status_code == 400, r.text
     assert "not valid Unicode" in r.json()["error"]["message"]
     r = admin(fresh_box, "POST", "/admin/seats", content=(
