@@ -13,7 +13,16 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from appliance import __version__
-from appliance.api import admin_licence, admin_models, admin_updates, errors, openai, ops, vision
+from appliance.api import (
+    admin_licence,
+    admin_models,
+    admin_updates,
+    errors,
+    openai,
+    ops,
+    probe,
+    vision,
+)
 from appliance.auth import finish_request, make_authenticate, make_authenticate_admin
 from appliance.loaders import loaders
 from appliance.metrics import Metrics
@@ -47,13 +56,13 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
         settings.data_dir.chmod(0o700)
         store = Store(settings.db_path)
         share_lock(store.db, store.lock)
-        tolerance = int(settings.clock_tolerance_h * 3600)
-        key_path = bootstrap_evaluation(settings.data_dir, store.db, tolerance=tolerance,
-                                        trusted_keys=trusted_keys)
+        licensing = {"tolerance": int(settings.clock_tolerance_h * 3600),
+                     "trusted_keys": trusted_keys, "state_dir": settings.state_dir,
+                     "max_keys_per_seat": settings.max_keys_per_seat}
+        key_path = bootstrap_evaluation(settings.data_dir, store.db, **licensing)
         if key_path is not None:
             log.warning("first start: the admin API key was written to %s", key_path)
-        guard = LicenseGuard(settings.data_dir, store.db, tolerance=tolerance,
-                             trusted_keys=trusted_keys)
+        guard = LicenseGuard(settings.data_dir, store.db, **licensing)
         model_store = ModelStore(settings.model_root)
         model_store.ensure()
         model_store.cleanup_staging()
@@ -97,7 +106,8 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
     app.state.on_request_done = lambda scope, path, status, elapsed: _record(
         app, scope, path, status, elapsed)
     errors.register()(app)
-    for router in (ops.router, openai.router, vision.router, admin_models.router,
+    app.state.probe_nonces = set()  # update health probes answered (each nonce once)
+    for router in (ops.router, probe.router, openai.router, vision.router, admin_models.router,
                    admin_licence.router, admin_updates.router):
         app.include_router(router)
     if settings.cors_origins:

@@ -3,12 +3,17 @@
 Every ``/v1/*`` request authenticates its bearer key through ``LicenseGuard.check`` (cached
 there), takes one of the seat's concurrency slots, and is metered once when its response
 has been sent (streams included). ``/admin/*`` needs an admin-role key.
+
+Routes ask ``Caller`` two things: ``entitle(model, feature)`` (403 unless the licence covers
+them; every inference route, vision included) and ``reserve(need, optional)`` (hold tokens
+against the seat's ``tokens_per_day`` before running; 429 if ``need`` does not fit). The
+reservation is settled with the real count when the response is done.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -38,6 +43,7 @@ class Caller:
 
     ctx: SeatContext
     guard: LicenseGuard
+    state: dict[str, Any] = field(default_factory=dict, repr=False)  # the request's scope state
 
     @property
     def seat_id(self) -> int:
@@ -45,6 +51,13 @@ class Caller:
 
     def entitle(self, model: str | None = None, feature: str | None = None) -> None:
         self.guard.entitle(model, feature)
+
+    def reserve(self, need: int, optional: int = 0) -> int:
+        """Hold ``need`` tokens plus what today allows of ``optional``; return how many of
+        ``optional`` were granted. RateLimited (429) if ``need`` does not fit."""
+        res = self.guard.reserve(self.ctx, need, optional)
+        self.state.setdefault("reservations", []).append(res)
+        return res.tokens - max(0, need)
 
 
 def licence_headers(ctx: SeatContext) -> list[tuple[bytes, bytes]]:
@@ -69,7 +82,7 @@ def make_authenticate(guard: LicenseGuard) -> Any:
         state["response_headers"] = licence_headers(ctx)
         guard.limiter.acquire(ctx.seat_id, ctx.name, ctx.limits)
         state["slot_held"] = True
-        return Caller(ctx, guard)
+        return Caller(ctx, guard, state)
 
     return authenticate
 
@@ -96,4 +109,5 @@ def finish_request(guard: LicenseGuard, scope: Any, route: str, status: int) -> 
         ctx, route=route, model=getattr(usage, "model", "") or "", status=status,
         tokens_in=getattr(usage, "prompt_tokens", 0),
         tokens_out=getattr(usage, "completion_tokens", 0),
-        images=getattr(usage, "images", 0))
+        images=getattr(usage, "images", 0),
+        reservations=tuple(state.pop("reservations", ())))

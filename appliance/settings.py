@@ -62,6 +62,15 @@ class Settings(BaseSettings):
     clock_tolerance_h: float = Field(24.0, ge=0, description="Clock may go back this far.")
     worker_ready_timeout_s: float = Field(
         900.0, ge=1, description="How long an engine worker may take to load and self-test.")
+    state_dir: Path | None = Field(
+        None, description="Trusted licensing state kept outside data_dir (evaluation record, "
+        "newest licence, audit key and head); default /var/lib/appliance-state if writable, "
+        "else ~/.local/state/appliance.")
+    metrics_public: bool = Field(
+        False, description="Serve /metrics without a key (it shows model names and traffic); "
+        "by default it needs an admin key.")
+    max_keys_per_seat: int = Field(
+        2, ge=1, le=100, description="Active API keys one seat may hold (a seat is one person).")
 
     @field_validator("log_level")
     @classmethod

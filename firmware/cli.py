@@ -104,16 +104,6 @@ def _service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boot-attempts", type=int, default=3)
 
 
-def _auth_headers(data_dir: Path) -> dict[str, str]:
-    """The box's admin key (written at first start) authorises the inference probe."""
-    key_file = Path(data_dir) / "admin.key"
-    try:
-        key = key_file.read_text().strip()
-    except OSError:
-        return {}
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
 def _root(args: argparse.Namespace) -> Path:
     if args.root:
         return args.root
@@ -138,15 +128,12 @@ def _updater(args: argparse.Namespace, progress: Any = None) -> Any:
             command = shlex.split(args.command) if args.command else None
             service = ProcessServiceManager(root, command or DEFAULT_COMMAND,
                                             max_attempts=args.boot_attempts)
-        body = {"prompt": "ping", "max_tokens": 1}
-        if args.model:
-            body["model"] = args.model
         kwargs["service"] = service
+        # never the admin key: a one-time token only the probe route accepts (firmware.health)
         kwargs["health"] = HealthCheck(
             base_url=args.health_url, timeout=args.health_timeout,
-            headers=_auth_headers(args.data_dir),
-            inference_path=None if args.no_inference else "/v1/completions",
-            **({"inference_body": body} if args.model else {}))
+            token_dir=args.data_dir, inference=not args.no_inference,
+            model=args.model, pid=service.pid)
         kwargs["max_boot_attempts"] = args.boot_attempts
     return Updater(args.data_dir, root, trusted=load_trusted_keys(args.keys),
                    progress=progress, **kwargs)

@@ -48,6 +48,10 @@ class ServiceManager(ABC):
     def is_running(self) -> bool:
         """True while the service process is alive."""
 
+    def pid(self) -> int | None:
+        """Pid of the service process this manager started, None when unknown."""
+        return None
+
 
 class SystemdServiceManager(ServiceManager):
     """``systemctl restart|stop|is-active <unit>``."""
@@ -82,6 +86,11 @@ class SystemdServiceManager(ServiceManager):
         counter, not this check, decides when a trial slot has failed too often."""
         state = self._ctl("is-active").stdout.strip()
         return state in ("active", "activating", "reloading")
+
+    def pid(self) -> int | None:
+        proc = self._ctl("show", "--property=MainPID", "--value")
+        text = proc.stdout.strip()
+        return int(text) if proc.returncode == 0 and text.isdigit() and text != "0" else None
 
 
 class ProcessServiceManager(ServiceManager):
@@ -130,6 +139,9 @@ class ProcessServiceManager(ServiceManager):
         if not isinstance(pid, int) or _start_time(pid) != data.get("start"):
             return None
         return pid
+
+    def pid(self) -> int | None:
+        return self._pid()
 
     def is_running(self) -> bool:
         if self._proc is not None and self._proc.poll() is not None:

@@ -7,10 +7,14 @@ files 0600, every write atomic):
 - ``box.key``           this box's Ed25519 key, created at first use; signs deactivation
                         receipts, and its public half goes into requests and licences
 - ``fingerprint.salt``  the random salt for fingerprint hashes
-- ``eval.pub``          public key of the evaluation licence; its private half is thrown
-                        away right after signing, so nobody can mint another one with it
-- ``evaluation.json``   marker: an evaluation was already started on this box
 - ``receipts/``         copies of deactivation receipts
+
+Nothing about the evaluation lives in the data directory: its terms (3 seats, 30 days, every
+model) are built into this code, and its start is in the trusted record (``licensing.trust``,
+outside ``data/`` and mirrored in the database), so it runs once per machine. No key is read
+from the data directory: only the vendor keys compiled into the package sign licences. The
+trusted record also holds the newest licence installed and the licences deactivated here;
+``install`` and ``installed`` refuse a licence older than the newest, or deactivated.
 """
 
 from __future__ import annotations
@@ -26,20 +30,22 @@ from pathlib import Path
 from typing import Any
 
 from licensing import crypto
-from licensing.errors import FormatError, LicenceDeactivated, StateError
-from licensing.fingerprint import Fingerprint, collect_facts, match, new_salt
-from licensing.model import (
-    DAY,
-    LICENCE_FORMAT,
-    RECEIPT_FORMAT,
-    REQUEST_FORMAT,
-    Licence,
-    Limits,
+from licensing.errors import FormatError, StateError
+from licensing.fingerprint import (
+    Fingerprint,
+    FingerprintMatch,
+    check_strength,
+    collect_facts,
+    match,
+    new_salt,
 )
+from licensing.model import DAY, RECEIPT_FORMAT, REQUEST_FORMAT, Entitlements, Licence, Limits
 from licensing.storage import atomic_write, ensure_dir, read_limited
+from licensing.trust import TrustRecord, TrustStore, default_state_dir
 from licensing.verify import (
     LicenceStatus,
     VerifiedLicence,
+    check_current,
     sign_document,
     status_of,
     verify_licence,
@@ -101,10 +107,12 @@ class Activation:
         clock: Callable[[], float] = time.time,
         facts: Callable[[], Mapping[str, str]] = collect_facts,
         limits: Limits = Limits(),
+        trust: TrustStore | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.trusted = dict(vendor_keys() if trusted_keys is None else trusted_keys)
         self._clock, self._facts, self.limits = clock, facts, limits
+        self.trust = trust or TrustStore(default_state_dir(), facts)
 
     @property
     def licence_path(self) -> Path:
@@ -131,27 +139,25 @@ class Activation:
         except (ValueError, OSError) as exc:
             raise StateError(f"box key {path} is unreadable: {exc}") from exc
 
-    def eval_keys(self) -> dict[str, bytes]:
-        path = self.data_dir / "eval.pub"
-        if not path.exists():
-            return {}
-        raw = crypto.unb64(path.read_text().strip())
-        return {crypto.key_id(raw): raw}
-
     def fingerprint(self) -> Fingerprint:
         return Fingerprint.from_facts(self._facts(), self.salt())
 
     # requests ------------------------------------------------------------------------
     def make_request(self) -> dict[str, Any]:
-        """Activation request: hashed fingerprint, box public key, nonce; no raw serials."""
+        """Activation request: hashed fingerprint, box public key, nonce, and when this
+        machine's evaluation started (so the vendor sees it); no raw serials.
+
+        WeakFingerprint when this machine exposes too few facts to bind a licence."""
         ensure_dir(self.data_dir)
+        fp = check_strength(self.fingerprint())
         box = self.box_key()
         return {
             "format": REQUEST_FORMAT,
-            "fingerprint": self.fingerprint().to_json(),
+            "fingerprint": fp.to_json(),
             "box_key": crypto.b64(box.public),
             "nonce": secrets.token_hex(16),
             "created_at": self.now(),
+            "evaluation_started_at": self.trust.load().evaluation_started_at,
         }
 
     # installed licence ---------------------------------------------------------------
@@ -162,7 +168,6 @@ class Activation:
             trusted=self.trusted,
             facts=self._facts(),
             now=self.now(),
-            eval_keys=self.eval_keys(),
             limits=self.limits,
             allow_expired=allow_expired,
         )
@@ -170,12 +175,20 @@ class Activation:
     def installed(self) -> Installed:
         """Load and re-verify the installed licence; never raises for a bad file."""
         now = self.now()
+        record = self.trust.load()
         if not self.licence_path.exists():
-            return Installed(None, status_of(None, now))
+            evaluation = self.evaluation(record)
+            if evaluation is None:
+                return Installed(None, status_of(None, now))
+            return Installed(evaluation, status_of(evaluation.licence, now,
+                                                   evaluation.fingerprint.describe()))
         try:
             verified = self.verify(
                 read_document(self.licence_path, self.limits), allow_expired=True
             )
+            check_current(verified.licence, record.newest, record.deactivated)
+            if verified.licence.order > record.newest:  # a newer file put in place by hand
+                self._seen(verified.licence)
         except Exception as exc:  # any failure means "no usable licence", reported as such
             log.error("licensing: installed licence rejected: %s", exc)
             return Installed(None, replace(status_of(None, now), message=str(exc)), str(exc))
@@ -184,15 +197,15 @@ class Activation:
         )
 
     def install(self, data: bytes) -> VerifiedLicence:
-        """Verify ``data`` (expired or foreign -> error) and install it atomically."""
+        """Verify ``data`` (expired, foreign, deactivated or older than the newest licence
+        installed -> error), install it atomically and record it as the newest."""
         verified = self.verify(data)
-        lid = verified.licence.licence_id
-        if (self.data_dir / "receipts" / f"{lid}.json").exists():
-            raise LicenceDeactivated(
-                f"licence {lid} was deactivated on this box; ask the vendor for a new activation"
-            )
+        lic = verified.licence
+        record = self.trust.load()
+        check_current(lic, record.newest, record.deactivated)
         ensure_dir(self.data_dir)
         atomic_write(self.licence_path, data)
+        self._seen(lic)
         log.info(
             "licensing: installed licence %s for %r (%d seats, expires %d)",
             verified.licence.licence_id, verified.licence.customer,
@@ -200,48 +213,54 @@ class Activation:
         )  # fmt: skip
         return verified
 
+    def _seen(self, lic: Licence) -> None:
+        """Record ``lic`` as the newest licence installed here (the record only grows)."""
+        self.trust.update(lambda r: r if r.newest >= lic.order else replace(
+            r, newest=lic.order, newest_id=lic.licence_id))
+
     # evaluation ----------------------------------------------------------------------
     def evaluation_used(self) -> bool:
-        return (self.data_dir / "evaluation.json").exists()
+        return self.trust.load().evaluation_started_at > 0
 
-    def create_evaluation(self, seats: int = EVAL_SEATS, days: int = EVAL_DAYS) -> VerifiedLicence:
-        """Sign and install an evaluation licence with a one-off local key."""
-        if self.evaluation_used():
-            raise StateError("an evaluation was already started on this box; import a licence")
-        ensure_dir(self.data_dir)
-        key = crypto.SigningKey.generate()
+    def evaluation(self, record: TrustRecord) -> VerifiedLicence | None:
+        """The built-in evaluation licence of this machine, if one was started and no vendor
+        licence was ever installed here (a real licence ends the evaluation for good)."""
+        started = record.evaluation_started_at
+        if not started or record.newest != (0, 0):
+            return None
+        fp = self.fingerprint()
+        lic = Licence(
+            licence_id=record.evaluation_id or f"eval-{started}", customer="EVALUATION",
+            seats=min(EVAL_SEATS, self.limits.eval_max_seats),
+            entitlements=Entitlements(models=("*",), features=("*",)),
+            valid_from=started, expires_at=started + EVAL_DAYS * DAY, grace_days=0,
+            issued_at=started, kid="built-in", fingerprint=fp.to_json(), evaluation=True,
+        )  # fmt: skip
+        n = len(fp.components)
+        return VerifiedLicence(lic, FingerprintMatch(ok=True, total=n, matched=n, changed=()))
+
+    def create_evaluation(self) -> VerifiedLicence:
+        """Start this machine's one evaluation (recorded outside the data directory)."""
         now = self.now()
-        body = {
-            "format": LICENCE_FORMAT,
-            "licence_id": f"eval-{secrets.token_hex(4)}",
-            "customer": "EVALUATION",
-            "seats": min(seats, self.limits.eval_max_seats),
-            "models": ["*"],
-            "features": ["*"],
-            "valid_from": now,
-            "expires_at": now + min(days, self.limits.eval_max_days) * DAY,
-            "grace_days": 0,
-            "issued_at": now,
-            "kid": key.key_id,
-            "fingerprint": self.fingerprint().to_json(),
-            "evaluation": True,
-            "box_key": crypto.b64(self.box_key().public),
-            "request_nonce": "",
-        }
-        data = sign_document(body, "licence", key)
-        atomic_write(self.data_dir / "eval.pub", crypto.b64(key.public).encode())
-        del key  # the private half is never stored
-        atomic_write(self.data_dir / "evaluation.json", crypto.canonical_json({"started_at": now}))
-        verified = self.install(data)
-        log.warning("licensing: EVALUATION licence %s created", verified.licence.licence_id)
+        eval_id = f"eval-{secrets.token_hex(4)}"
+
+        def start(r: TrustRecord) -> TrustRecord:
+            if r.evaluation_started_at or r.newest != (0, 0):
+                raise StateError(
+                    "an evaluation was already started on this machine; import a licence")
+            return replace(r, evaluation_started_at=now, evaluation_id=eval_id)
+
+        verified = self.evaluation(self.trust.update(start))
+        assert verified is not None
+        log.warning("licensing: EVALUATION licence %s started", verified.licence.licence_id)
         return verified
 
     # deactivation --------------------------------------------------------------------
     def deactivate(self) -> bytes:
         """Sign a deactivation receipt with the box key, save a copy, remove the licence."""
         inst = self.installed()
-        if inst.verified is None:
-            raise StateError("no valid licence is installed; nothing to deactivate")
+        if inst.verified is None or not self.licence_path.exists():
+            raise StateError("no vendor licence is installed; nothing to deactivate")
         lic: Licence = inst.verified.licence
         box = self.box_key()
         body = {
@@ -255,6 +274,8 @@ class Activation:
         }
         receipt = sign_document(body, "receipt", box)
         atomic_write(self.data_dir / "receipts" / f"{lic.licence_id}.json", receipt)
+        self.trust.update(lambda r: replace(
+            r, deactivated=tuple(sorted({*r.deactivated, lic.licence_id}))))
         self.licence_path.unlink()
         log.warning("licensing: licence %s deactivated on this box", lic.licence_id)
         return receipt

@@ -1,21 +1,24 @@
-"""Append-only, hash-chained audit log of admin actions (shared with firmware updates).
+"""Append-only, keyed hash chain of admin actions (shared with firmware updates).
 
-Each row stores ``hash = sha256(prev_hash + canonical_json(row))`` where ``row`` is
-``{id, ts, actor, action, details, prev_hash}``; the first row's ``prev_hash`` is 64 zeros.
-``verify()`` recomputes the chain and finds an edited row, a deleted row in the middle
-(broken link or an id gap) or a re-ordered row. Deleting rows at the *end* leaves a valid
-shorter chain: to catch that, compare ``head()`` with a copy kept elsewhere (logs, a
-deactivation receipt, a monitoring system); nothing inside one database can prove its own
-tail was not cut.
+Each row stores ``hash = HMAC-SHA256(key, prev_hash + canonical_json(row))`` where ``row``
+is ``{id, ts, actor, action, details, prev_hash}``; the first row's ``prev_hash`` is 64
+zeros. The key is held apart from the database (``audit.key`` in the trusted state
+directory, see ``licensing.trust``), so whoever can write the database cannot recompute the
+links after deleting or editing a row. After every append the head ``(id, hash)`` is
+mirrored in the trusted record outside the database; ``verify()`` recomputes the chain and
+compares it with that mirror, so a rewritten or truncated tail is found too.
+
+Without a key (``key=None``: tests of the chain logic only) the links are plain SHA-256.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlite_utils
@@ -23,6 +26,7 @@ import sqlite_utils
 from licensing import crypto, schema
 from licensing.errors import InvalidInput
 from licensing.storage import immediate
+from licensing.trust import TrustStore
 
 GENESIS = "0" * 64
 MAX_DETAILS = 16 * 1024
@@ -57,20 +61,35 @@ class ChainReport:
     reason: str = ""
 
 
-def row_hash(prev_hash: str, row_id: int, ts: int, actor: str, action: str, details: Any) -> str:
+def row_hash(
+    prev_hash: str, row_id: int, ts: int, actor: str, action: str, details: Any,
+    key: bytes | None = None,
+) -> str:  # fmt: skip
     body = {
         "id": row_id, "ts": ts, "actor": actor, "action": action, "details": details,
         "prev_hash": prev_hash,
     }  # fmt: skip
-    return hashlib.sha256(prev_hash.encode() + crypto.canonical_json(body)).hexdigest()
+    message = prev_hash.encode() + crypto.canonical_json(body)
+    if key is None:
+        return hashlib.sha256(message).hexdigest()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 class AuditLog:
-    """``AuditLog(db).append(actor, action, details)``; ``verify()``; ``tail(n, ...)``."""
+    """``AuditLog(db, key=..., trust=...).append(actor, action, details)``; ``verify()``."""
 
-    def __init__(self, db: sqlite_utils.Database, clock: Callable[[], float] = time.time) -> None:
-        self.db, self._clock = db, clock
+    def __init__(
+        self, db: sqlite_utils.Database, clock: Callable[[], float] = time.time, *,
+        key: bytes | None = None, trust: TrustStore | None = None,
+    ) -> None:  # fmt: skip
+        self.db, self._clock, self._key, self._trust = db, clock, key, trust
         schema.migrate(db)
+
+    @classmethod
+    def keyed(cls, db: sqlite_utils.Database, trust: TrustStore,
+              clock: Callable[[], float] = time.time) -> AuditLog:
+        """The box's audit log: key and head mirror from the trusted state directory."""
+        return cls(db, clock, key=trust.audit_key(), trust=trust)
 
     def append(self, actor: str, action: str, details: dict[str, Any] | None = None) -> AuditRow:
         """Add a row chained to the last one; ``details`` must be JSON-serialisable."""
@@ -90,12 +109,16 @@ class AuditLog:
                 "SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1"
             ).fetchone()
             row_id, prev = (last[0] + 1, last[1]) if last else (1, GENESIS)
-            digest = row_hash(prev, row_id, ts, actor, action, details)
+            digest = row_hash(prev, row_id, ts, actor, action, details, self._key)
             self.db.execute(
                 "INSERT INTO audit_log (id, ts, actor, action, details, prev_hash, hash) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [row_id, ts, actor, action, text, prev, digest],
             )
+        if self._trust is not None:  # after commit: the mirror never runs ahead of the rows
+            head = (row_id, digest)
+            self._trust.update(lambda r: r if r.audit_head[0] >= row_id else replace(
+                r, audit_head=head))
         return AuditRow(row_id, ts, actor, action, details, prev, digest)
 
     def _rows(self, sql: str, params: list[Any]) -> Iterator[AuditRow]:
@@ -109,6 +132,7 @@ class AuditLog:
     def verify(self) -> ChainReport:
         """Recompute every link; report the first edited, deleted or re-ordered row."""
         prev, expected_id, count = GENESIS, 1, 0
+        anchor = self._trust.load().audit_head if self._trust is not None else (0, GENESIS)
         cur = self.db.execute(
             "SELECT id, ts, actor, action, details, prev_hash, hash FROM audit_log ORDER BY id"
         )
@@ -122,9 +146,16 @@ class AuditLog:
                 details = json.loads(text)
             except ValueError:
                 return ChainReport(False, count, row_id, "details are not valid JSON")
-            if row_hash(prev, row_id, ts, actor, action, details) != digest:
+            if row_hash(prev, row_id, ts, actor, action, details, self._key) != digest:
                 return ChainReport(False, count, row_id, "row content does not match its hash")
+            if row_id == anchor[0] and not hmac.compare_digest(digest, anchor[1]):
+                return ChainReport(False, count, row_id,
+                                   "row differs from the head mirrored outside the database")
             prev, expected_id = digest, row_id + 1
+        if anchor[0] >= expected_id:
+            return ChainReport(False, count, expected_id,
+                               f"rows {expected_id}..{anchor[0]} are missing (the mirrored "
+                               "head is further than the database)")
         return ChainReport(True, count)
 
     verify_chain = verify

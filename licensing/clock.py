@@ -10,7 +10,14 @@ admin acknowledges (``acknowledge``) or a fresh activation is imported.
 
 A monotonic counter is mirrored in two places: the ``licensing_clock`` table in the box's
 database and the ``clock.state`` file in the data directory. Every tick bumps both; if they
-disagree at the next tick, one of them was restored from an older copy -> locked.
+disagree at the next tick, one of them was restored from an older copy -> locked. The mark
+is also mirrored in the trusted record outside the data directory (``licensing.trust``), and
+that copy is a floor: wiping ``data/`` and setting the clock back still locks.
+
+Trusted time never moves backwards. An acknowledgement (or a fresh activation) clears a lock
+but keeps the mark; it records how far the wall clock runs behind (``skew``), and trusted
+time keeps advancing from the mark at the wall clock's pace until the wall clock catches up.
+Licence expiry and grace are judged on trusted time, ``max(wall clock, mark)``.
 
 What IS detected:
 - the clock set back by more than the tolerance relative to the highest time seen (at any
@@ -23,9 +30,9 @@ What is NOT detected:
 - time that passes while the box is switched off, if the clock is then set back to just
   after the last shutdown (a powered-off box has no trusted time source);
 - the clock set *forward* (harmless to the vendor: it only shortens the licence);
-- the database AND the state file restored together from one consistent snapshot, or the
-  whole data directory wiped (that also removes the licence, so a new activation is needed);
-- an attacker with root who edits both copies consistently or patches this code.
+- the database, the state file AND the trusted record outside ``data/`` restored together
+  from one consistent snapshot (a whole-disk snapshot);
+- an attacker with root who edits every copy consistently or patches this code.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import sqlite_utils
 from licensing import schema
 from licensing.errors import StateError
 from licensing.storage import atomic_write, immediate
+from licensing.trust import TrustStore
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +64,7 @@ class ClockState:
     high_water: int
     counter: int
     locked: str = ""
+    skew: int = 0  # acknowledged seconds the wall clock runs behind trusted time
 
 
 @dataclass(frozen=True)
@@ -90,12 +99,14 @@ def advance(
             f"counter {file_counter if file_counter is not None else 'missing'}"
         )
     mark = max(state.high_water, floor)
-    if not reason and now < mark - tolerance:
+    skew = state.skew if now < mark - tolerance else 0  # the wall clock caught up: drop it
+    seen = now + skew
+    if not reason and seen < mark - tolerance:
         reason = (
-            f"clock went back {(mark - now) / 3600:.1f} h behind trusted time "
+            f"clock went back {(mark - seen) / 3600:.1f} h behind trusted time "
             f"(tolerance {tolerance / 3600:.1f} h)"
         )
-    new = ClockState(high_water=max(mark, now), counter=state.counter + 1, locked=reason)
+    new = ClockState(max(mark, seen), state.counter + 1, reason, skew)
     return ClockVerdict(new, bool(reason) and not state.locked)
 
 
@@ -109,17 +120,22 @@ class ClockGuard:
         tolerance: int = DEFAULT_TOLERANCE,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        trust: TrustStore | None = None,
     ) -> None:
         self.db, self.state_path, self.tolerance = db, Path(state_path), tolerance
-        self._clock, self._mono = clock, monotonic
+        self._clock, self._mono, self.trust = clock, monotonic, trust
+        self._mirrored = 0  # last mark written to the trusted record
         self._last: tuple[float, float] | None = None  # (monotonic, mark) at our last tick
 
     def migrate(self) -> None:
         schema.migrate(self.db)
 
     def _load_db(self) -> ClockState | None:
-        row = self.db.execute(f"SELECT high_water, counter, locked FROM {TABLE}").fetchone()
-        return None if row is None else ClockState(int(row[0]), int(row[1]), row[2] or "")
+        row = self.db.execute(
+            f"SELECT high_water, counter, locked, skew FROM {TABLE}").fetchone()
+        if row is None:
+            return None
+        return ClockState(int(row[0]), int(row[1]), row[2] or "", int(row[3] or 0))
 
     def _load_file(self) -> int | None:
         try:
@@ -132,8 +148,9 @@ class ClockGuard:
 
     def _save(self, state: ClockState) -> None:
         self.db.execute(
-            f"INSERT OR REPLACE INTO {TABLE} (id, high_water, counter, locked) VALUES (1, ?, ?, ?)",
-            [state.high_water, state.counter, state.locked],
+            f"INSERT OR REPLACE INTO {TABLE} (id, high_water, counter, locked, skew)"
+            " VALUES (1, ?, ?, ?, ?)",
+            [state.high_water, state.counter, state.locked, state.skew],
         )
         payload = {"counter": state.counter, "high_water": state.high_water}
         atomic_write(self.state_path, json.dumps(payload).encode(), mode=0o600)
@@ -148,12 +165,14 @@ class ClockGuard:
         self.migrate()
         now, mono = int(self._clock()), self._mono()
         floor = 0.0 if self._last is None else self._last[1] + max(0.0, mono - self._last[0])
+        floor = max(floor, float(self._trusted_mark()))
         with immediate(self.db):
             verdict = advance(
                 self._load_db(), now, self.tolerance, int(floor), self._load_file_safe()
             )
             self._save(verdict.state)
         self._last = (mono, max(float(verdict.state.high_water), floor))
+        self._mirror(verdict.state.high_water)
         if verdict.newly_locked:
             log.warning("licensing: inference locked: %s", verdict.state.locked)
         return verdict.state
@@ -165,23 +184,30 @@ class ClockGuard:
             log.warning("%s", exc)
             return -1
 
-    def acknowledge(self) -> ClockState:
-        """Admin accepts the current wall clock as trusted time and unlocks."""
-        return self._reset("acknowledged")
+    def _trusted_mark(self) -> int:
+        return self.trust.load().high_water if self.trust is not None else 0
 
-    def reset_on_activation(self) -> ClockState:
-        """A fresh activation re-bases trusted time and clears any lock."""
-        return self._reset("fresh activation")
+    def _mirror(self, mark: int) -> None:
+        """Copy the mark to the trusted record (at most once a minute; it only grows)."""
+        if self.trust is None or mark < self._mirrored + 60:
+            return
+        self.trust.update(lambda r: replace(r, high_water=max(r.high_water, mark)))
+        self._mirrored = mark
 
-    def _reset(self, why: str) -> ClockState:
+    def acknowledge(self, why: str = "acknowledged") -> ClockState:
+        """Clear a lock. Trusted time stays where it is: the wall clock is accepted as
+        running ``skew`` seconds behind it, never the other way round."""
         self.migrate()
         now = int(self._clock())
+        floor = self._trusted_mark()
         with immediate(self.db):
             old = self._load_db()
             counter = max(old.counter if old else 0, self._load_file_safe() or 0) + 1
             if old and old.locked:
                 log.warning("licensing: clock lock cleared (%s): %s", why, old.locked)
-            new = ClockState(high_water=now, counter=counter)
+            mark = max(old.high_water if old else 0, floor, now)
+            new = ClockState(high_water=mark, counter=counter, skew=max(0, mark - now))
             self._save(new)
         self._last = (self._mono(), float(new.high_water))
+        self._mirror(new.high_water)
         return replace(new)

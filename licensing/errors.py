@@ -2,8 +2,9 @@
 
 The API maps them to HTTP by type: ``Unauthenticated`` -> 401; ``Forbidden`` and its
 subclasses (``NotEntitled``, ``LicenceExpired``, ``LicenceMissing``, ``ClockTampered``) -> 403;
-``RateLimited`` -> 429 with ``Retry-After``; ``NotFound`` -> 404; ``SeatLimitReached`` and
-``InvalidInput`` -> 409/400; the file/format errors are for the CLI and import endpoint.
+``RateLimited`` -> 429 with ``Retry-After``; ``NotFound`` -> 404; ``SeatLimitReached``,
+``KeyLimitReached`` and ``InvalidInput`` -> 409/409/400; the file/format errors are for the
+CLI and import endpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ class SignatureError(LicenseError):
 
 class FormatError(LicenseError):
     """A document is not well-formed: bad JSON, too large, too deep, wrong type or fields."""
+
+
+class WeakFingerprint(FormatError):
+    """A fingerprint has too few independent components to bind a licence to one machine."""
+
+
+class LicenceSuperseded(LicenseError):
+    """An older licence than the newest one this box has installed (a renewal replaced it)."""
 
 
 class FingerprintMismatch(LicenseError):
@@ -43,6 +52,10 @@ class NotFound(LicenseError):
 
 class SeatLimitReached(LicenseError):
     """Creating another seat would exceed the licensed seat count."""
+
+
+class KeyLimitReached(LicenseError):
+    """The seat already holds as many active API keys as allowed (a seat is one person)."""
 
 
 class StateError(LicenseError):

@@ -12,6 +12,10 @@ salt only defeats precomputed tables and linking one box across customers.
 
 ``match`` tolerates exactly one changed component when the licence names three or more
 (a replaced NIC or a renamed host must not lock a customer out); two changes -> mismatch.
+For that rule to mean anything a fingerprint needs ``MIN_COMPONENTS`` components, at least
+``MIN_UNIQUE`` of them machine-unique (machine id, MACs, root filesystem id): the box will
+not request, the vendor will not issue and the box will not install anything weaker
+(``check_strength``). A hostname alone binds a licence to nothing.
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from licensing.errors import FingerprintMismatch, FormatError
+from licensing.errors import FingerprintMismatch, FormatError, WeakFingerprint
 
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("machine_id", "cpu", "macs", "rootfs", "hostname")
+UNIQUE = ("machine_id", "macs", "rootfs")
+MIN_COMPONENTS = 3
+MIN_UNIQUE = 2
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 SALT_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -73,6 +80,19 @@ class Fingerprint:
             if name not in COMPONENTS or not isinstance(value, str) or not HEX64.match(value):
                 raise FormatError(f"fingerprint component {name!r} is not valid")
         return cls(salt=salt, components=dict(comps))
+
+
+def check_strength(fp: Fingerprint) -> Fingerprint:
+    """``fp`` if it can bind a licence to one machine; WeakFingerprint otherwise; pure."""
+    names = set(fp.components)
+    unique = names & set(UNIQUE)
+    if len(names) < MIN_COMPONENTS or len(unique) < MIN_UNIQUE:
+        raise WeakFingerprint(
+            f"fingerprint has {len(names)} component(s) ({', '.join(sorted(names))}); at "
+            f"least {MIN_COMPONENTS} are needed, {MIN_UNIQUE} of them from "
+            f"{', '.join(UNIQUE)}"
+        )
+    return fp
 
 
 @dataclass(frozen=True)

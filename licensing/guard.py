@@ -8,6 +8,11 @@ The licence is verified once and re-read only when its file changes (checked at 
 dropped at once when a key or seat changes through this guard's ``seats`` store. A key
 revoked by another process (the CLI) stops working within ``key_ttl``.
 
+Licence expiry, grace and validity are judged on trusted time (``trusted_now``: the wall
+clock or the clock's high-water mark, whichever is later), never on the wall clock alone.
+``reserve(ctx, need, optional)`` holds tokens against ``tokens_per_day`` before a request
+runs; ``record_usage(..., reservations=...)`` settles them with the real count.
+
 The admin methods (``create_seat``, ``issue_key``, ``revoke_key``...) write an audit row
 each; admin endpoints authenticate with ``check_admin``, which works even when the licence
 has expired or the clock is locked, so an admin can always repair the box.
@@ -38,10 +43,11 @@ from licensing.errors import (
     NotEntitled,
 )
 from licensing.fingerprint import collect_facts
-from licensing.limits import SeatLimiter
+from licensing.limits import Reservation, SeatLimiter
 from licensing.model import Licence
 from licensing.seats import IssuedKey, KeyInfo, Seat, SeatLimits, SeatStore
 from licensing.storage import atomic_write, immediate
+from licensing.trust import TrustStore, default_state_dir
 from licensing.verify import EXPIRED, MISSING, LicenceStatus, expired_message, status_of
 
 log = logging.getLogger(__name__)
@@ -103,15 +109,22 @@ class LicenseGuard:
         facts: Callable[[], Mapping[str, str]] = collect_facts,
         key_ttl: float = 5.0,
         refresh_interval: float = 60.0,
+        state_dir: Path | None = None,
+        max_keys_per_seat: int = 2,
     ) -> None:
         self.data_dir = Path(data_dir)
         self._clock, self._mono = clock, monotonic
         self.key_ttl, self.refresh_interval = key_ttl, refresh_interval
-        self.activation = Activation(self.data_dir, trusted_keys, clock=clock, facts=facts)
+        self.max_keys_per_seat = max_keys_per_seat
         self.seats = SeatStore(db, clock)
         self.seats.migrate()
-        self.audit = AuditLog(db, clock)
-        self.clock = ClockGuard(db, self.data_dir / "clock.state", tolerance, clock, monotonic)
+        self.trust = TrustStore(Path(state_dir) if state_dir else default_state_dir(), facts, db)
+        self.clock = ClockGuard(db, self.data_dir / "clock.state", tolerance, clock, monotonic,
+                                trust=self.trust)
+        self._clock_state: ClockState = self.clock.tick()
+        self.activation = Activation(self.data_dir, trusted_keys, clock=self.trusted_now,
+                                     facts=facts, trust=self.trust)
+        self.audit = AuditLog.keyed(db, self.trust, clock)
         self.limiter = SeatLimiter(self.seats.tokens_on, clock)
         self._lock = threading.Lock()
         self._keys: dict[bytes, tuple[Seat, str, float]] = {}
@@ -119,7 +132,6 @@ class LicenseGuard:
         self.seats.add_listener(self._invalidate)
         self._installed: Installed = self.activation.installed()
         self._licence_mtime = self._mtime()
-        self._clock_state: ClockState = self.clock.tick()
         self._last_refresh = monotonic()
         st = self.status()
         log.log(
@@ -128,6 +140,10 @@ class LicenseGuard:
         )  # fmt: skip
 
     # state ---------------------------------------------------------------------------
+    def trusted_now(self) -> float:
+        """Trusted time: the wall clock, or the clock's high-water mark when that is later."""
+        return max(self._clock(), float(self._clock_state.high_water))
+
     def _mtime(self) -> float:
         try:
             return self.activation.licence_path.stat().st_mtime_ns
@@ -155,7 +171,8 @@ class LicenseGuard:
         inst = self._installed
         licence = inst.status
         if inst.verified is not None:
-            licence = status_of(inst.verified.licence, int(self._clock()), licence.fingerprint)
+            licence = status_of(inst.verified.licence, int(self.trusted_now()),
+                                licence.fingerprint)
         return GuardStatus(
             licence=licence,
             seats_used=self.seats.count_seats(),
@@ -201,7 +218,7 @@ class LicenseGuard:
         if verified is None:
             raise LicenceMissing(self._installed.error or "no licence is installed")
         lic = verified.licence
-        now = int(self._clock())
+        now = int(self.trusted_now())
         if now >= lic.grace_ends_at:
             raise LicenceExpired(lic.licence_id, expired_message(lic))
         if now < lic.valid_from:
@@ -254,13 +271,24 @@ class LicenseGuard:
         finally:
             self.limiter.release(ctx.seat_id)
 
+    def reserve(self, ctx: SeatContext, need: int, optional: int = 0) -> Reservation:
+        """Hold ``need`` tokens (plus what today allows of ``optional``) for one request;
+        RateLimited (429) if ``need`` does not fit. Settled by ``record_usage``."""
+        return self.limiter.reserve(ctx.seat_id, ctx.name, ctx.limits, need, optional)
+
     def record_usage(
         self, ctx: SeatContext, *, route: str, model: str, status: int,
         tokens_in: int = 0, tokens_out: int = 0, images: int = 0,
+        reservations: tuple[Reservation, ...] = (),
     ) -> None:  # fmt: skip
-        """Meter one finished request for the caller's seat."""
+        """Meter one finished request for the caller's seat, settling its reservations."""
         ts = self._clock()
-        self.limiter.add_tokens(ctx.seat_id, tokens_in + tokens_out, ts)
+        used = tokens_in + tokens_out
+        for res in reservations:
+            self.limiter.settle(res, used, ts)
+            used = 0  # the real count is accounted once
+        if not reservations:
+            self.limiter.add_tokens(ctx.seat_id, used, ts)
         self.seats.record_usage(
             ctx.seat_id, route=route, model=model, status=status, tokens_in=tokens_in,
             tokens_out=tokens_out, images=images, ts=ts,
@@ -293,7 +321,7 @@ class LicenseGuard:
 
     def issue_key(self, actor: str, seat_id: int) -> IssuedKey:
         with immediate(self.seats.db):  # never a usable key without its audit row
-            issued = self.seats.issue_key(seat_id)
+            issued = self.seats.issue_key(seat_id, self.max_keys_per_seat)
             self.audit.append(actor, "key.issue",
                               {"seat_id": seat_id, "key_id": issued.info.key_id})
         return issued
@@ -305,16 +333,20 @@ class LicenseGuard:
 
     def rotate_key(self, actor: str, key_id: str) -> IssuedKey:
         with immediate(self.seats.db):  # never a usable key without its audit row
-            issued = self.seats.rotate_key(key_id)
+            issued = self.seats.rotate_key(key_id, self.max_keys_per_seat)
             self.audit.append(actor, "key.rotate",
                               {"old_key_id": key_id, "key_id": issued.info.key_id})
         return issued
 
     def import_licence(self, actor: str, data: bytes) -> GuardStatus:
-        """Verify and install an activation; clears a clock lock (fresh activation)."""
+        """Verify and install an activation. Only a licence newer than any installed before
+        clears a clock lock; trusted time never moves back, and re-importing the same or an
+        older activation resets nothing."""
+        before = self.trust.load().newest
         verified = self.activation.install(data)
-        self.clock.reset_on_activation()
         lic = verified.licence
+        if lic.order > before:
+            self.clock.acknowledge("fresh activation")
         self.audit.append(
             actor, "licence.import",
             {"licence_id": lic.licence_id, "customer": lic.customer, "seats": lic.seats,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 from licensing import crypto
 from licensing.errors import FormatError, InvalidInput, LicenseError
-from licensing.fingerprint import Fingerprint
+from licensing.fingerprint import Fingerprint, check_strength
 from licensing.model import DAY, ID_RE, LICENCE_FORMAT, REQUEST_FORMAT, Licence, Limits, load_json
 from licensing.storage import atomic_write, ensure_dir
 from licensing.verify import check_signature, sign_document, split_signed, verify_receipt
@@ -31,6 +32,7 @@ class ActivationRequest:
     box_key: str
     nonce: str
     created_at: int
+    evaluation_started_at: int = 0  # when this machine's evaluation began (0: never)
 
 
 def keygen(out_dir: Path) -> tuple[Path, Path, str]:
@@ -57,8 +59,12 @@ def parse_request(data: bytes, limits: Limits = Limits()) -> ActivationRequest:
     doc = load_json(data, limits, what="activation request")
     if doc.get("format") != REQUEST_FORMAT:
         raise FormatError(f"not an activation request (format is not {REQUEST_FORMAT!r})")
-    if set(doc) != {"format", "fingerprint", "box_key", "nonce", "created_at"}:
+    required = {"format", "fingerprint", "box_key", "nonce", "created_at"}
+    if not required <= set(doc) <= required | {"evaluation_started_at"}:
         raise FormatError("activation request has missing or unknown fields")
+    started = doc.get("evaluation_started_at", 0)
+    if not isinstance(started, int) or isinstance(started, bool) or started < 0:
+        raise FormatError("activation request evaluation_started_at must be an integer")
     box_key, nonce, created = doc["box_key"], doc["nonce"], doc["created_at"]
     if not isinstance(box_key, str) or len(crypto.unb64(box_key)) != 32:
         raise FormatError("activation request box_key is not an Ed25519 public key")
@@ -66,7 +72,8 @@ def parse_request(data: bytes, limits: Limits = Limits()) -> ActivationRequest:
         raise FormatError("activation request nonce is malformed")
     if not isinstance(created, int) or isinstance(created, bool):
         raise FormatError("activation request created_at must be an integer")
-    return ActivationRequest(Fingerprint.from_json(doc["fingerprint"]), box_key, nonce, created)
+    fp = check_strength(Fingerprint.from_json(doc["fingerprint"]))
+    return ActivationRequest(fp, box_key, nonce, created, started)
 
 
 def _list(values: str | list[str], what: str, pattern: re.Pattern[str] | None = None) -> list[str]:
@@ -93,8 +100,16 @@ def issue(
     grace_days: int = 14,
     licence_id: str | None = None,
     evaluation: bool = False,
+    serial: int | None = None,
 ) -> bytes:
-    """Sign a licence bound to ``request``'s fingerprint; returns the activation file bytes."""
+    """Sign a licence bound to ``request``'s fingerprint; returns the activation file bytes.
+
+    Refuses (WeakFingerprint) a request whose fingerprint cannot bind a licence to one
+    machine. ``serial`` orders licences issued in the same second (default: the vendor
+    machine's clock in microseconds, so a later issue is newer); the box refuses any licence
+    older than the newest it has installed.
+    """
+    check_strength(request.fingerprint)
     if not customer.strip() or len(customer) > 200:
         raise InvalidInput("customer must be 1..200 characters")
     if not 1 <= seats <= Limits().max_seats:
@@ -121,6 +136,7 @@ def issue(
         "evaluation": evaluation,
         "box_key": request.box_key,
         "request_nonce": request.nonce,
+        "serial": time.time_ns() // 1000 if serial is None else serial,
     }
     Licence.from_json(body)  # the issuer never signs what the box would refuse to parse
     return sign_document(body, "licence", key)
@@ -150,6 +166,7 @@ def inspect(data: bytes, trusted: Mapping[str, bytes], limits: Limits = Limits()
             "box_key": req.box_key,
             "nonce": req.nonce,
             "created_at": req.created_at,
+            "evaluation_started_at": req.evaluation_started_at,
         }
     raise FormatError("not a licence, activation request or deactivation receipt")
 

@@ -3,6 +3,13 @@
 Concurrency and the per-minute window live in memory (they reset on restart, which is
 fine: both are short-lived). Tokens per day are read from the usage table once per seat
 and UTC day, then kept up to date in memory as usage is recorded.
+
+Tokens are reserved before they are spent: ``reserve(seat_id, name, limits, need)`` holds a
+request's worst case (prompt + ``max_tokens``, or an embedding's input size) against
+``tokens_per_day`` together with every other request in flight, and raises RateLimited (429)
+when it does not fit; ``settle(reservation, used)`` swaps the hold for the real count once
+the request is done. ``optional`` tokens are granted only as far as the day allows (a
+generation without ``max_tokens`` gets what remains, never more).
 """
 
 from __future__ import annotations
@@ -11,11 +18,21 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from licensing.errors import RateLimited
 from licensing.seats import SeatLimits, utc_day
 
 WINDOW = 60.0
+
+
+@dataclass(eq=False)
+class Reservation:
+    """Tokens held for one request until ``SeatLimiter.settle``; ``tokens`` were granted."""
+
+    seat_id: int
+    tokens: int
+    settled: bool = field(default=False)
 
 
 class SeatLimiter:
@@ -27,13 +44,14 @@ class SeatLimiter:
         self._active: dict[int, int] = {}
         self._recent: dict[int, deque[float]] = {}
         self._tokens: dict[int, tuple[str, int]] = {}
+        self._held: dict[int, int] = {}  # tokens reserved by requests still running
 
     def acquire(self, seat_id: int, name: str, lim: SeatLimits) -> None:
         """Take a concurrency slot and count one request; RateLimited if over a limit."""
         now = self._clock()
         with self._lock:
             if lim.tokens_per_day:
-                used = self._tokens_today(seat_id, now)
+                used = self._tokens_today(seat_id, now) + self._held.get(seat_id, 0)
                 if used >= lim.tokens_per_day:
                     midnight = (math.floor(now / 86_400) + 1) * 86_400
                     raise RateLimited(
@@ -69,11 +87,50 @@ class SeatLimiter:
         with self._lock:
             return self._active.get(seat_id, 0)
 
+    def reserve(
+        self, seat_id: int, name: str, lim: SeatLimits, need: int, optional: int = 0
+    ) -> Reservation:
+        """Hold ``need`` tokens plus as many of ``optional`` as today still allows.
+
+        RateLimited (429) when ``need`` does not fit in what is left of ``tokens_per_day``."""
+        need, optional = max(0, int(need)), max(0, int(optional))
+        now = self._clock()
+        with self._lock:
+            if not lim.tokens_per_day:
+                res = Reservation(seat_id, need + optional)
+            else:
+                left = lim.tokens_per_day - self._tokens_today(seat_id, now) \
+                    - self._held.get(seat_id, 0)
+                if need > left:
+                    midnight = (math.floor(now / 86_400) + 1) * 86_400
+                    raise RateLimited(
+                        f"seat {name!r} has {max(0, left)} of its {lim.tokens_per_day} tokens "
+                        f"for today (UTC) left; this request may use {need}",
+                        math.ceil(midnight - now))  # fmt: skip
+                res = Reservation(seat_id, need + min(optional, left - need))
+            self._held[seat_id] = self._held.get(seat_id, 0) + res.tokens
+            return res
+
+    def settle(self, res: Reservation, used: int, ts: float) -> None:
+        """Release ``res`` and account ``used`` tokens (the real count); idempotent."""
+        with self._lock:
+            if not res.settled:
+                res.settled = True
+                left = self._held.get(res.seat_id, 0) - res.tokens
+                if left > 0:
+                    self._held[res.seat_id] = left
+                else:
+                    self._held.pop(res.seat_id, None)
+            self._add(res.seat_id, used, ts)
+
     def add_tokens(self, seat_id: int, tokens: int, ts: float) -> None:
         """Account tokens just recorded in the usage table."""
         with self._lock:
-            used = self._tokens_today(seat_id, ts)
-            self._tokens[seat_id] = (utc_day(ts), used + tokens)
+            self._add(seat_id, tokens, ts)
+
+    def _add(self, seat_id: int, tokens: int, ts: float) -> None:
+        used = self._tokens_today(seat_id, ts)
+        self._tokens[seat_id] = (utc_day(ts), used + tokens)
 
     def _tokens_today(self, seat_id: int, now: float) -> int:
         day = utc_day(now)

@@ -44,11 +44,22 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _text(value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800"
+        raise FormatError(f"JSON string is not valid Unicode ({exc.reason})") from exc
+
+
 def _depth(obj: Any, limit: int, level: int = 1) -> None:
+    """Refuse nesting deeper than ``limit`` and strings that are not valid Unicode."""
     if level > limit:
         raise FormatError(f"JSON is nested deeper than {limit} levels")
-    if isinstance(obj, dict):
-        for v in obj.values():
+    if isinstance(obj, str):
+        _text(obj)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _text(k)
             _depth(v, limit, level + 1)
     elif isinstance(obj, list):
         for v in obj:
@@ -128,6 +139,12 @@ class Licence:
     evaluation: bool = False
     box_key: str = ""
     request_nonce: str = ""
+    serial: int = 0  # the vendor's issue counter; with issued_at it orders renewals
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Newer licences compare greater: (issued_at, serial)."""
+        return (self.issued_at, self.serial)
 
     @property
     def grace_ends_at(self) -> int:
@@ -151,7 +168,7 @@ class Licence:
             "evaluation": self.evaluation,
             "box_key": self.box_key,
             "request_nonce": self.request_nonce,
-        }
+        } | ({"serial": self.serial} if self.serial else {})
 
     @classmethod
     def from_json(cls, d: dict[str, Any], limits: Limits = Limits()) -> Licence:
@@ -173,6 +190,9 @@ class Licence:
         if not 0 <= grace <= 365:
             raise FormatError("licence: grace_days must be 0..365")
         fp = _get(d, "fingerprint", dict, what)
+        serial = _get(d, "serial", int, what) if "serial" in d else 0
+        if not 0 <= serial < 2**63:
+            raise FormatError("licence: serial must be a non-negative 64-bit integer")
         return cls(
             licence_id=licence_id,
             customer=_get(d, "customer", str, what),
@@ -190,6 +210,7 @@ class Licence:
             evaluation=_get(d, "evaluation", bool, what),
             box_key=_get(d, "box_key", str, what),
             request_nonce=_get(d, "request_nonce", str, what),
+            serial=serial,
         )
 
     @staticmethod
@@ -197,5 +218,5 @@ class Licence:
         return (
             "format", "licence_id", "customer", "seats", "models", "features", "valid_from",
             "expires_at", "grace_days", "issued_at", "kid", "fingerprint", "evaluation",
-            "box_key", "request_nonce",
+            "box_key", "request_nonce", "serial",
         )  # fmt: skip

@@ -42,7 +42,15 @@ V1 = [
         counter INTEGER NOT NULL, locked TEXT NOT NULL)""",
 ]
 
-MIGRATIONS: list[list[str]] = [V1]
+V2 = [
+    # trusted time never moves back: an acknowledged slow wall clock runs ``skew`` behind
+    "ALTER TABLE licensing_clock ADD COLUMN skew INTEGER NOT NULL DEFAULT 0",
+    # the database half of the trusted record (the other half lives outside data/)
+    """CREATE TABLE IF NOT EXISTS licensing_trust (
+        id INTEGER PRIMARY KEY CHECK (id = 1), record TEXT NOT NULL)""",
+]
+
+MIGRATIONS: list[list[str]] = [V1, V2]
 VERSION = len(MIGRATIONS)
 
 

@@ -28,7 +28,13 @@ from typing import Any
 import sqlite_utils
 
 from licensing import schema
-from licensing.errors import InvalidInput, NotFound, SeatLimitReached, Unauthenticated
+from licensing.errors import (
+    InvalidInput,
+    KeyLimitReached,
+    NotFound,
+    SeatLimitReached,
+    Unauthenticated,
+)
 from licensing.storage import immediate
 
 log = logging.getLogger(__name__)
@@ -228,14 +234,24 @@ class SeatStore:
         self._changed("*")
 
     # keys ----------------------------------------------------------------------------
-    def issue_key(self, seat_id: int) -> IssuedKey:
-        """Create a key for ``seat_id``; the returned ``secret`` is never stored."""
+    def issue_key(self, seat_id: int, max_keys: int = 0) -> IssuedKey:
+        """Create a key for ``seat_id``; the returned ``secret`` is never stored.
+
+        KeyLimitReached when the seat already holds ``max_keys`` active keys (0: no limit)."""
         key_id = secrets.token_hex(6)
         secret = f"{KEY_PREFIX}{key_id}.{secrets.token_urlsafe(32)}"
         salt = secrets.token_hex(16)
         now = int(self._clock())
         with immediate(self.db):
             self.get_seat(seat_id)
+            active = self.db.execute(
+                "SELECT COUNT(*) FROM api_keys WHERE seat_id = ? AND revoked_at IS NULL",
+                [seat_id]).fetchone()[0]
+            if max_keys and active >= max_keys:
+                raise KeyLimitReached(
+                    f"seat {seat_id} already holds {active} active API key(s); the limit is "
+                    f"{max_keys} per seat (max_keys_per_seat), so a seat stays one person. "
+                    "Revoke or rotate a key instead")
             self.db.execute(
                 "INSERT INTO api_keys (id, seat_id, prefix, salt, hash, created_at, revoked_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, NULL)",
@@ -273,11 +289,11 @@ class SeatStore:
         log.info("api key %s revoked", key_id)
         return self.get_key(key_id)
 
-    def rotate_key(self, key_id: str) -> IssuedKey:
+    def rotate_key(self, key_id: str, max_keys: int = 0) -> IssuedKey:
         """Revoke ``key_id`` and issue a new key for the same seat."""
         with immediate(self.db):
             info = self.revoke_key(key_id)
-            return self.issue_key(info.seat_id)
+            return self.issue_key(info.seat_id, max_keys)
 
     def authenticate(self, api_key: str) -> tuple[Seat, str]:
         """(seat, key id) for a valid, unrevoked key; Unauthenticated otherwise."""

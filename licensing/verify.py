@@ -2,24 +2,28 @@
 
 Nothing here touches disk or clocks. Order of checks (first failure wins):
 format (size, depth, JSON, fields) -> signature (algorithm, trusted key id, signature
-bytes) -> evaluation limits -> machine fingerprint -> time window.
+bytes) -> evaluation limits -> fingerprint strength -> machine fingerprint -> time window.
+``check_current`` then compares a verified licence with the trusted record (newest seen,
+deactivated here); the caller passes that record in.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from licensing import crypto
 from licensing.errors import (
     FormatError,
+    LicenceDeactivated,
     LicenceExpired,
     LicenceNotYetValid,
+    LicenceSuperseded,
     SignatureError,
 )
-from licensing.fingerprint import Fingerprint, FingerprintMatch, require_match
+from licensing.fingerprint import Fingerprint, FingerprintMatch, check_strength, require_match
 from licensing.model import DAY, RECEIPT_FORMAT, Licence, Limits, check_keys, load_json
 
 VALID, GRACE, EXPIRED, NOT_YET_VALID, MISSING = (
@@ -101,7 +105,7 @@ def verify_licence(
         raise SignatureError("licence names a different key id than its signature")
     if kid not in trusted:
         check_evaluation(licence, limits)
-    fp = require_match(Fingerprint.from_json(licence.fingerprint), facts)
+    fp = require_match(check_strength(Fingerprint.from_json(licence.fingerprint)), facts)
     status = licence_state(licence, now)
     if status == NOT_YET_VALID and not allow_expired:
         raise LicenceNotYetValid(
@@ -110,6 +114,22 @@ def verify_licence(
     if status == EXPIRED and not allow_expired:
         raise LicenceExpired(licence.licence_id, expired_message(licence))
     return VerifiedLicence(licence=licence, fingerprint=fp)
+
+
+def check_current(
+    licence: Licence, newest: tuple[int, int], deactivated: Collection[str]
+) -> None:
+    """Refuse a licence deactivated on this box, or older than the newest one installed."""
+    if licence.licence_id in deactivated:
+        raise LicenceDeactivated(
+            f"licence {licence.licence_id} was deactivated on this box; ask the vendor for a "
+            "new activation"
+        )
+    if licence.order < newest:
+        raise LicenceSuperseded(
+            f"licence {licence.licence_id} (issued {licence.issued_at}) is older than a licence "
+            "this box already installed; import the newest activation from the vendor"
+        )
 
 
 def check_evaluation(licence: Licence, limits: Limits) -> None:

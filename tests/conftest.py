@@ -18,6 +18,15 @@ OCR = "ppocr-v4"
 DETECTOR = "yolov8n-320-nudenet"
 
 
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+               ) -> Path:
+    """Each test gets its own trusted state directory (the once-per-machine record)."""
+    path = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("APPLIANCE_STATE_DIR", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def model_store() -> ModelStore:
     """A store holding the SmolLM2 GGUF, PP-OCRv4 and the YOLOv8n test detector."""
@@ -74,6 +83,7 @@ class Box:
             "APPLIANCE_LLM_THREADS": "2",
             "APPLIANCE_LOG_LEVEL": "info",
             "APPLIANCE_CONFIG": os.devnull,
+            "APPLIANCE_STATE_DIR": str(data_dir.parent / "state"),
             "PYTHONUNBUFFERED": "1",
         })
         full_env.update(env or {})

@@ -36,6 +36,7 @@ ERROR_MAP: list[tuple[type[Exception], int, str, str | None]] = [
     (lic.Forbidden, 403, "permission_error", "forbidden"),
     (lic.RateLimited, 429, "rate_limit_error", "rate_limit_exceeded"),
     (lic.SeatLimitReached, 409, "invalid_request_error", "seat_limit"),
+    (lic.KeyLimitReached, 409, "invalid_request_error", "key_limit"),
     (lic.NotFound, 404, "invalid_request_error", "not_found"),
     (lic.StateError, 409, "invalid_request_error", "conflict"),
     (lic.LicenseError, 400, "invalid_request_error", "licence_invalid"),
@@ -109,6 +110,13 @@ def register(extra: list[tuple[type[Exception], int, str, str | None]] | None = 
             return error_response(400, "Invalid request: " + "; ".join(problems),
                                   "invalid_request_error", "invalid_request", param)
 
+        async def unicode(request: Request, exc: UnicodeError) -> JSONResponse:
+            # Safety net for routes whose fields are not checked at parse time: a string
+            # that is not valid Unicode is the client's error, never a 500.
+            return error_response(400, f"a string in the request is not valid Unicode "
+                                  f"({getattr(exc, 'reason', exc)})", "invalid_request_error",
+                                  "invalid_unicode")
+
         async def http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
             type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
             return error_response(exc.status_code, str(exc.detail), type_,
@@ -120,6 +128,7 @@ def register(extra: list[tuple[type[Exception], int, str, str | None]] | None = 
             return error_response(500, "internal error; see the box's log", "server_error")
 
         app.add_exception_handler(RequestValidationError, validation)
+        app.add_exception_handler(UnicodeError, unicode)
         app.add_exception_handler(StarletteHTTPException, http)
         app.add_exception_handler(Exception, unexpected)
 

@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -120,6 +121,17 @@ def _authorise(registry: Any, caller: Caller, model: str, feature: str) -> None:
     caller.entitle(model, feature)
 
 
+def _reserve(caller: Caller, engine: LLMEngine, req: GenerationRequest) -> GenerationRequest:
+    """Hold prompt + ``max_tokens`` against the seat's tokens_per_day before generating: 429
+    when an explicit ``max_tokens`` does not fit; without one, capped to what is left."""
+    n_prompt, max_tokens = len(req.prompt_tokens), req.sampling.max_tokens
+    if max_tokens is not None:
+        caller.reserve(n_prompt + max_tokens)
+        return req
+    granted = 1 + caller.reserve(n_prompt + 1, max(0, engine.info.n_ctx - n_prompt - 1))
+    return replace(req, sampling=replace(req.sampling, max_tokens=granted))
+
+
 async def _start(registry: Any, caller: Caller, model: str, feature: str, build: Any
                  ) -> tuple[contextlib.AsyncExitStack, AsyncIterator[GenerationEvent],
                             GenerationEvent, int]:
@@ -128,7 +140,7 @@ async def _start(registry: Any, caller: Caller, model: str, feature: str, build:
     stack = contextlib.AsyncExitStack()
     try:
         engine = _llm(await stack.enter_async_context(registry.use(model)), model)
-        gen_request = await anyio.to_thread.run_sync(build, engine)  # worker round trips
+        gen_request = _reserve(caller, engine, await anyio.to_thread.run_sync(build, engine))
         events = generate(engine, gen_request)
         stack.push_async_callback(events.aclose)  # type: ignore[attr-defined]
         first = await events.__anext__()
@@ -279,6 +291,7 @@ async def embeddings(body: EmbeddingRequest, request: Request, registry: Registr
     if any(not t for t in texts):
         raise InvalidRequestError("input strings must be non-empty")
     _authorise(registry, caller, body.model, "embeddings")
+    caller.reserve(sum(len(t.encode("utf-8", "replace")) + 2 for t in texts))  # >= tokens
     async with registry.use(body.model) as engine:
         llm = _llm(engine, body.model)
         vectors = await anyio.to_thread.run_sync(llm.embed, texts)

@@ -4,11 +4,35 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+def _valid_unicode(value: Any, where: str = "body") -> None:
+    """ValueError naming the first string that is not valid Unicode (a lone surrogate such
+    as "\\ud800" parses as JSON but cannot reach a tokenizer, a database or a log)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{where} is not valid Unicode: {exc.reason} at position "
+                             f"{exc.start}") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _valid_unicode(k, where)
+            _valid_unicode(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _valid_unicode(v, f"{where}[{i}]")
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data: Any) -> Any:
+        _valid_unicode(data)
+        return data
 
 
 class ContentPart(_Body):

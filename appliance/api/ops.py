@@ -1,9 +1,14 @@
-"""Operations endpoints: liveness, readiness and Prometheus metrics."""
+"""Operations endpoints: liveness, readiness and Prometheus metrics.
+
+``/healthz`` and ``/readyz`` answer anyone and say nothing about models or traffic;
+``/metrics`` (model names, traffic per route) needs an admin key unless the admin set
+``metrics_public``.
+"""
 
 from __future__ import annotations
 
 import anyio
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -38,6 +43,8 @@ async def readyz(store: StoreDep, registry: RegistryDep, settings: SettingsDep) 
 
 
 @router.get("/metrics")
-async def metrics(m: MetricsDep) -> Response:
-    """Prometheus text exposition."""
+async def metrics(request: Request, m: MetricsDep, settings: SettingsDep) -> Response:
+    """Prometheus text exposition; an admin key unless ``metrics_public`` is set."""
+    if not settings.metrics_public:
+        await request.app.state.authenticate_admin(request)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

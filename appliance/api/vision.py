@@ -19,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
+from appliance.auth import Caller
 from appliance.deps import CallerDep
 from appliance.usage import UsageRecord
 from engines.errors import InputError, InvalidRequestError
@@ -127,12 +128,16 @@ async def _parse(request: Request, model: type[M]) -> tuple[bytes, M]:
 
 
 @contextlib.asynccontextmanager
-async def _engine(request: Request, name: str) -> AsyncIterator[VisionEngine]:
-    """The loaded vision engine ``name``, leased for the request when the registry can."""
+async def _engine(request: Request, name: str, caller: Caller, feature: str
+                  ) -> AsyncIterator[VisionEngine]:
+    """The loaded vision engine ``name``, leased for the request when the registry can;
+    404 for a model the box lacks, then 403 unless the licence covers ``name`` and
+    ``feature`` (``ocr`` or ``detect``)."""
     registry = request.app.state.registry
     entry = getattr(registry, "entry", None)  # refuse an LLM before loading it
     if entry is not None and entry(name).manifest.engine not in VISION_ENGINES:
         raise InvalidRequestError(f"model {name!r} is not a vision model")
+    caller.entitle(name, feature)
     lease = getattr(registry, "use", None)
     async with (lease(name) if lease else contextlib.nullcontext(None)) as leased:
         engine = leased if lease else await registry.acquire(name)
@@ -156,7 +161,7 @@ async def ocr(request: Request, caller: CallerDep) -> OcrResponse:
     data, params = await _parse(request, OcrRequest)
     settings = getattr(request.app.state, "settings", None)
     name = params.model or getattr(settings, "default_ocr", DEFAULT_OCR_MODEL)
-    async with _engine(request, name) as engine:
+    async with _engine(request, name, caller, "ocr") as engine:
         res = await anyio.to_thread.run_sync(engine.ocr, data)
     _count(request, name)
     return OcrResponse(model=name, width=res.width, height=res.height, text=res.text,
@@ -173,7 +178,7 @@ async def ocr(request: Request, caller: CallerDep) -> OcrResponse:
                  "iou": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.45}}))
 async def detect(request: Request, caller: CallerDep) -> DetectResponse:
     data, p = await _parse(request, DetectRequest)
-    async with _engine(request, p.model) as engine:
+    async with _engine(request, p.model, caller, "detect") as engine:
         res = await anyio.to_thread.run_sync(engine.detect, data, p.conf, p.iou)
     _count(request, p.model)
     return DetectResponse(model=p.model, width=res.width, height=res.height,

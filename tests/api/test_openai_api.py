@@ -131,7 +131,8 @@ def test_disconnect_mid_stream_leaves_server_healthy(box, client: openai.OpenAI)
 
 def test_metrics_parse_and_count_requests(box, client: openai.OpenAI) -> None:
     def count() -> float:
-        text = httpx.get(box.base_url + "/metrics").text
+        text = httpx.get(box.base_url + "/metrics",
+                         headers={"Authorization": f"Bearer {box.api_key}"}).text
         total = 0.0
         for fam in text_string_to_metric_families(text):
             for s in fam.samples:
@@ -145,7 +146,8 @@ def test_metrics_parse_and_count_requests(box, client: openai.OpenAI) -> None:
     for _ in range(3):
         client.completions.create(model=LLM, prompt="Hi", max_tokens=2)
     assert count() == before + 3
-    text = httpx.get(box.base_url + "/metrics").text
+    text = httpx.get(box.base_url + "/metrics",
+                     headers={"Authorization": f"Bearer {box.api_key}"}).text
     names = {f.name for f in text_string_to_metric_families(text)}
     assert {"appliance_tokens_out", "appliance_time_to_first_token_seconds",
             "appliance_model_loaded"} <= names

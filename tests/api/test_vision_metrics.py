@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 def samples(box) -> dict[tuple[str, tuple], float]:
-    text = httpx.get(box.base_url + "/metrics").text
+    text = httpx.get(box.base_url + "/metrics",
+                     headers={"Authorization": f"Bearer {box.api_key}"}).text
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for fam in text_string_to_metric_families(text) for s in fam.samples}
 

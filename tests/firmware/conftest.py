@@ -25,13 +25,14 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 LATER = NOW + timedelta(days=30)
 
 SERVER = '''\
-import http.server, json, sys
+import hashlib, hmac, http.server, json, os, sys
 HEALTH = {health!r}
 VERSION = {version!r}
 
 def main():
     args = sys.argv[1:]
     port = int(args[args.index("--port") + 1]) if "--port" in args else 8000
+    data_dir = args[args.index("--data-dir") + 1] if "--data-dir" in args else "."
     if HEALTH == "crash":
         sys.exit(3)
 
@@ -54,8 +55,19 @@ def main():
         def do_POST(self):
             n = int(self.headers.get("Content-Length", 0))
             req = json.loads(self.rfile.read(n) or b"{{}}")
-            if self.path == "/v1/completions" and req.get("max_tokens") == 1:
-                self._send(200, {{"choices": [{{"text": "x"}}], "version": VERSION}})
+            if self.path == "/healthz/probe":  # the protocol of firmware.health
+                try:
+                    with open(os.path.join(data_dir, "health.token")) as fh:
+                        token = json.load(fh)["token"].encode()
+                except OSError:
+                    return self._send(401, {{}})
+                want = hmac.new(token, ("appliance-probe-request\\0" + req["nonce"]).encode(),
+                                hashlib.sha256).hexdigest()
+                if want != req["proof"]:
+                    return self._send(401, {{}})
+                msg = "appliance-probe-answer\\0%s\\0%d" % (req["nonce"], os.getpid())
+                self._send(200, {{"pid": os.getpid(), "answer": hmac.new(
+                    token, msg.encode(), hashlib.sha256).hexdigest()}})
             else:
                 self._send(400, {{}})
 
@@ -149,7 +161,7 @@ class Box:
         self.root = self.data_dir / "slots"
         self.port = free_port()
         self.command = ["{venv}/bin/appliance", "serve", "--foreground", "--port",
-                        str(self.port)]
+                        str(self.port), "--data-dir", str(self.data_dir)]
         self.service = ProcessServiceManager(self.root, self.command)
         # 20 s: a new release's interpreter may start slowly on a busy 2-core machine;
         # the "unready" release answers 503 throughout, so it still fails, after 20 s.

@@ -66,7 +66,8 @@ def new_seat(box: Box, name: str, **limits: int) -> tuple[int, str]:
 
 def gauge(box: Box, name: str) -> float:
     """Sum of a gauge over its label sets in /metrics; AssertionError when it is absent."""
-    text = httpx.get(box.base_url + "/metrics", timeout=30).text
+    text = httpx.get(box.base_url + "/metrics", timeout=30,
+                     headers={"Authorization": f"Bearer {box.api_key}"}).text
     found = list(re.finditer(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.eE+-]+)$", text, re.M))
     assert found, f"{name} is not in /metrics"
     return sum(float(m.group(1)) for m in found)

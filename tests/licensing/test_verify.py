@@ -104,12 +104,13 @@ def test_missing_fact_counts_as_changed(licence_bytes, trusted) -> None:
         verify(licence_bytes(), trusted, facts=facts)
 
 
-def test_two_component_fingerprint_tolerates_nothing(licence_bytes, trusted) -> None:
-    small = {"machine_id": FACTS["machine_id"], "cpu": FACTS["cpu"]}
+def test_three_component_fingerprint_tolerates_one_change(licence_bytes, trusted) -> None:
+    small = {k: FACTS[k] for k in ("machine_id", "macs", "cpu")}
     data = licence_bytes(facts=small)
     assert verify(data, trusted, facts=small).fingerprint.ok
+    assert verify(data, trusted, facts={**small, "cpu": "other"}).fingerprint.ok
     with pytest.raises(FingerprintMismatch):
-        verify(data, trusted, facts={**small, "cpu": "other"})
+        verify(data, trusted, facts={**small, "cpu": "other", "macs": "x"})
 
 
 def test_expired_term_rejected_with_licence_id(licence_bytes, trusted) -> None:
