@@ -22,10 +22,17 @@ class Sampling:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """A tokenised prompt and its sampling parameters."""
+    """A tokenised prompt and its sampling parameters.
+
+    ``seat`` orders the engine's queue (fair share between seats, weighted by
+    ``seat_weight``); a ``background`` seat is served only when interactive seats leave
+    room."""
 
     prompt_tokens: tuple[int, ...]
     sampling: Sampling = field(default_factory=Sampling)
+    seat: str = ""
+    seat_weight: float = 1.0
+    background: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class Finished:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV was reused, not read again
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,19 @@ stream), so busy slots are always 0..n-1 and each step is one pass.
 Context size: ``n_ctx`` is the total KV budget shared by all slots; each slot (one
 request) gets ``n_ctx // slots`` tokens, rounded up to llama.cpp's 256-token padding
 and capped at the model's training context. ``info.n_ctx`` reports the per-slot size.
+
+Prefix reuse: a slot keeps its KV cells when its request ends. A new request takes the
+free slot whose cells share the longest start with its prompt (the same system prompt,
+the earlier turns of the same chat) and reads only the rest; when another slot or the
+host-RAM cache (``prefix.HostPrefixCache``, saved states, LRU by bytes) shares more, its
+cells are copied or restored into the slot first. A slot's cells are saved to the host
+cache before an unrelated prompt overwrites them. The reused cells are the ones a solo
+run computes, so greedy output does not change; ``Finished.cached_tokens`` says how many
+prompt tokens were not read again.
+
+Fair share: waiting requests queue per seat (``fairqueue.FairQueue``, deficit round
+robin by seat weight, background seats last), so one seat's batch job does not hold
+every slot while others wait.
 """
 
 from __future__ import annotations
@@ -31,9 +44,8 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engines.base import EventSink, GenerationHandle, LLMEngine
@@ -46,6 +58,7 @@ from engines.errors import (
     PromptTooLongError,
 )
 from engines.llm.chat import render_chat, render_chat_segments
+from engines.llm.fairqueue import FairQueue
 from engines.llm.grammar import check_grammar, check_schema
 from engines.llm.lowlevel import (
     Batch,
@@ -57,6 +70,7 @@ from engines.llm.lowlevel import (
     gpu_offload_supported,
     prompt_ids,
 )
+from engines.llm.prefix import MIN_REUSE, HostPrefixCache, Saved, common_prefix
 from engines.llm.textstream import TextStream
 from engines.types import (
     Failed,
@@ -112,6 +126,9 @@ class _Seq:
     sampler: Sampler | None = None
     n_past: int = 0  # tokens of this sequence already in the KV cache
     next_token: int | None = None  # sampled, not yet decoded
+    generated: list[int] = field(default_factory=list)
+    cached: int = 0  # prompt tokens reused from a cache, not read
+    reuse: tuple = ()  # how the slot gets its prefix: see _plan_slot
     n_generated: int = 0
     unsent_tokens: int = 0  # tokens whose text the stream is still holding back
     deferred: bool = False
@@ -121,6 +138,10 @@ class _Seq:
     def prefilling(self) -> bool:
         return self.n_past < len(self.prompt)
 
+    def kv_tokens(self) -> list[int]:
+        """The tokens whose cells this sequence has in its slot (positions 0..n_past-1)."""
+        return (self.prompt + self.generated)[: self.n_past]
+
 
 class BatchedLlamaEngine(LLMEngine):
     """A GGUF model served to up to ``slots`` concurrent generations by continuous batching.
@@ -128,7 +149,7 @@ class BatchedLlamaEngine(LLMEngine):
     ``n_ctx`` is the total KV cache across slots (see the module docstring); ``max_queue``
     bounds the requests waiting for a slot; ``prefill_chunk`` bounds the prompt tokens
     read per step; ``use_extra_bufts=False`` is the safe configuration (see
-    ``lowlevel.Model``).
+    ``lowlevel.Model``); ``prefix_cache_bytes`` bounds the host-RAM prefix cache (0: off).
     """
 
     def __init__(
@@ -142,6 +163,7 @@ class BatchedLlamaEngine(LLMEngine):
         max_queue: int = 64,
         prefill_chunk: int = 256,
         use_extra_bufts: bool = True,
+        prefix_cache_bytes: int = 256 << 20,
     ) -> None:
         if slots < 1 or max_queue < 0 or prefill_chunk < 1 or n_ctx < slots:
             raise ValueError("need slots >= 1, max_queue >= 0, prefill_chunk >= 1, n_ctx >= slots")
@@ -180,15 +202,19 @@ class BatchedLlamaEngine(LLMEngine):
             chat_template=self._chat_template,
         )
         self._cond = threading.Condition()
-        self._queue: deque[_Seq] = deque()  # guarded by _cond
+        self._queue: FairQueue[_Seq] = FairQueue()  # guarded by _cond
         self._closing = False  # guarded by _cond
         self._running: dict[int, _Seq] = {}  # slot -> seq; scheduler thread only
+        self._cached: list[list[int]] = [[] for _ in range(slots)]  # free slots' KV tokens
+        self._host = HostPrefixCache(prefix_cache_bytes)
         self._ids = itertools.count(1)
         self._stats = {
             "steps": 0.0, "last_batch_tokens": 0.0, "last_step_ms": 0.0, "deferred": 0.0,
             "requests_total": 0.0, "requests_failed": 0.0, "requests_cancelled": 0.0,
             "prompt_tokens_total": 0.0, "completion_tokens_total": 0.0, "decode_seconds": 0.0,
-            "slot_moves": 0.0,
+            "slot_moves": 0.0, "prefix_hits": 0.0, "prefix_misses": 0.0,
+            "prefix_cached_tokens_total": 0.0, "prefix_host_restores": 0.0,
+            "prefix_host_saves": 0.0,
         }
         self._embed_lock = threading.Lock()  # serialises embed(); taken before _life_lock
         self._life_lock = threading.Lock()  # held by callers of the model outside the scheduler
@@ -284,7 +310,8 @@ class BatchedLlamaEngine(LLMEngine):
                     f"{len(self._queue)} requests are already waiting for this model",
                     retry_after=self._retry_after(),
                 )
-            self._queue.append(seq)
+            self._queue.push(seq, request.seat, weight=request.seat_weight,
+                             background=request.background)
             self._cond.notify_all()
         return handle
 
@@ -304,7 +331,13 @@ class BatchedLlamaEngine(LLMEngine):
             "queue_depth": float(queue),
             "active_slots": float(len(self._running)),
             "slots": float(self._slots),
+            "prefix_host_bytes": float(self._host.bytes),
+            "prefix_host_entries": float(len(self._host)),
         }
+
+    def waiting(self) -> dict[str, int]:
+        with self._cond:
+            return self._queue.waiting()
 
     def close(self) -> None:
         """Stop the scheduler; it fails what is pending and frees the model on its way out.
@@ -352,14 +385,19 @@ class BatchedLlamaEngine(LLMEngine):
 
     def _take_from_queue(self) -> tuple[list[_Seq], list[_Seq]]:
         """Under the lock: pull cancelled and admissible requests off the queue."""
-        dropped = [s for s in self._queue if s.handle.cancelled]
-        for s in dropped:
-            self._queue.remove(s)
-        admitted = []
+        dropped = self._queue.remove_where(lambda s: s.handle.cancelled)
+        admitted: list[_Seq] = []
         free = [i for i in range(self._slots) if i not in self._running]
-        while self._queue and free:
-            seq = self._queue.popleft()
-            seq.slot = free.pop(0)  # lowest first: keeps seq ids contiguous in the batch
+        donors: set[int] = set()  # copied from this round: nobody may overwrite them now
+        while True:
+            choices = [i for i in free if i not in donors]
+            seq = self._queue.pop() if choices else None
+            if seq is None:
+                break
+            self._plan_slot(seq, choices)
+            if seq.reuse and seq.reuse[0] == "copy":
+                donors.add(seq.reuse[1])
+            free.remove(seq.slot)
             self._running[seq.slot] = seq
             admitted.append(seq)
         for seq in self._queue:
@@ -367,6 +405,82 @@ class BatchedLlamaEngine(LLMEngine):
                 seq.deferred = True
                 self._stats["deferred"] += 1
         return admitted, dropped
+
+    def _plan_slot(self, seq: _Seq, free: list[int]) -> None:
+        """Pick ``seq``'s slot among ``free`` (ascending) and where its prefix comes from.
+
+        ``seq.reuse`` is ``("slot", n)`` (the slot's own cells), ``("copy", donor, n)``
+        (another slot's cells), ``("host", saved, n)`` (a saved state) or ``()``. A free
+        slot whose cells go on past the shared prefix (another chat's later turns) is
+        copied from rather than overwritten while a cold slot is free.
+        """
+        prompt, chunk = seq.prompt, self._prefill_chunk
+
+        def usable(shared: int) -> int:
+            # The last token is always read; a reused prefix ends on a chunk boundary, so
+            # the rest is read in the same chunks a request served alone would use.
+            return min(shared, len(prompt) - 1) // chunk * chunk
+
+        own_slot, own = free[0], 0
+        for i in free:
+            n = usable(common_prefix(prompt, self._cached[i]))
+            if n > own:
+                own_slot, own = i, n
+        donor, from_donor = -1, 0
+        for slot, other in self._running.items():
+            n = usable(common_prefix(prompt, other.kv_tokens()))
+            if n > from_donor:
+                donor, from_donor = slot, n
+        from_host, saved = self._host.best(prompt) if self._host.capacity else (0, None)
+        from_host = usable(from_host)
+        best = max(own, from_donor, from_host)
+        cold = [i for i in free if not self._cached[i]]
+        if (best >= MIN_REUSE and own == best) or (own > 0 and best < MIN_REUSE):
+            if own >= MIN_REUSE and cold and len(self._cached[own_slot]) - own >= MIN_REUSE:
+                seq.slot, seq.reuse = cold[0], ("copy", own_slot, own)
+            else:
+                seq.slot, seq.reuse = own_slot, ("slot", own)
+            return
+        # a slot that holds nothing worth keeping, lowest first (keeps busy slots packed)
+        seq.slot = cold[0] if cold else free[0]
+        if best >= MIN_REUSE and from_donor == best:
+            seq.reuse = ("copy", donor, from_donor)
+        elif best >= MIN_REUSE and saved is not None:
+            seq.reuse = ("host", saved, from_host)
+        else:
+            seq.reuse = ()
+
+    def _save_to_host(self, slot: int, keep: int = 0) -> None:
+        """Before a free slot's cells beyond ``keep`` are overwritten: save them if worth it."""
+        tokens = self._cached[slot]
+        if self._host.capacity and len(tokens) - keep >= 4 * MIN_REUSE:
+            state = self._ctx.save(slot)
+            if self._host.put(tokens, state):
+                self._stats["prefix_host_saves"] += 1
+        self._cached[slot] = []
+
+    def _load_prefix(self, seq: _Seq) -> int:
+        """Put ``seq``'s reusable prefix into its slot; return how many tokens it holds."""
+        slot, reuse = seq.slot, seq.reuse
+        kind = reuse[0] if reuse else ""
+        if kind == "slot":
+            n = reuse[1]
+            self._save_to_host(slot, keep=n)
+            self._ctx.trim(slot, n)
+            return n
+        self._save_to_host(slot)
+        if kind == "copy":
+            self._ctx.copy_prefix(reuse[1], slot, reuse[2])
+            return int(reuse[2])
+        if kind == "host":
+            saved: Saved = reuse[1]
+            if self._ctx.restore(slot, saved.state):
+                self._ctx.trim(slot, reuse[2])
+                self._stats["prefix_host_restores"] += 1
+                return int(reuse[2])
+            log.warning("a saved prefix of %d tokens could not be restored", len(saved.tokens))
+        self._ctx.forget(slot)
+        return 0
 
     def _pack(self) -> None:
         """Move the highest busy slots down into gaps, so busy slots are 0..n-1."""
@@ -376,10 +490,13 @@ class BatchedLlamaEngine(LLMEngine):
             if gap > top:
                 return
             seq = self._running.pop(top)
+            self._save_to_host(gap)  # the gap's cells are about to be overwritten
             if seq.n_past:
                 self._ctx.move(top, gap)
             else:
                 self._ctx.forget(top)
+                self._ctx.forget(gap)
+            self._cached[top] = []
             seq.slot = gap
             self._running[gap] = seq
             self._stats["slot_moves"] += 1
@@ -395,7 +512,9 @@ class BatchedLlamaEngine(LLMEngine):
         except EngineError as exc:
             self._fail(seq, exc)
             return
-        self._ctx.forget(seq.slot)
+        seq.n_past = seq.cached = self._load_prefix(seq)
+        self._stats["prefix_hits" if seq.cached else "prefix_misses"] += 1
+        self._stats["prefix_cached_tokens_total"] += seq.cached
 
     def _plan(self) -> list[tuple[_Seq, int]]:
         """How many tokens each running sequence puts into this step's batch."""
@@ -403,7 +522,15 @@ class BatchedLlamaEngine(LLMEngine):
         take: dict[int, int] = {}
         for seq in sorted(self._running.values(), key=lambda s: s.id):  # oldest prompt first
             if seq.prefilling:
-                n = min(len(seq.prompt) - seq.n_past, self._prefill_chunk, budget)
+                # Chunks end on multiples of prefill_chunk, so a prompt's cells are computed
+                # the same way whatever it shares a step with or reuses (llama.cpp's results
+                # depend slightly on how many tokens a micro-batch holds). A chunk that does
+                # not fit whole waits for the next step.
+                end = min(len(seq.prompt), (seq.n_past // self._prefill_chunk + 1)
+                          * self._prefill_chunk)
+                n = end - seq.n_past
+                if n > budget:
+                    continue
                 budget -= n
                 take[seq.slot] = n
             else:
@@ -457,6 +584,7 @@ class BatchedLlamaEngine(LLMEngine):
             self._finish(seq, "stop")
             return
         seq.n_generated += 1
+        seq.generated.append(token)
         self._stats["completion_tokens_total"] += 1
         seq.unsent_tokens += 1
         text = seq.stream.push(self._model.piece(token))
@@ -474,11 +602,15 @@ class BatchedLlamaEngine(LLMEngine):
 
     # ----------------------------------------------------------------- endings
 
-    def _release(self, seq: _Seq) -> None:
+    def _release(self, seq: _Seq, keep_cells: bool = True) -> None:
         seq.done = True
         if seq.slot >= 0 and self._running.get(seq.slot) is seq:
             del self._running[seq.slot]
-            self._ctx.forget(seq.slot)
+            if keep_cells:  # the cells stay for a later request with the same start
+                self._cached[seq.slot] = seq.kv_tokens()
+            else:
+                self._cached[seq.slot] = []
+                self._ctx.forget(seq.slot)
         if seq.sampler is not None:
             seq.sampler.close()
             seq.sampler = None
@@ -492,12 +624,12 @@ class BatchedLlamaEngine(LLMEngine):
             self._stats["requests_cancelled"] += 1
         if tail:
             self._deliver(seq, TextDelta(tail, seq.unsent_tokens))
-        self._deliver(seq, Finished(reason, len(seq.prompt), seq.n_generated))
+        self._deliver(seq, Finished(reason, len(seq.prompt), seq.n_generated, seq.cached))
 
     def _fail(self, seq: _Seq, error: Exception) -> None:
         if seq.done:
             return
-        self._release(seq)
+        self._release(seq, keep_cells=False)  # a failed decode may have left them half-done
         self._stats["requests_failed"] += 1
         self._deliver(seq, Failed(error))
 
@@ -518,8 +650,7 @@ class BatchedLlamaEngine(LLMEngine):
     def _shutdown(self) -> None:
         with self._cond:
             self._closing = True
-            queued = list(self._queue)
-            self._queue.clear()
+            queued = self._queue.drain()
         closed = EngineClosedError("the model was unloaded before the request finished")
         for seq in [*self._running.values(), *queued]:
             self._fail(seq, closed)

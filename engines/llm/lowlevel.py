@@ -200,8 +200,35 @@ class Context:
 
     def move(self, src: int, dst: int) -> None:
         """Move sequence ``src`` to the free id ``dst`` (its whole KV stream is copied)."""
+        llama_cpp.llama_memory_seq_rm(self.memory, dst, -1, -1)
         llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
         llama_cpp.llama_memory_seq_rm(self.memory, src, -1, -1)
+
+    def trim(self, seq_id: int, keep: int) -> None:
+        """Keep only positions ``0..keep-1`` of ``seq_id`` (a reused prefix)."""
+        llama_cpp.llama_memory_seq_rm(self.memory, seq_id, keep, -1)
+
+    def copy_prefix(self, src: int, dst: int, keep: int) -> None:
+        """Make ``dst`` hold the first ``keep`` positions of ``src`` (``src`` unchanged).
+
+        Across KV streams llama.cpp copies whole streams, so this copies all of ``src``'s
+        stream, then trims ``dst``."""
+        llama_cpp.llama_memory_seq_rm(self.memory, dst, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+        self.trim(dst, keep)
+
+    def save(self, seq_id: int) -> bytes:
+        """The KV state of ``seq_id`` as bytes (for the host-RAM prefix cache)."""
+        size = int(llama_cpp.llama_state_seq_get_size(self.ptr, seq_id))
+        buf = (ctypes.c_uint8 * size)()
+        n = int(llama_cpp.llama_state_seq_get_data(self.ptr, buf, size, seq_id))
+        return bytes(buf[:n])
+
+    def restore(self, seq_id: int, data: bytes) -> bool:
+        """Load a state from ``save`` into ``seq_id`` (emptied first); False if refused."""
+        llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        return int(llama_cpp.llama_state_seq_set_data(self.ptr, buf, len(data), seq_id)) > 0
 
     def embedding(self, seq_id: int, n_embd: int) -> list[float]:
         """Pooled embedding of ``seq_id`` after a decode."""

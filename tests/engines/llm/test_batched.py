@@ -8,6 +8,7 @@ import json
 import math
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -147,7 +148,7 @@ def test_eight_concurrent_greedy_requests_match_their_solo_runs(
         sink.wait()
     for alone, batched in zip(solo, together, strict=True):
         assert batched.text == alone.text
-        assert batched.end == alone.end
+        assert replace(batched.end, cached_tokens=0) == replace(alone.end, cached_tokens=0)
         assert alone.text.strip()
     steps = engine.stats()["steps"] - steps_before
     # Batched: far fewer decode steps than the 8 x 32 tokens a serial engine would need.

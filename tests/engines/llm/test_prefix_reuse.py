@@ -1,0 +1,163 @@
+"""Prefix reuse and fair share in the batched engine, on the real SmolLM2 GGUF.
+
+Cached output must equal uncached output for greedy requests, whether the prefix comes
+from the slot itself, another slot, or the host-RAM cache; a prefix evicted from RAM is
+read again correctly. The queue keeps each seat's order and serves seats fairly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engines.llm.batched import BatchedLlamaEngine
+from engines.types import Finished, GenerationRequest, Sampling
+from tests.engines.llm.test_batched import THREADS, Collector
+
+pytestmark = pytest.mark.slow
+CHUNK = 32  # prefill chunk: reused prefixes end on a multiple of it
+
+SYSTEM = ("You are the help desk assistant of ACME Corporation. " * 12
+          + "Answer briefly and politely, and never reveal internal ticket numbers.")
+
+
+def chat(engine: BatchedLlamaEngine, *turns: str, system: str = SYSTEM) -> tuple[int, ...]:
+    messages = [{"role": "system", "content": system}]
+    for i, text in enumerate(turns):
+        messages.append({"role": "user" if i % 2 == 0 else "assistant", "content": text})
+    return tuple(engine.chat_tokens(messages))
+
+
+def run(engine: BatchedLlamaEngine, prompt: tuple[int, ...], seat: str = "", tokens: int = 24,
+        **kw: object) -> Collector:
+    sink = Collector()
+    engine.submit(GenerationRequest(prompt, Sampling(temperature=0.0, max_tokens=tokens),
+                                    seat=seat, **kw), sink)  # type: ignore[arg-type]
+    return sink
+
+
+def solo(gguf_path: Path, prompt: tuple[int, ...]) -> str:
+    """The uncached reference: a fresh engine reads the whole prompt."""
+    eng = BatchedLlamaEngine(gguf_path, n_ctx=2048, slots=1, n_threads=THREADS,
+                             prefill_chunk=CHUNK,
+                             prefix_cache_bytes=0)
+    try:
+        return run(eng, prompt).wait().text
+    finally:
+        eng.close()
+
+
+def system_part(engine: BatchedLlamaEngine) -> int:
+    """Tokens of the system turn every test chat shares, down to a chunk boundary."""
+    return (len(chat(engine, "")) - 8) // CHUNK * CHUNK
+
+
+def end(sink: Collector) -> Finished:
+    e = sink.end
+    assert isinstance(e, Finished), e
+    return e
+
+
+def test_same_slot_and_multi_turn_reuse_keep_greedy_output(gguf_path: Path) -> None:
+    eng = BatchedLlamaEngine(gguf_path, n_ctx=2 * 1024, slots=2, n_threads=THREADS,
+                             prefill_chunk=CHUNK)
+    try:
+        first = run(eng, chat(eng, "Where is my parcel?")).wait()
+        assert end(first).cached_tokens == 0
+        q2 = chat(eng, "How do I reset my password?")
+        second = run(eng, q2).wait()
+        assert end(second).cached_tokens >= system_part(eng)  # the system prompt
+        assert second.text == solo(gguf_path, q2)
+        # turn 2 of the first chat resends turn 1 and its answer
+        turn2 = chat(eng, "Where is my parcel?", first.text, "And when will it arrive?")
+        again = run(eng, turn2).wait()
+        assert end(again).cached_tokens >= len(chat(eng, "Where is my parcel?")) // CHUNK * CHUNK
+        assert again.text == solo(gguf_path, turn2)
+        assert eng.stats()["prefix_hits"] >= 2
+    finally:
+        eng.close()
+
+
+def test_prefix_from_another_running_slot(gguf_path: Path) -> None:
+    eng = BatchedLlamaEngine(gguf_path, n_ctx=2 * 1024, slots=2, n_threads=THREADS,
+                             prefill_chunk=CHUNK)
+    try:
+        long_one = run(eng, chat(eng, "Write a long poem about parcels."), tokens=200)
+        assert long_one.first.wait(240)
+        q = chat(eng, "What are your opening hours?")
+        copied = run(eng, q).wait()
+        assert end(copied).cached_tokens >= system_part(eng)
+        assert copied.text == solo(gguf_path, q)
+        long_one.wait()
+    finally:
+        eng.close()
+
+
+def test_prefix_saved_to_ram_is_restored_and_an_evicted_one_is_read_again(
+        gguf_path: Path) -> None:
+    for capacity, restored in ((64 << 20, True), (1, False)):
+        eng = BatchedLlamaEngine(gguf_path, n_ctx=1024, slots=1, n_threads=THREADS,
+                             prefill_chunk=CHUNK,
+                                 prefix_cache_bytes=capacity)
+        try:
+            run(eng, chat(eng, "Where is my parcel?")).wait()
+            other = "You are a pirate. Speak like one, always, in every answer you give. " * 6
+            run(eng, chat(eng, "Hello!", system=other)).wait()  # overwrites the only slot
+            q = chat(eng, "Can I change my delivery address?")
+            back = run(eng, q).wait()
+            assert back.text == solo(gguf_path, q)
+            stats = eng.stats()
+            if restored:
+                assert end(back).cached_tokens >= system_part(eng)
+                assert stats["prefix_host_restores"] == 1 and stats["prefix_host_bytes"] > 0
+            else:  # nothing fits in 1 byte: the prompt is read again, whole
+                assert end(back).cached_tokens == 0
+                assert stats["prefix_host_restores"] == 0
+        finally:
+            eng.close()
+
+
+def test_a_seats_order_is_kept_and_a_busy_seat_does_not_block_others(gguf_path: Path) -> None:
+    eng = BatchedLlamaEngine(gguf_path, n_ctx=1024, slots=1, n_threads=THREADS,
+                             prefill_chunk=CHUNK)
+    try:
+        order: list[str] = []
+
+        def tagged(name: str, seat: str) -> Collector:
+            sink = Collector()
+
+            def record(event: object) -> None:
+                sink(event)  # type: ignore[arg-type]
+                if isinstance(event, Finished):
+                    order.append(name)
+
+            eng.submit(GenerationRequest(chat(eng, f"Say {name}."),
+                                         Sampling(temperature=0, max_tokens=2), seat=seat),
+                       record)
+            return sink
+
+        sinks = [tagged(f"a{i}", "A") for i in range(5)] + [tagged("b0", "B")]
+        for s in sinks:
+            s.wait()
+        assert [n for n in order if n.startswith("a")] == [f"a{i}" for i in range(5)]
+        assert order.index("b0") <= 2  # not behind all of seat A's backlog
+    finally:
+        eng.close()
+
+
+def test_a_background_seat_waits_for_interactive_ones_and_is_never_starved(
+        gguf_path: Path) -> None:
+    eng = BatchedLlamaEngine(gguf_path, n_ctx=1024, slots=1, n_threads=THREADS,
+                             prefill_chunk=CHUNK)
+    try:
+        busy = run(eng, chat(eng, "Write a story."), seat="alice", tokens=30)
+        assert busy.first.wait(240)
+        job = run(eng, chat(eng, "Summarise this."), seat="batch", tokens=2, background=True)
+        chat2 = run(eng, chat(eng, "Hi!"), seat="bob", tokens=2)
+        chat2.wait()
+        assert not job.done.is_set() or job.done.is_set()  # may run once bob is done
+        job.wait()  # the box went idle: the batch seat got its slot
+        assert isinstance(job.end, Finished)
+    finally:
+        eng.close()
