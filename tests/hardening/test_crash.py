@@ -75,6 +75,10 @@ class Writers:
                 assert r.status_code == 201, r.text
                 with self.lock:
                     self.acked_keys.append(r.json()["id"])
+                try:  # a seat holds few active keys (max_keys_per_seat); the row stays
+                    c.post(f"/admin/keys/{r.json()['id']}/revoke")
+                except httpx.HTTPError:
+                    return
 
     def _usage(self, i: int) -> None:
         # One connection per thread (keep-alive), requests strictly one after another.
@@ -123,7 +127,8 @@ def test_sigkill_during_writes_loses_nothing_acknowledged(
         model_store, tmp_path_factory, vendor_key) -> None:
     tmp = tmp_path_factory.mktemp("crash")
     models = linked_models(model_store.root, tmp / "models")
-    box = start_box(tmp, models, vendor_key)
+    env = {"APPLIANCE_MAX_KEYS_PER_SEAT": "100"}  # keys killed before their revoke stay
+    box = start_box(tmp, models, vendor_key, env)
     db_path = box.data_dir / "appliance.db"
     rng = random.Random(20)
     try:
@@ -154,7 +159,7 @@ def test_sigkill_during_writes_loses_nothing_acknowledged(
                   f"{usage_acked_total} / rows {seen['usage']} / sent {usage_sent_total}, "
                   f"audit rows {seen['audit_rows']}, keys without audit row "
                   f"{seen['keys_without_audit']}")
-            box = start_box(tmp, models, vendor_key)
+            box = start_box(tmp, models, vendor_key, env)
             assert httpx.get(box.base_url + "/readyz", timeout=30).status_code == 200
         assert len(all_acked_keys) > KILLS and usage_acked_total > KILLS
         # The box serves on after the last restart, and its own view of the chain agrees.
