@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import Request
 
+from appliance.seatline import SeatLines
 from licensing.errors import Unauthenticated
 from licensing.guard import LicenseGuard, SeatContext
 
@@ -73,14 +74,16 @@ def licence_headers(ctx: SeatContext) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-def make_authenticate(guard: LicenseGuard) -> Any:
+def make_authenticate(guard: LicenseGuard, lines: SeatLines | None = None) -> Any:
+    lines = lines or SeatLines(guard.limiter)
+
     async def authenticate(request: Request) -> Caller:
         key = bearer(request)
         ctx = guard.check(key)
         state = request.scope.setdefault("state", {})
         state["seat_ctx"] = ctx
         state["response_headers"] = licence_headers(ctx)
-        guard.limiter.acquire(ctx.seat_id, ctx.name, ctx.limits)
+        await lines.acquire(ctx)  # over max_concurrent: wait in the seat's line
         state["slot_held"] = True
         return Caller(ctx, guard, state)
 

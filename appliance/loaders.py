@@ -43,6 +43,7 @@ def llm_loader(settings: Settings, on_event: EventHook | None = None) -> Loader:
             "n_threads": settings.llm_threads,
             "n_gpu_layers": None if settings.llm_gpu_layers < 0 else settings.llm_gpu_layers,
             "max_queue": settings.llm_max_queue,
+            "prefix_cache_bytes": settings.prefix_cache_bytes,
         }
         spec = EngineSpec("llm", manifest.name, params, _identity(manifest), LLAMA_CONFIGS)
         return WorkerLLMEngine(_supervisor(settings, spec, on_event))

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     llm_threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores.")
     llm_gpu_layers: int = Field(-1, description="Layers on the GPU: -1 all if CUDA works, 0 none.")
     llm_max_queue: int = Field(64, ge=1, description="Waiting requests per LLM before 503.")
+    llm_prefix_cache_mb: int | None = Field(
+        None, ge=0, description="Host RAM per LLM for saved prompt prefixes (KV states, LRU); "
+        "default: an eighth of memory_budget_mb; 0 turns it off.")
     vision_max_batch: int = Field(1, ge=1, le=64, description="Images per vision batch.")
     vision_max_wait_ms: float = Field(2.0, ge=0, description="Wait this long to fill a batch.")
     vision_max_queue: int = Field(64, ge=1, description="Waiting images per model before 503.")
@@ -78,6 +81,11 @@ class Settings(BaseSettings):
         if v.lower() not in ("debug", "info", "warning", "error"):
             raise ValueError("log_level must be debug, info, warning or error")
         return v.lower()
+
+    @property
+    def prefix_cache_bytes(self) -> int:
+        mb = self.llm_prefix_cache_mb
+        return (self.memory_budget_mb // 8 if mb is None else mb) << 20
 
     @property
     def model_root(self) -> Path:

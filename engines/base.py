@@ -77,6 +77,10 @@ class LLMEngine(ABC):
     def stats(self) -> dict[str, float]:
         """Live gauges for /metrics (queue depth, active slots, ...)."""
 
+    def waiting(self) -> dict[str, int]:
+        """Requests waiting for a slot, per seat (empty for an engine without a queue)."""
+        return {}
+
     @abstractmethod
     def close(self) -> None:
         """Stop work, fail pending requests with EngineClosedError, free memory."""

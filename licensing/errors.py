@@ -96,3 +96,7 @@ class RateLimited(LicenseError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = max(1, int(retry_after))
+
+
+class SeatBusy(RateLimited):
+    """The seat already runs ``max_concurrent`` requests (a caller may wait its turn)."""

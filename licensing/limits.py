@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from licensing.errors import RateLimited
+from licensing.errors import RateLimited, SeatBusy
 from licensing.seats import SeatLimits, utc_day
 
 WINDOW = 60.0
@@ -59,7 +59,7 @@ class SeatLimiter:
                         "(UTC)", math.ceil(midnight - now)
                     )  # fmt: skip
             if lim.max_concurrent and self._active.get(seat_id, 0) >= lim.max_concurrent:
-                raise RateLimited(
+                raise SeatBusy(
                     f"seat {name!r} already has {lim.max_concurrent} request(s) running", 1
                 )
             if lim.requests_per_minute:

@@ -50,7 +50,13 @@ V2 = [
         id INTEGER PRIMARY KEY CHECK (id = 1), record TEXT NOT NULL)""",
 ]
 
-MIGRATIONS: list[list[str]] = [V1, V2]
+V3 = [
+    # fair share of the LLM queue: a seat's weight and whether it is a batch seat
+    "ALTER TABLE seats ADD COLUMN share INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE seats ADD COLUMN priority TEXT NOT NULL DEFAULT 'interactive'",
+]
+
+MIGRATIONS: list[list[str]] = [V1, V2, V3]
 VERSION = len(MIGRATIONS)
 
 

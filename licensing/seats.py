@@ -45,19 +45,31 @@ ROLES = ("user", "admin")
 NAME_RE = re.compile(r"^[\w.@ -]{1,64}$")
 
 
+PRIORITIES = ("interactive", "batch")
+
+
 @dataclass(frozen=True)
 class SeatLimits:
-    """Per-seat limits; 0 means unlimited."""
+    """Per-seat limits; 0 means unlimited. ``share`` weighs the seat in the LLM queue
+    (a seat with share 2 gets twice the slots of a seat with 1 when both wait);
+    ``priority`` "batch" is served only when interactive seats leave room."""
 
     max_concurrent: int = 4
     requests_per_minute: int = 60
     tokens_per_day: int = 1_000_000
+    share: int = 1
+    priority: str = "interactive"
 
     def __post_init__(self) -> None:
         for name in ("max_concurrent", "requests_per_minute", "tokens_per_day"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InvalidInput(f"{name} must be a non-negative integer")
+        if not isinstance(self.share, int) or isinstance(self.share, bool) or not (
+                1 <= self.share <= 100):
+            raise InvalidInput("share must be an integer from 1 to 100")
+        if self.priority not in PRIORITIES:
+            raise InvalidInput(f"priority must be one of {', '.join(PRIORITIES)}")
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,8 @@ class Seat:
             "id": self.id, "name": self.name, "contact": self.contact, "role": self.role,
             "max_concurrent": self.limits.max_concurrent,
             "requests_per_minute": self.limits.requests_per_minute,
-            "tokens_per_day": self.limits.tokens_per_day, "created_at": self.created_at,
+            "tokens_per_day": self.limits.tokens_per_day, "share": self.limits.share,
+            "priority": self.limits.priority, "created_at": self.created_at,
         }  # fmt: skip
 
 
@@ -127,14 +140,15 @@ def utc_day(ts: float) -> str:
 
 
 SEAT_COLS = (
-    "id, name, contact, role, max_concurrent, requests_per_minute, tokens_per_day, created_at"
+    "id, name, contact, role, max_concurrent, requests_per_minute, tokens_per_day, created_at,"
+    " share, priority"
 )
 USAGE_COLS = ("ts", "day", "route", "model", "status", "tokens_in", "tokens_out", "images")
 
 
 def _seat(row: Iterable[Any]) -> Seat:
     r = list(row)
-    return Seat(r[0], r[1], r[2], r[3], SeatLimits(r[4], r[5], r[6]), r[7])
+    return Seat(r[0], r[1], r[2], r[3], SeatLimits(r[4], r[5], r[6], r[8], r[9]), r[7])
 
 
 class SeatStore:
@@ -187,9 +201,9 @@ class SeatStore:
                 raise InvalidInput(f"a seat named {name!r} already exists")
             cur = self.db.execute(
                 "INSERT INTO seats (name, contact, role, max_concurrent, requests_per_minute,"
-                " tokens_per_day, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " tokens_per_day, created_at, share, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [name, contact, role, limits.max_concurrent, limits.requests_per_minute,
-                 limits.tokens_per_day, int(self._clock())],
+                 limits.tokens_per_day, int(self._clock()), limits.share, limits.priority],
             )  # fmt: skip
             seat_id = int(cur.lastrowid)
         log.info("seat %d (%s, %s) created", seat_id, name, role)
@@ -217,9 +231,10 @@ class SeatStore:
         with immediate(self.db):
             self.get_seat(seat_id)
             self.db.execute(
-                "UPDATE seats SET max_concurrent = ?, requests_per_minute = ?, tokens_per_day = ?"
-                " WHERE id = ?",
-                [limits.max_concurrent, limits.requests_per_minute, limits.tokens_per_day, seat_id],
+                "UPDATE seats SET max_concurrent = ?, requests_per_minute = ?, tokens_per_day = ?,"
+                " share = ?, priority = ? WHERE id = ?",
+                [limits.max_concurrent, limits.requests_per_minute, limits.tokens_per_day,
+                 limits.share, limits.priority, seat_id],
             )
         self._changed("*")
         return self.get_seat(seat_id)

@@ -6,6 +6,7 @@ Also ``GET /v1/usage``: any seat reads its own usage, and only its own.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -27,19 +28,28 @@ SeatFilter = Annotated[int | None, Query(ge=0, le=SQLITE_MAX_INT)]
 EpochSeconds = Annotated[float, Query(ge=0, le=1e12)]
 
 
-class SeatIn(BaseModel):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[\w .@-]+$")
-    contact: str = Field("", max_length=200)
-    role: Literal["user", "admin"] = "user"
+class LimitsIn(BaseModel):
+    """A seat's limits; fields left out keep their value (or the default)."""
+
     max_concurrent: int | None = Field(None, ge=0, le=1024)
     requests_per_minute: int | None = Field(None, ge=0, le=1_000_000)
     tokens_per_day: int | None = Field(None, ge=0, le=10**12)
+    share: int | None = Field(None, ge=1, le=100, description="Weight in the LLM queue.")
+    priority: Literal["interactive", "batch"] | None = Field(
+        None, description="'batch': served only when interactive seats leave room.")
 
-    def limits(self) -> SeatLimits | None:
-        given = {k: v for k, v in (("max_concurrent", self.max_concurrent),
-                                   ("requests_per_minute", self.requests_per_minute),
-                                   ("tokens_per_day", self.tokens_per_day)) if v is not None}
-        return SeatLimits(**given) if given else None
+    def limits(self, base: SeatLimits | None = None) -> SeatLimits | None:
+        given = {k: v for k, v in self.model_dump().items()
+                 if k in LimitsIn.model_fields and v is not None}
+        if not given and base is None:
+            return None
+        return replace(base or SeatLimits(), **given)
+
+
+class SeatIn(LimitsIn):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[\w .@-]+$")
+    contact: str = Field("", max_length=200)
+    role: Literal["user", "admin"] = "user"
 
 
 def _seat_json(guard: LicenseGuard, seat: Seat) -> dict[str, Any]:
@@ -84,6 +94,18 @@ async def create_seat(body: SeatIn, guard: GuardDep, admin: AdminDep) -> dict[st
 async def delete_seat(seat_id: SeatId, guard: GuardDep, admin: AdminDep) -> dict[str, Any]:
     await anyio.to_thread.run_sync(guard.delete_seat, admin.name, seat_id)
     return {"removed": seat_id}
+
+
+@router.patch("/admin/seats/{seat_id}")
+async def update_seat(seat_id: SeatId, body: LimitsIn, guard: GuardDep, admin: AdminDep
+                      ) -> dict[str, Any]:
+    """Change a seat's limits, queue share or priority (audited)."""
+    def update() -> dict[str, Any]:
+        current = guard.seats.get_seat(seat_id)
+        seat = guard.set_limits(admin.name, seat_id, body.limits(current.limits))
+        return _seat_json(guard, seat)
+
+    return await anyio.to_thread.run_sync(update)
 
 
 @router.get("/admin/seats/{seat_id}/keys")

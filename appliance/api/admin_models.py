@@ -28,7 +28,21 @@ async def status(request: Request, registry: RegistryDep, admin: AdminDep) -> di
     state = request.app.state
     return {"version": __version__, "uptime_s": time.time() - state.started_at,
             "licence": state.licence_status(), "models": registry.status(),
+            "queues": await anyio.to_thread.run_sync(_queues, registry),
             "stats": state.sampler.sample()}
+
+
+def _queues(registry: Any) -> dict[str, dict[str, int]]:
+    """Requests waiting per seat for each loaded LLM (the fair-share queue's view)."""
+    out = {}
+    for name, engine in registry.loaded_engines().items():
+        waiting = getattr(engine, "waiting", None)
+        if callable(waiting):
+            try:
+                out[name] = waiting()
+            except Exception:  # a worker restarting: nothing to show for it now
+                out[name] = {}
+    return out
 
 
 @router.get("/models")

@@ -67,6 +67,7 @@ class _Run:
         self.model = model
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = 0
+        self.cached_tokens = 0  # prompt tokens the engine reused from its prefix cache
         self.started = time.perf_counter()
         self.first_token: float | None = None
         self.finish_reason = "stop"
@@ -88,6 +89,7 @@ class _Run:
                 self.metrics.ttft.labels(self.model).observe(self.first_token - self.started)
         elif isinstance(event, Finished):
             self.completion_tokens = event.completion_tokens
+            self.cached_tokens = event.cached_tokens
             self.finish_reason = event.finish_reason
         self._meter()
 
@@ -105,10 +107,11 @@ class _Run:
                     (self.completion_tokens - 1) / span)
         self._meter()
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
         return {"prompt_tokens": self.prompt_tokens,
                 "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
 
 
 def _sse(obj: Any) -> bytes:
@@ -141,6 +144,9 @@ async def _start(registry: Any, caller: Caller, model: str, feature: str, build:
     try:
         engine = _llm(await stack.enter_async_context(registry.use(model)), model)
         gen_request = _reserve(caller, engine, await anyio.to_thread.run_sync(build, engine))
+        limits = caller.ctx.limits  # the engine queues by seat: fair share, batch seats last
+        gen_request = replace(gen_request, seat=caller.ctx.name, seat_weight=limits.share,
+                              background=limits.priority == "batch")
         events = generate(engine, gen_request)
         stack.push_async_callback(events.aclose)  # type: ignore[attr-defined]
         first = await events.__anext__()

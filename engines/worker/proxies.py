@@ -103,6 +103,9 @@ class WorkerLLMEngine(_WorkerBacked, LLMEngine):
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         return self._call("embed", list(texts))
 
+    def waiting(self) -> dict[str, int]:
+        return self._call("waiting", timeout=STATS_TIMEOUT_S)
+
 
 class WorkerVisionEngine(_WorkerBacked, VisionEngine):
     """A vision model whose ONNX Runtime sessions live in a worker process."""

@@ -35,8 +35,9 @@ def test_bounded_load_mixed_routes_many_seats(fresh_box, vendor_key) -> None:
     license_box(box, vendor_key, seats=8)
     seats = [new_seat(box, f"load-{i}", max_concurrent=0, requests_per_minute=0,
                       tokens_per_day=0) for i in range(3)]
-    # One tightly limited seat, so the 429 path is under load too.
-    seats.append(new_seat(box, "load-limited", max_concurrent=2, requests_per_minute=0,
+    # One tightly limited seat, so the 429 path is under load too (a rate limit: a seat
+    # over max_concurrent waits in its line rather than getting 429).
+    seats.append(new_seat(box, "load-limited", max_concurrent=2, requests_per_minute=20,
                           tokens_per_day=0))
     keys = [k for _, k in seats]
     server = psutil.Process(box.proc.pid)
