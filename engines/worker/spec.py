@@ -4,11 +4,14 @@ it may run in, fastest first. Plain, picklable data; nothing here imports a nati
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
 import json
 import platform
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Literal
 
 Kind = Literal["llm", "vision"]
@@ -90,11 +93,26 @@ def cpu_signature() -> str:
 
 
 def library_version(kind: Kind) -> str:
-    """Version of the native library an engine of ``kind`` uses (package metadata only)."""
+    """Version and build of the native library an engine of ``kind`` uses, read from
+    package metadata and the shared libraries' sizes (never by loading them): a portable
+    and a native build of the same version are different libraries to trust."""
     package = "onnxruntime" if kind == "vision" else "llama-cpp-python"
+    module = "onnxruntime" if kind == "vision" else "llama_cpp"
     for name in (package, "onnxruntime-gpu") if kind == "vision" else (package,):
         try:
-            return f"{name} {metadata.version(name)}"
+            return f"{name} {metadata.version(name)} {_build_signature(module)}"
         except metadata.PackageNotFoundError:
             continue
     return f"{package} unknown"
+
+
+def _build_signature(module: str) -> str:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return ""
+    libs = []
+    for root in spec.submodule_search_locations:
+        for lib in sorted(Path(root).rglob("*.so*")):
+            with contextlib.suppress(OSError):
+                libs.append(f"{lib.name}:{lib.stat().st_size}")
+    return hashlib.sha256(",".join(libs).encode()).hexdigest()[:12]
