@@ -44,6 +44,7 @@ def llm_loader(settings: Settings, on_event: EventHook | None = None) -> Loader:
             "n_gpu_layers": None if settings.llm_gpu_layers < 0 else settings.llm_gpu_layers,
             "max_queue": settings.llm_max_queue,
             "prefix_cache_bytes": settings.prefix_cache_bytes,
+            "prefix_reuse": settings.llm_prefix_reuse,
         }
         spec = EngineSpec("llm", manifest.name, params, _identity(manifest), LLAMA_CONFIGS)
         return WorkerLLMEngine(_supervisor(settings, spec, on_event))

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     llm_threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores.")
     llm_gpu_layers: int = Field(-1, description="Layers on the GPU: -1 all if CUDA works, 0 none.")
     llm_max_queue: int = Field(64, ge=1, description="Waiting requests per LLM before 503.")
+    llm_prefix_reuse: bool = Field(
+        True, description="Reuse the KV cells of a shared prompt prefix (system prompt, "
+        "earlier turns); off only to compare.")
     llm_prefix_cache_mb: int | None = Field(
         None, ge=0, description="Host RAM per LLM for saved prompt prefixes (KV states, LRU); "
         "default: an eighth of memory_budget_mb; 0 turns it off.")

@@ -1,8 +1,10 @@
-"""The ceiling for batched decoding: llama.cpp's own ``llama-batched-bench``.
+"""llama.cpp's own tools as baselines: ``llama-batched-bench`` (the batched-decode ceiling)
+and ``llama-server`` (the peer a customer would install instead of the box).
 
 Built on first use from the llama.cpp sources vendored in the llama-cpp-python sdist we
-pin (so the kernels match the library the engine runs on), CPU only, one target, cached
-in ``bench/.build``. Not used by the tests.
+pin, with the same portable CPU flags as the box's build (``GGML_NATIVE=OFF``), so the
+kernels match the library the engine runs on; CPU only, cached in ``bench/.build``. Not
+used by the tests.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ SDIST = BUILD / f"llama_cpp_python-{VERSION}.tar.gz"
 SOURCE = BUILD / f"llama_cpp_python-{VERSION}" / "vendor" / "llama.cpp"
 CMAKE_DIR = BUILD / "cmake-build"
 BINARY = CMAKE_DIR / "bin" / "llama-batched-bench"
+SERVER = CMAKE_DIR / "bin" / "llama-server"
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,11 @@ def _run(cmd: list[str], log_file: Path) -> None:
         subprocess.run(cmd, check=True, stdout=out, stderr=subprocess.STDOUT)
 
 
-def ensure_binary() -> Path:
-    """Download the sdist, configure and build ``llama-batched-bench`` unless cached."""
-    if BINARY.is_file():
-        return BINARY
+def ensure_binary(target: str = "llama-batched-bench") -> Path:
+    """Download the sdist, configure and build ``target`` unless cached."""
+    binary = CMAKE_DIR / "bin" / target
+    if binary.is_file():
+        return binary
     BUILD.mkdir(parents=True, exist_ok=True)
     build_log = BUILD / "build.log"
     if not SDIST.is_file():
@@ -57,15 +61,14 @@ def ensure_binary() -> Path:
             tar.extractall(BUILD, filter="data")
     if shutil.which("cmake") is None:
         raise RuntimeError("cmake is needed to build llama-batched-bench")
-    log.warning("building llama-batched-bench (CPU) in %s; log in %s", CMAKE_DIR, build_log)
+    log.warning("building %s (CPU) in %s; log in %s", target, CMAKE_DIR, build_log)
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     _run(["cmake", "-S", str(SOURCE), "-B", str(CMAKE_DIR), *generator,
           "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DGGML_CUDA=OFF",
           "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-          "-DLLAMA_BUILD_SERVER=OFF"], build_log)
-    _run(["cmake", "--build", str(CMAKE_DIR), "--target", "llama-batched-bench", "-j2"],
-         build_log)
-    return BINARY
+          "-DLLAMA_BUILD_SERVER=ON", "-DGGML_NATIVE=OFF"], build_log)
+    _run(["cmake", "--build", str(CMAKE_DIR), "--target", target, "-j2"], build_log)
+    return binary
 
 
 def measure(model: Path, *, levels: list[int], threads: int, pp: int, tg: int,

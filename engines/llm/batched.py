@@ -149,7 +149,8 @@ class BatchedLlamaEngine(LLMEngine):
     ``n_ctx`` is the total KV cache across slots (see the module docstring); ``max_queue``
     bounds the requests waiting for a slot; ``prefill_chunk`` bounds the prompt tokens
     read per step; ``use_extra_bufts=False`` is the safe configuration (see
-    ``lowlevel.Model``); ``prefix_cache_bytes`` bounds the host-RAM prefix cache (0: off).
+    ``lowlevel.Model``); ``prefix_cache_bytes`` bounds the host-RAM prefix cache (0: off);
+    ``prefix_reuse=False`` reads every prompt whole (for comparisons).
     """
 
     def __init__(
@@ -164,6 +165,7 @@ class BatchedLlamaEngine(LLMEngine):
         prefill_chunk: int = 256,
         use_extra_bufts: bool = True,
         prefix_cache_bytes: int = 256 << 20,
+        prefix_reuse: bool = True,
     ) -> None:
         if slots < 1 or max_queue < 0 or prefill_chunk < 1 or n_ctx < slots:
             raise ValueError("need slots >= 1, max_queue >= 0, prefill_chunk >= 1, n_ctx >= slots")
@@ -206,7 +208,8 @@ class BatchedLlamaEngine(LLMEngine):
         self._closing = False  # guarded by _cond
         self._running: dict[int, _Seq] = {}  # slot -> seq; scheduler thread only
         self._cached: list[list[int]] = [[] for _ in range(slots)]  # free slots' KV tokens
-        self._host = HostPrefixCache(prefix_cache_bytes)
+        self._reuse = prefix_reuse
+        self._host = HostPrefixCache(prefix_cache_bytes if prefix_reuse else 0)
         self._ids = itertools.count(1)
         self._stats = {
             "steps": 0.0, "last_batch_tokens": 0.0, "last_step_ms": 0.0, "deferred": 0.0,
@@ -415,6 +418,9 @@ class BatchedLlamaEngine(LLMEngine):
         copied from rather than overwritten while a cold slot is free.
         """
         prompt, chunk = seq.prompt, self._prefill_chunk
+        if not self._reuse:
+            seq.slot, seq.reuse = free[0], ()
+            return
 
         def usable(shared: int) -> int:
             # The last token is always read; a reused prefix ends on a chunk boundary, so
