@@ -409,3 +409,16 @@ async def test_an_answer_missing_fields_is_a_notification(app: AdminApp, fake: F
         await settle(pilot)
         assert "KeyError: 'name'" in messages(app)
         assert isinstance(app.screen, ModelsScreen) and app.return_code is None
+
+
+async def test_dashboard_shows_engine_fallbacks_and_restarts(fake: FakeBox) -> None:
+    fake._models[0].update(fallback="running in configuration 'safe' because the self-test "
+                                    "crashed", worker_config="safe", worker_restarts=2,
+                           worker_last_exit="was killed by SIGSEGV")
+    app = AdminApp(fake, refresh_s=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        note = app.screen.query_one("#dash-engines", Label)
+        await wait_until(pilot, lambda: "safe configuration" in text_of(note))
+        assert note.display
+        assert "restarted 2 time(s), last was killed by SIGSEGV" in text_of(note)

@@ -47,6 +47,7 @@ class DashboardScreen(BoxScreen):
         yield Label("GPU: -", id="dash-gpu")
         yield Label("Models", classes="section")
         yield DataTable(id="dash-models", cursor_type="none", zebra_stripes=True)
+        yield Label("", id="dash-engines")  # fallbacks and worker restarts, when any
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -100,3 +101,20 @@ class DashboardScreen(BoxScreen):
                           m.get("engine", "-"), m.get("quantisation") or "-",
                           fmt.size_or_label(m.get("size")), _memory(m),
                           fmt.count(m.get("in_use")), key=m["name"])
+        notes = engine_notes(status.get("models") or [])
+        engines = self.query_one("#dash-engines", Label)
+        engines.update("\n".join(notes))
+        engines.display = bool(notes)
+
+
+def engine_notes(models: list[dict]) -> list[str]:
+    """One line per model whose engine runs in a fallback configuration or has restarted."""
+    out = []
+    for m in models:
+        if m.get("fallback"):
+            out.append(f"⚠ {m['name']}: {m.get('worker_config', 'fallback')} configuration — "
+                       f"{m['fallback']}")
+        if m.get("worker_restarts"):
+            out.append(f"⚠ {m['name']}: engine worker restarted {m['worker_restarts']} time(s), "
+                       f"last {m.get('worker_last_exit') or 'exit'}")
+    return out
