@@ -51,6 +51,19 @@ def head_box(fleet, model_store, tmp_path_factory):
     box.stop()
 
 
+@pytest.fixture(scope="module")
+def key(head_box: Box) -> str:
+    """A user seat without concurrency or rate limits (the load is the point)."""
+    auth = {"Authorization": f"Bearer {head_box.api_key}"}
+    r = httpx.post(head_box.base_url + "/admin/seats", headers=auth, timeout=30, json={
+        "name": "fleet-load", "role": "user", "max_concurrent": 0, "requests_per_minute": 0})
+    assert r.status_code == 201, r.text
+    k = httpx.post(head_box.base_url + f"/admin/seats/{r.json()['id']}/keys", headers=auth,
+                   timeout=30)
+    assert k.status_code == 201, k.text
+    return k.json()["key"]
+
+
 def _fleet_status(box: Box) -> dict:
     r = httpx.get(box.base_url + "/admin/fleet", timeout=30,
                   headers={"Authorization": f"Bearer {box.api_key}"})
@@ -62,14 +75,15 @@ def _running(box: Box) -> int:
     return _fleet_status(box)["models"].get(LLM, {}).get("running", 0)
 
 
-def _burst(box: Box, n: int, max_tokens: int) -> list[dict]:
+def _burst(box: Box, key: str, n: int, max_tokens: int) -> list[dict]:
     with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(lambda _: sse_stream(box.base_url, box.api_key, LLM,
+        return list(pool.map(lambda _: sse_stream(box.base_url, key, LLM,
                                                   max_tokens=max_tokens), range(n)))
 
 
-def test_burst_scales_out_onto_both_boxes_and_idle_scales_back(head_box: Box) -> None:
-    first = sse_stream(head_box.base_url, head_box.api_key, LLM, max_tokens=8)
+def test_burst_scales_out_onto_both_boxes_and_idle_scales_back(head_box: Box, key: str
+                                                                ) -> None:
+    first = sse_stream(head_box.base_url, key, LLM, max_tokens=8)
     assert first["status"] == 200 and first["done"], first
     assert first["node"] in ("a", "b")
     assert _running(head_box) == 1
@@ -77,7 +91,7 @@ def test_burst_scales_out_onto_both_boxes_and_idle_scales_back(head_box: Box) ->
     grown = False
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (grown and seen == {"a", "b"}):
-        results = _burst(head_box, 32, max_tokens=48)
+        results = _burst(head_box, key, 32, max_tokens=48)
         assert all(r["status"] == 200 and r["done"] for r in results), \
             [r for r in results if not r["done"]][:2]
         seen |= {r["node"] for r in results}
@@ -93,15 +107,15 @@ def test_burst_scales_out_onto_both_boxes_and_idle_scales_back(head_box: Box) ->
 
 
 def test_node_death_costs_only_its_streams_then_recovers(fleet: LoopbackFleet,
-                                                         head_box: Box) -> None:
+                                                         head_box: Box, key: str) -> None:
     before = len(usage_rows(head_box.data_dir / "appliance.db"))
-    probe = sse_stream(head_box.base_url, head_box.api_key, LLM, max_tokens=4)
+    probe = sse_stream(head_box.base_url, key, LLM, max_tokens=4)
     victim = probe["node"]
     assert victim in ("a", "b")
     survivor = "b" if victim == "a" else "a"
     sent = 1
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(sse_stream, head_box.base_url, head_box.api_key, LLM,
+        futures = [pool.submit(sse_stream, head_box.base_url, key, LLM,
                                max_tokens=400, prompt="Write a very long story.")
                    for _ in range(4)]
         sent += 4
@@ -118,7 +132,7 @@ def test_node_death_costs_only_its_streams_then_recovers(fleet: LoopbackFleet,
     started = time.monotonic()
     ok = None
     while time.monotonic() - started < 120:
-        r = sse_stream(head_box.base_url, head_box.api_key, LLM, max_tokens=8)
+        r = sse_stream(head_box.base_url, key, LLM, max_tokens=8)
         sent += 1
         if r["status"] == 200 and r["done"]:
             ok = r
@@ -134,7 +148,7 @@ def test_node_death_costs_only_its_streams_then_recovers(fleet: LoopbackFleet,
     seen: set[str] = set()
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and victim not in seen:
-        results = _burst(head_box, 32, max_tokens=48)
+        results = _burst(head_box, key, 32, max_tokens=48)
         sent += 32
         assert all(r["status"] == 200 and r["done"] for r in results)
         seen |= {r["node"] for r in results}
