@@ -17,8 +17,7 @@ from typing import Any
 from appliance.settings import Settings
 from fleet.app import TOKEN_FILE, box_name
 from fleet.errors import FleetError, JoinRefusedError, NodeError
-from fleet.node import NodePlan, NodeProcess, is_loopback, own_ports
-from fleet.replica import BOX_ENV
+from fleet.node import BOX_ENV, NodePlan, NodeProcess, is_loopback, own_ports
 from fleet.token import new_token, read_token, write_token
 
 PID_FILE = "node.json"

@@ -28,6 +28,8 @@ from fleet.errors import NodeError
 #: host's routable address); set for a head bound to loopback and in tests.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 BOX_RESOURCE_PREFIX = "box:"
+#: Set in a node's environment by ``fleet init``/``join``; its replicas inherit it.
+BOX_ENV = "APPLIANCE_FLEET_BOX"
 STARTED_MARK = "Ray runtime started"
 PORT_FLAGS = ("node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
               "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")

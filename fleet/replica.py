@@ -25,12 +25,11 @@ from engines.types import Failed, Finished, GenerationEvent, GenerationRequest, 
 from engines.worker.proxies import WorkerLLMEngine
 from engines.worker.spec import EngineSpec
 from engines.worker.supervisor import Supervisor
+from fleet.node import BOX_ENV
 from fleet.wire import Placement
 
 log = logging.getLogger(__name__)
 
-#: Set in a node's environment by ``fleet init``/``join``; inherited by its replicas.
-BOX_ENV = "APPLIANCE_FLEET_BOX"
 
 
 class LLMReplica:

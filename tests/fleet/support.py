@@ -18,8 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from fleet.node import NodePlan, NodeProcess, free_ports, own_ports
-from fleet.replica import BOX_ENV
+from fleet.node import BOX_ENV, NodePlan, NodeProcess, free_ports, own_ports
 from fleet.token import new_token, write_token
 
 HEAD_IP = "127.0.0.2"
