@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -40,6 +41,7 @@ def head(tmp_path: Path):
         yield data, f"{HEAD}:{port}", short
     finally:
         appliance(data, "leave")
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def test_init_writes_a_private_token_and_refuses_wildcard_and_loopback(tmp_path: Path,
