@@ -66,7 +66,15 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
         model_store = ModelStore(settings.model_root)
         model_store.ensure()
         model_store.cleanup_staging()
-        registry = ModelRegistry(model_store, loaders(settings, _engine_events(app, guard)),
+        engine_loaders = loaders(settings, _engine_events(app, guard))
+        fleet = None
+        if settings.fleet_enabled:  # fleet mode: language models run as Serve replicas
+            from fleet import app as fleet_app
+
+            fleet = await asyncio.to_thread(fleet_app.start, settings)
+            engine_loaders["llama"] = fleet_app.llm_loader(settings, fleet)
+        app.state.fleet = fleet
+        registry = ModelRegistry(model_store, engine_loaders,
                                  memory_budget=settings.memory_budget_mb << 20,
                                  idle_unload_s=settings.idle_unload_s)
         state = app.state
@@ -95,6 +103,8 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await registry.close()
+            if fleet is not None:
+                fleet.close()
             store.close()
             logging.getLogger().removeHandler(ring)
 
@@ -110,6 +120,10 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
     for router in (ops.router, probe.router, openai.router, vision.router, admin_models.router,
                    admin_licence.router, admin_updates.router):
         app.include_router(router)
+    if settings.fleet_enabled:
+        from fleet import app as fleet_app
+
+        fleet_app.install(app)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["*"], allow_headers=["*"])

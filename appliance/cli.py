@@ -189,6 +189,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from fleet.cli import run
+    from fleet.errors import FleetError
+
+    try:
+        return run(args, _settings(args), out.print)
+    except FleetError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="appliance", description="On-prem inference appliance.")
     p.add_argument("--config", type=Path, help="appliance.toml (default: ./appliance.toml)")
@@ -233,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("doctor", help="check hardware, backends and the model store")
     d.set_defaults(func=cmd_doctor)
+
+    from fleet.cli import add_parser as add_fleet  # plain Python; Ray only runs as `ray start`
+
+    add_fleet(sub)
+    sub.choices["fleet"].set_defaults(func=cmd_fleet)
     return p
 
 

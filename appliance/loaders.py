@@ -34,19 +34,25 @@ def _supervisor(settings: Settings, spec: EngineSpec, on_event: EventHook | None
                       log_level=logging.getLevelName(settings.log_level.upper()))
 
 
+def llm_spec(settings: Settings, manifest: Manifest, directory: Path,
+             n_threads: int | None = None) -> EngineSpec:
+    """The worker spec of a language model pack (also what a fleet replica builds)."""
+    # Each slot (one request) gets llm_ctx tokens of its own KV cache.
+    params = {
+        "model_path": str(directory / manifest.file("weights").path),
+        "n_ctx": settings.llm_ctx * settings.llm_slots, "slots": settings.llm_slots,
+        "n_threads": n_threads or settings.llm_threads,
+        "n_gpu_layers": None if settings.llm_gpu_layers < 0 else settings.llm_gpu_layers,
+        "max_queue": settings.llm_max_queue,
+        "prefix_cache_bytes": settings.prefix_cache_bytes,
+        "prefix_reuse": settings.llm_prefix_reuse,
+    }
+    return EngineSpec("llm", manifest.name, params, _identity(manifest), LLAMA_CONFIGS)
+
+
 def llm_loader(settings: Settings, on_event: EventHook | None = None) -> Loader:
     def load(manifest: Manifest, directory: Path) -> Any:
-        # Each slot (one request) gets llm_ctx tokens of its own KV cache.
-        params = {
-            "model_path": str(directory / manifest.file("weights").path),
-            "n_ctx": settings.llm_ctx * settings.llm_slots, "slots": settings.llm_slots,
-            "n_threads": settings.llm_threads,
-            "n_gpu_layers": None if settings.llm_gpu_layers < 0 else settings.llm_gpu_layers,
-            "max_queue": settings.llm_max_queue,
-            "prefix_cache_bytes": settings.prefix_cache_bytes,
-            "prefix_reuse": settings.llm_prefix_reuse,
-        }
-        spec = EngineSpec("llm", manifest.name, params, _identity(manifest), LLAMA_CONFIGS)
+        spec = llm_spec(settings, manifest, directory)
         return WorkerLLMEngine(_supervisor(settings, spec, on_event))
 
     return load

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,15 @@ FORBIDDEN = {
     "firmware": ("fastapi", "starlette", "textual", "tui", "engines"),
     "tui": ("engines", "llama_cpp", "onnxruntime", "sqlite_utils"),
     # The API process never loads a native inference library: engines run in workers.
-    "appliance": ("llama_cpp", "onnxruntime", "tensorrt", "textual", "tui"),
+    "appliance": ("llama_cpp", "onnxruntime", "tensorrt", "textual", "tui", "ray"),
+    # Fleet mode is an extra: only fleet/ imports Ray, and only its Ray-side modules.
+    "fleet": ("textual", "tui", "llama_cpp", "onnxruntime"),
 }
+for _package in ("engines", "licensing", "firmware", "tui"):
+    FORBIDDEN[_package] = (*FORBIDDEN[_package], "ray")
+#: fleet modules that must import without Ray (the CLI refuses a join on a box without it)
+FLEET_WITHOUT_RAY = ("fleet.errors", "fleet.token", "fleet.node", "fleet.wire",
+                     "fleet.headers", "fleet.app", "fleet.cli")
 
 
 def _modules(package: str) -> list[str]:
@@ -33,6 +41,8 @@ def _modules(package: str) -> list[str]:
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_package_does_not_import_forbidden(package: str) -> None:
     modules = _modules(package)
+    if package == "fleet" and importlib.util.find_spec("ray") is None:
+        modules = list(FLEET_WITHOUT_RAY)  # a box without the fleet extra
     code = (
         "import importlib, sys\n"
         f"for m in {modules!r}:\n"
@@ -44,3 +54,16 @@ def test_package_does_not_import_forbidden(package: str) -> None:
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "", f"{package} imports {proc.stdout.strip()}"
+
+
+def test_fleet_plain_modules_do_not_import_ray() -> None:
+    code = (
+        "import importlib, sys\n"
+        f"for m in {FLEET_WITHOUT_RAY!r}:\n"
+        "    importlib.import_module(m)\n"
+        "print(','.join(sorted(n for n in sys.modules if n.split('.')[0] == 'ray')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "", f"fleet imports {proc.stdout.strip()} without need"

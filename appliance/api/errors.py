@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import firmware.errors as fw
+import fleet.errors as fl
 import licensing.errors as lic
 from appliance.errors import ApplianceError, ConfigError, ModelNotFoundError, ModelStoreError
 from engines.errors import (
@@ -53,6 +54,9 @@ ERROR_MAP: list[tuple[type[Exception], int, str, str | None]] = [
     (EngineClosedError, 503, "server_error", "model_unloaded"),
     (EngineCrashedError, 503, "server_error", "engine_crashed"),
     (ProviderUnavailableError, 503, "server_error", "provider_unavailable"),
+    (fl.JoinRefusedError, 403, "permission_error", "fleet_join_refused"),
+    (fl.FleetUnavailableError, 503, "server_error", "fleet_unavailable"),
+    (fl.FleetError, 500, "server_error", "fleet"),
     (ModelStoreError, 409, "invalid_request_error", "model_store"),
     (ConfigError, 500, "server_error", "config"),
     (EngineError, 500, "server_error", None),

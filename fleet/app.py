@@ -1,0 +1,86 @@
+"""How the box's app runs as the fleet's ingress on the head: the ``/admin/fleet`` route,
+the node header, the driver connection and the language-model loader over Serve.
+
+``appliance.app`` calls ``install`` from ``create_app`` and ``start`` from its lifespan,
+and only when ``fleet_enabled`` is set; this module imports Ray only inside ``start``.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, FastAPI, Request
+
+from appliance.deps import AdminDep
+from appliance.modelstore import Manifest
+from appliance.registry import Loader
+from appliance.settings import Settings
+from fleet.errors import FleetUnavailableError
+from fleet.headers import PlacementMiddleware
+
+TOKEN_FILE = "join.token"
+router = APIRouter(prefix="/admin", tags=["fleet"])
+
+
+def box_name(settings: Settings) -> str:
+    return settings.fleet_box or socket.gethostname()
+
+
+def head_address(settings: Settings) -> str:
+    if not settings.fleet_address:
+        raise FleetUnavailableError("fleet mode needs fleet_address (the head's IP)")
+    return f"{settings.fleet_address}:{settings.fleet_port}"
+
+
+def token_path(settings: Settings) -> Path:
+    return settings.fleet_dir / TOKEN_FILE
+
+
+@router.get("/fleet")
+async def fleet_status(request: Request, admin: AdminDep) -> dict[str, Any]:
+    """Nodes, their health, the replicas on each and their load."""
+    client = getattr(request.app.state, "fleet", None)
+    if client is None:
+        raise FleetUnavailableError("this box is not a fleet head")
+    return await anyio.to_thread.run_sync(client.status)
+
+
+def install(app: FastAPI) -> None:
+    """Routes and middleware of fleet mode (at app creation; nothing connects yet)."""
+    app.include_router(router)
+    app.add_middleware(PlacementMiddleware)
+
+
+def start(settings: Settings) -> Any:
+    """Connect this head's API process to its fleet (blocking: call from a thread)."""
+    from fleet.cluster import FleetClient
+
+    return FleetClient(head_address(settings), token_path(settings))
+
+
+def llm_loader(settings: Settings, client: Any) -> Loader:
+    """Load a language model as a Serve deployment whose replicas are engine workers."""
+    from appliance.loaders import llm_spec
+    from fleet.cluster import app_name
+    from fleet.engine import FleetLLMEngine
+    from fleet.replica import deployment
+
+    def load(manifest: Manifest, directory: Path) -> Any:
+        threads = max(1, int(settings.fleet_replica_cpus))
+        spec = llm_spec(settings, manifest, directory, n_threads=threads)
+        dep = deployment(
+            app_name(manifest.name), min_replicas=settings.fleet_min_replicas,
+            max_replicas=max(settings.fleet_max_replicas, settings.fleet_min_replicas),
+            target_ongoing_requests=settings.fleet_target_ongoing,
+            max_ongoing_requests=settings.llm_slots, replica_cpus=settings.fleet_replica_cpus,
+            upscale_delay_s=settings.fleet_upscale_delay_s,
+            downscale_delay_s=settings.fleet_downscale_delay_s)
+        handle = client.deploy(manifest.name, dep, spec, settings.worker_ready_timeout_s,
+                               str(settings.data_dir))
+        return FleetLLMEngine(manifest.name, handle,
+                              on_close=lambda: client.undeploy(manifest.name))
+
+    return load

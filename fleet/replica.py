@@ -1,0 +1,122 @@
+"""One replica of a model in the fleet: a Serve deployment that owns a supervised engine
+worker on the box Ray placed it on.
+
+The replica is the same worker a single box runs (``engines.worker``): the replica process
+never loads llama.cpp itself, a worker crash restarts the worker with back-off, and the
+events it streams are the engine's own ``TextDelta`` / ``Finished`` / ``Failed``, led by a
+``Placement`` naming the box. Engine errors travel as ``Failed`` events, never as Ray task
+errors, so the head maps them to HTTP exactly as it does on one box.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import serve
+
+from engines.errors import EngineError
+from engines.types import Failed, Finished, GenerationEvent, GenerationRequest, LLMInfo
+from engines.worker.proxies import WorkerLLMEngine
+from engines.worker.spec import EngineSpec
+from engines.worker.supervisor import Supervisor
+from fleet.node import BOX_ENV
+from fleet.wire import Placement
+
+log = logging.getLogger(__name__)
+
+
+
+class LLMReplica:
+    """A language model on one box: every ``LLMEngine`` call, over Serve."""
+
+    def __init__(self, spec: EngineSpec, ready_timeout: float = 900.0,
+                 trust_dir: str | None = None) -> None:
+        trust = None
+        if trust_dir:
+            from appliance.trust import TRUST_FILE, TrustFile
+
+            try:
+                Path(trust_dir).mkdir(parents=True, exist_ok=True)
+                trust = TrustFile(Path(trust_dir) / TRUST_FILE)
+            except OSError as exc:  # another box's layout: self-test every load instead
+                log.warning("no trust file on this box (%s): %s", trust_dir, exc)
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.box = os.environ.get(BOX_ENV) or self.node_id[:12]
+        self.engine = WorkerLLMEngine(Supervisor(spec, trust=trust,
+                                                 ready_timeout=ready_timeout))
+        log.info("replica of %s ready on box %s", spec.name, self.box)
+
+    def info(self) -> LLMInfo:
+        return self.engine.info
+
+    def placement(self) -> Placement:
+        return Placement(self.box, self.node_id)
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return self.engine.tokenize(text, special=special)
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        return self.engine.render_chat(messages)
+
+    def json_schema_grammar(self, schema: dict) -> str:
+        return self.engine.json_schema_grammar(schema)
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return self.engine.embed(texts)
+
+    def stats(self) -> dict[str, float]:
+        return self.engine.stats()
+
+    async def generate(self, request: GenerationRequest
+                       ) -> AsyncIterator[Placement | GenerationEvent]:
+        """``Placement``, then the generation's events; closing the stream (the client hung
+        up, the head cancelled) cancels the generation and frees its slot."""
+        yield Placement(self.box, self.node_id)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[GenerationEvent] = asyncio.Queue()
+        try:
+            handle = self.engine.submit(
+                request, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+        except EngineError as exc:
+            yield Failed(exc)
+            return
+        done = False
+        try:
+            while not done:
+                event = await events.get()
+                done = isinstance(event, Finished | Failed)
+                yield event
+        finally:
+            if not done:
+                handle.cancel()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+
+
+def deployment(name: str, *, min_replicas: int, max_replicas: int,
+               target_ongoing_requests: float, max_ongoing_requests: int,
+               replica_cpus: float, upscale_delay_s: float, downscale_delay_s: float
+               ) -> Any:
+    """The Serve deployment of one model, placed by cores and scaled by queue length."""
+    return serve.deployment(
+        LLMReplica, name=name,
+        ray_actor_options={"num_cpus": replica_cpus},
+        max_ongoing_requests=max_ongoing_requests,
+        autoscaling_config={
+            "min_replicas": min_replicas, "initial_replicas": max(1, min_replicas),
+            "max_replicas": max_replicas,
+            "target_ongoing_requests": target_ongoing_requests,
+            "upscale_delay_s": upscale_delay_s, "downscale_delay_s": downscale_delay_s,
+        },
+        health_check_period_s=2.0, health_check_timeout_s=10.0,
+        graceful_shutdown_timeout_s=30.0,
+    )

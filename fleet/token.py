@@ -1,0 +1,58 @@
+"""The fleet's join token: 256 random bits in a file only its owner can read.
+
+Ray's token authentication (``RAY_AUTH_MODE=token``) checks it on every connection to the
+head, so whoever holds the file may join boxes and run code on the fleet: copy it to a new
+box over SSH and keep it 0600. Plain Python; no Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from fleet.errors import JoinRefusedError
+
+TOKEN_BYTES = 32
+
+
+def new_token() -> str:
+    """256 bits of entropy, hex encoded (the format ``ray get-auth-token`` writes)."""
+    return secrets.token_hex(TOKEN_BYTES)
+
+
+def write_token(path: Path, token: str) -> Path:
+    """Write ``token`` to ``path`` with mode 0600, atomically (temp file, fsync, replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token)  # no newline: Ray compares the bytes
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_token(path: Path | None) -> str:
+    """The token in ``path``; JoinRefusedError if there is none or others may read it."""
+    if path is None:
+        raise JoinRefusedError("joining a fleet needs the head's token: --token FILE")
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise JoinRefusedError(f"cannot read the fleet token {path}: {exc}") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise JoinRefusedError(
+            f"the fleet token {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
+            "run chmod 600 on it")
+    if len(text) < 32 or not all(c in "0123456789abcdef" for c in text):
+        raise JoinRefusedError(f"{path} does not hold a fleet token")
+    return text
