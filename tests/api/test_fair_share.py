@@ -19,8 +19,23 @@ SYSTEM = ("You are the help desk assistant of ACME Corporation. " * 30
           + "Answer briefly and politely.")
 
 
-def test_eight_parallel_calls_on_a_four_request_seat_all_succeed(box) -> None:
-    _, key = new_seat(box, "parallel", max_concurrent=4)
+@pytest.fixture
+def seat(box):
+    """A user seat for one test, deleted after it (the evaluation licence has 3 seats)."""
+    made: list[int] = []
+
+    def make(name: str, **limits: int) -> tuple[int, str]:
+        seat_id, key = new_seat(box, name, **limits)
+        made.append(seat_id)
+        return seat_id, key
+
+    yield make
+    for seat_id in made:
+        assert admin(box, "DELETE", f"/admin/seats/{seat_id}").status_code == 200
+
+
+def test_eight_parallel_calls_on_a_four_request_seat_all_succeed(box, seat) -> None:
+    _, key = seat("parallel", max_concurrent=4)
     client = openai.AsyncOpenAI(base_url=box.base_url + "/v1", api_key=key, max_retries=0,
                                 timeout=300)
 
@@ -39,8 +54,8 @@ def test_eight_parallel_calls_on_a_four_request_seat_all_succeed(box) -> None:
     assert len(asyncio.run(all_of_them())) == 8  # no 429: the extra four waited
 
 
-def test_seat_share_and_priority_are_admin_settings(box) -> None:
-    seat_id, _ = new_seat(box, "nightly-batch")
+def test_seat_share_and_priority_are_admin_settings(box, seat) -> None:
+    seat_id, _ = seat("nightly-batch")
     r = admin(box, "PATCH", f"/admin/seats/{seat_id}", json={"priority": "batch", "share": 3})
     assert r.status_code == 200, r.text
     assert (r.json()["priority"], r.json()["share"]) == ("batch", 3)

@@ -37,7 +37,7 @@ def test_bounded_load_mixed_routes_many_seats(fresh_box, vendor_key) -> None:
                       tokens_per_day=0) for i in range(3)]
     # One tightly limited seat, so the 429 path is under load too (a rate limit: a seat
     # over max_concurrent waits in its line rather than getting 429).
-    seats.append(new_seat(box, "load-limited", max_concurrent=2, requests_per_minute=20,
+    seats.append(new_seat(box, "load-limited", max_concurrent=2, requests_per_minute=4,
                           tokens_per_day=0))
     keys = [k for _, k in seats]
     server = psutil.Process(box.proc.pid)
