@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import subprocess
@@ -54,6 +55,7 @@ POLICY = " ".join(
     f"covers topic number {i * 7 % 13}, and report exceptions to their team lead within "
     f"{i % 5 + 1} working days." for i in range(1, 26))
 SYSTEM = "You are ACME Corporation's internal assistant. Company policy follows. " + POLICY
+_serial = itertools.count(1)
 
 
 @dataclass
@@ -119,12 +121,17 @@ async def at_once(server: Server, prompts: list[list[dict]], tokens: int,
     return [r for r, _ in done]
 
 
+def fresh(q: str) -> str:
+    """A question no earlier round asked (a cache may only reuse what is really shared)."""
+    return f"{q} (request {next(_serial)})"
+
+
 async def distinct(server: Server) -> dict[str, float]:
-    return summary(await at_once(server, [user(q) for q in QUESTIONS], 32))
+    return summary(await at_once(server, [user(fresh(q)) for q in QUESTIONS], 32))
 
 
 async def shared(server: Server) -> dict[str, float]:
-    return summary(await at_once(server, [user(q, SYSTEM) for q in QUESTIONS], 64))
+    return summary(await at_once(server, [user(fresh(q), SYSTEM) for q in QUESTIONS], 64))
 
 
 async def multi(server: Server, clients: int = 8, turns: int = 4) -> dict[str, float]:
@@ -132,8 +139,8 @@ async def multi(server: Server, clients: int = 8, turns: int = 4) -> dict[str, f
     per_turn: list[list[float]] = [[] for _ in range(turns)]
 
     async def chat(i: int) -> None:
-        history = [{"role": "system", "content": f"You are assistant number {i}. "
-                    + POLICY[: 1200]}]
+        history = [{"role": "system", "content": f"You are assistant number {i} in session "
+                    f"{next(_serial)}. " + POLICY[: 1200]}]
         for t in range(turns):
             history.append({"role": "user", "content": f"{QUESTIONS[(i + t) % 16]} "
                             f"(question {t + 1} of client {i})"})
@@ -154,14 +161,15 @@ async def noisy(server: Server, b_requests: int = 8) -> dict[str, float]:
         try:
             for i in range(b_requests):
                 t0 = time.perf_counter()
-                out.append((await ask(client, server.model, user(QUESTIONS[i]), 16))[0])
+                out.append((await ask(client, server.model, user(fresh(QUESTIONS[i])),
+                                      16))[0])
                 await asyncio.sleep(max(0.0, 1.0 - (time.perf_counter() - t0)))
         finally:
             await client.close()
         return out
 
     alone = summary(await seat_b())
-    flood = asyncio.create_task(at_once(server, [user(f"Write a story about {q}")
+    flood = asyncio.create_task(at_once(server, [user(fresh(f"Write a story about {q}"))
                                                  for q in QUESTIONS * 4], 32, seat="A"))
     await asyncio.sleep(0.5)
     with_a = summary(await seat_b())
@@ -171,8 +179,9 @@ async def noisy(server: Server, b_requests: int = 8) -> dict[str, float]:
 
 
 async def burst(server: Server) -> dict[str, float]:
-    alone = [(await at_once(server, [user(QUESTIONS[i])], 16))[0].ttft for i in range(3)]
-    eight = summary(await at_once(server, [user(q) for q in QUESTIONS[:8]], 16))
+    alone = [(await at_once(server, [user(fresh(QUESTIONS[i]))], 16))[0].ttft
+             for i in range(3)]
+    eight = summary(await at_once(server, [user(fresh(q)) for q in QUESTIONS[:8]], 16))
     return {"one_ttft": statistics.median(alone), "eight_ttft_p50": eight["ttft_p50"]}
 
 
@@ -210,6 +219,11 @@ def start_box(threads: int, reuse: bool, store: ModelStore) -> tuple[Box, Server
         "APPLIANCE_LOG_LEVEL": "warning"})
     headers = {"Authorization": f"Bearer {box.api_key}"}
     keys = {"main": box.api_key}
+    seats = httpx.get(box.base_url + "/admin/seats", headers=headers, timeout=30).json()
+    for s in seats:  # the admin seat runs 4 requests at a time by default: lift it
+        httpx.patch(f"{box.base_url}/admin/seats/{s['id']}", headers=headers, timeout=30,
+                    json={"max_concurrent": 0, "requests_per_minute": 0,
+                          "tokens_per_day": 0}).raise_for_status()
     for seat in ("A", "B"):
         r = httpx.post(box.base_url + "/admin/seats", headers=headers, timeout=30, json={
             "name": f"seat-{seat}", "max_concurrent": 0, "requests_per_minute": 0,

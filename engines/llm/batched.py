@@ -162,10 +162,12 @@ class BatchedLlamaEngine(LLMEngine):
         n_threads: int | None = None,
         n_gpu_layers: int | None = None,
         max_queue: int = 64,
-        prefill_chunk: int = 256,
+        prefill_chunk: int = 64,
         use_extra_bufts: bool = True,
         prefix_cache_bytes: int = 256 << 20,
         prefix_reuse: bool = True,
+        flash_attn: bool | None = None,
+        step_tokens: int | None = None,
     ) -> None:
         if slots < 1 or max_queue < 0 or prefill_chunk < 1 or n_ctx < slots:
             raise ValueError("need slots >= 1, max_queue >= 0, prefill_chunk >= 1, n_ctx >= slots")
@@ -176,17 +178,21 @@ class BatchedLlamaEngine(LLMEngine):
         self._max_queue = max_queue
         self._prefill_chunk = prefill_chunk
         self._n_gpu_layers = n_gpu_layers
+        # Tokens one step may decode: every slot's next token or prompt chunk. Chunks are
+        # small (reused prefixes end on chunk boundaries) and several prompts share a step.
+        step_tokens = step_tokens or slots * prefill_chunk + slots
         self._model = Model(Path(model_path), n_gpu_layers=n_gpu_layers,
                             use_extra_bufts=use_extra_bufts)
         try:
             per_slot = min(max(1, n_ctx // slots), self._model.n_ctx_train)
             self._ctx = Context(self._model, ContextConfig(
                 n_ctx=per_slot * slots,
-                n_batch=prefill_chunk + slots,
+                n_batch=step_tokens,
                 n_seq_max=slots,
                 n_threads=self._threads,
+                flash_attn=flash_attn,
             ))
-            self._batch = Batch(prefill_chunk + slots)
+            self._batch = Batch(step_tokens)
         except BaseException:
             self._model.close()
             raise
@@ -209,6 +215,10 @@ class BatchedLlamaEngine(LLMEngine):
         self._running: dict[int, _Seq] = {}  # slot -> seq; scheduler thread only
         self._cached: list[list[int]] = [[] for _ in range(slots)]  # free slots' KV tokens
         self._reuse = prefix_reuse
+        # Where a reused prefix may end. With flash attention off llama.cpp's results do
+        # not depend on micro-batch sizes, so any prefix is exact; with it on, a prefix
+        # must end where a request served alone would end a prompt chunk.
+        self._reuse_block = 1 if flash_attn is False else prefill_chunk
         self._host = HostPrefixCache(prefix_cache_bytes if prefix_reuse else 0)
         self._ids = itertools.count(1)
         self._stats = {
@@ -417,7 +427,7 @@ class BatchedLlamaEngine(LLMEngine):
         slot whose cells go on past the shared prefix (another chat's later turns) is
         copied from rather than overwritten while a cold slot is free.
         """
-        prompt, chunk = seq.prompt, self._prefill_chunk
+        prompt, chunk = seq.prompt, self._reuse_block
         if not self._reuse:
             seq.slot, seq.reuse = free[0], ()
             return

@@ -160,6 +160,9 @@ class ContextConfig:
     # One KV stream per sequence: a sequence's cells never mix with another's, which keeps
     # greedy output identical whatever else shares the batch (see batched.py).
     kv_unified: bool = False
+    # None: llama.cpp decides (on for CPU). Its CPU flash attention gives results that
+    # depend slightly on how many tokens a micro-batch holds; off, they do not.
+    flash_attn: bool | None = None
 
 
 class Context:
@@ -174,6 +177,8 @@ class Context:
         params.n_threads = config.n_threads
         params.n_threads_batch = config.n_threads
         params.kv_unified = config.kv_unified
+        if config.flash_attn is not None:
+            params.flash_attn_type = int(config.flash_attn)  # 0 disabled, 1 enabled
         params.no_perf = True
         if config.embeddings:
             params.embeddings = True
