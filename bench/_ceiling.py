@@ -38,6 +38,12 @@ class CeilingRow:
     tg: int
     speed_pp: float  # prompt tokens/s
     speed_tg: float  # aggregate decode tokens/s across the pl sequences
+    seconds: float = 0.0  # the whole run: every prompt read, every token generated
+
+    @property
+    def e2e(self) -> float:
+        """Generated tokens per second over the whole run, prompts included."""
+        return self.pl * self.tg / self.seconds if self.seconds else float("nan")
 
 
 def _run(cmd: list[str], log_file: Path) -> None:
@@ -83,7 +89,8 @@ def measure(model: Path, *, levels: list[int], threads: int, pp: int, tg: int,
     for line in done.stdout.splitlines():
         if line.startswith("{"):
             d = json.loads(line)
-            rows.append(CeilingRow(d["pl"], d["pp"], d["tg"], d["speed_pp"], d["speed_tg"]))
+            rows.append(CeilingRow(d["pl"], d["pp"], d["tg"], d["speed_pp"], d["speed_tg"],
+                                   d.get("t", 0.0)))
     if not rows:
         raise RuntimeError(f"llama-batched-bench printed no results: {done.stderr[-2000:]}")
     return rows

@@ -33,7 +33,9 @@ prompt tokens were not read again.
 
 Fair share: waiting requests queue per seat (``fairqueue.FairQueue``, deficit round
 robin by seat weight, background seats last), so one seat's batch job does not hold
-every slot while others wait.
+every slot while others wait; and while another seat has been seen in the last
+``HEADROOM_S`` seconds and runs nothing, a seat that already runs requests does not take
+the last free slot, so that colleague starts at once instead of after a whole generation.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +92,7 @@ EMBED_CTX = 2048  # tokens per text for embed(); capped at the model's training 
 # token of context cannot fit, and is refused without tokenising (a 30 MB message would
 # otherwise keep a worker busy for seconds).
 MAX_CHARS_PER_TOKEN = 64
+HEADROOM_S = 30.0  # a seat seen this recently keeps a slot free from other seats' bursts
 
 
 def _default_threads() -> int:
@@ -129,6 +133,7 @@ class _Seq:
     generated: list[int] = field(default_factory=list)
     cached: int = 0  # prompt tokens reused from a cache, not read
     reuse: tuple = ()  # how the slot gets its prefix: see _plan_slot
+    follows: tuple = ()  # (leader _Seq, n): copy the leader's first n cells once computed
     n_generated: int = 0
     unsent_tokens: int = 0  # tokens whose text the stream is still holding back
     deferred: bool = False
@@ -214,6 +219,7 @@ class BatchedLlamaEngine(LLMEngine):
         self._closing = False  # guarded by _cond
         self._running: dict[int, _Seq] = {}  # slot -> seq; scheduler thread only
         self._cached: list[list[int]] = [[] for _ in range(slots)]  # free slots' KV tokens
+        self._seen: dict[str, float] = {}  # seat -> last submit (monotonic); under _cond
         self._reuse = prefix_reuse
         # Where a reused prefix may end. With flash attention off llama.cpp's results do
         # not depend on micro-batch sizes, so any prefix is exact; with it on, a prefix
@@ -325,6 +331,10 @@ class BatchedLlamaEngine(LLMEngine):
                 )
             self._queue.push(seq, request.seat, weight=request.seat_weight,
                              background=request.background)
+            self._seen[request.seat] = time.monotonic()
+            if len(self._seen) > 4096:  # forget seats quiet for long
+                cutoff = time.monotonic() - HEADROOM_S
+                self._seen = {k: t for k, t in self._seen.items() if t > cutoff}
             self._cond.notify_all()
         return handle
 
@@ -387,6 +397,7 @@ class BatchedLlamaEngine(LLMEngine):
                     if seq.handle.cancelled:
                         self._finish(seq, "cancelled")
                 self._pack()
+                self._join_leaders()
                 if self._running:
                     self._step()
         except BaseException as exc:  # keep the engine's promise: every sink gets an end
@@ -402,15 +413,27 @@ class BatchedLlamaEngine(LLMEngine):
         admitted: list[_Seq] = []
         free = [i for i in range(self._slots) if i not in self._running]
         donors: set[int] = set()  # copied from this round: nobody may overwrite them now
+        running = Counter(s.request.seat for s in self._running.values())
+        now = time.monotonic()
+        recent = {seat for seat, t in self._seen.items() if now - t < HEADROOM_S}
+
+        def eligible(seat: str) -> bool:
+            # The last free slot is kept for another seat seen lately that runs nothing,
+            # so one seat's burst cannot make a colleague wait for a whole generation.
+            if len(free) > 1 or not running[seat] or self._slots < 2:
+                return True
+            return not any(other != seat and not running[other] for other in recent)
+
         while True:
             choices = [i for i in free if i not in donors]
-            seq = self._queue.pop() if choices else None
+            seq = self._queue.pop(eligible) if choices else None
             if seq is None:
                 break
             self._plan_slot(seq, choices)
             if seq.reuse and seq.reuse[0] == "copy":
                 donors.add(seq.reuse[1])
             free.remove(seq.slot)
+            running[seq.request.seat] += 1
             self._running[seq.slot] = seq
             admitted.append(seq)
         for seq in self._queue:
@@ -451,6 +474,16 @@ class BatchedLlamaEngine(LLMEngine):
         from_host = usable(from_host)
         best = max(own, from_donor, from_host)
         cold = [i for i in free if not self._cached[i]]
+        # A request that shares more with a prompt still being read (they arrived
+        # together) waits for that prompt's cells instead of reading the prefix again.
+        leader, lead = None, 0
+        for other in self._running.values():
+            n = usable(common_prefix(prompt, other.prompt))
+            if n > lead and other.n_past < n:
+                leader, lead = other, n
+        if leader is not None and lead >= best + MIN_REUSE:
+            seq.slot, seq.reuse = (cold[0] if cold else free[0]), ("follow", leader, lead)
+            return
         if (best >= MIN_REUSE and own == best) or (own > 0 and best < MIN_REUSE):
             if own >= MIN_REUSE and cold and len(self._cached[own_slot]) - own >= MIN_REUSE:
                 seq.slot, seq.reuse = cold[0], ("copy", own_slot, own)
@@ -488,6 +521,10 @@ class BatchedLlamaEngine(LLMEngine):
         if kind == "copy":
             self._ctx.copy_prefix(reuse[1], slot, reuse[2])
             return int(reuse[2])
+        if kind == "follow":
+            self._ctx.forget(slot)
+            seq.follows = (reuse[1], reuse[2])
+            return 0
         if kind == "host":
             saved: Saved = reuse[1]
             if self._ctx.restore(slot, saved.state):
@@ -497,6 +534,23 @@ class BatchedLlamaEngine(LLMEngine):
             log.warning("a saved prefix of %d tokens could not be restored", len(saved.tokens))
         self._ctx.forget(slot)
         return 0
+
+    def _join_leaders(self) -> None:
+        """Followers whose leader has computed the shared prefix copy its cells now; a
+        follower whose leader ended first reads its prompt itself."""
+        for seq in list(self._running.values()):
+            if not seq.follows:
+                continue
+            leader, n = seq.follows
+            if leader.done or self._running.get(leader.slot) is not leader:
+                seq.follows = ()  # the leader is gone: read the prompt alone
+            elif leader.n_past >= n:
+                self._ctx.copy_prefix(leader.slot, seq.slot, n)
+                seq.n_past = seq.cached = n
+                seq.follows = ()
+                self._stats["prefix_hits"] += 1
+                self._stats["prefix_misses"] -= 1
+                self._stats["prefix_cached_tokens_total"] += n
 
     def _pack(self) -> None:
         """Move the highest busy slots down into gaps, so busy slots are 0..n-1."""
@@ -537,6 +591,8 @@ class BatchedLlamaEngine(LLMEngine):
         budget = self._batch.capacity - sum(1 for s in self._running.values() if not s.prefilling)
         take: dict[int, int] = {}
         for seq in sorted(self._running.values(), key=lambda s: s.id):  # oldest prompt first
+            if seq.follows:
+                continue  # waits for its leader's cells
             if seq.prefilling:
                 # Chunks end on multiples of prefill_chunk, so a prompt's cells are computed
                 # the same way whatever it shares a step with or reuses (llama.cpp's results

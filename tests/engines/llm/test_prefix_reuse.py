@@ -161,3 +161,41 @@ def test_a_background_seat_waits_for_interactive_ones_and_is_never_starved(
         assert isinstance(job.end, Finished)
     finally:
         eng.close()
+
+
+def test_requests_arriving_together_read_a_shared_prefix_once(gguf_path: Path) -> None:
+    eng = BatchedLlamaEngine(gguf_path, n_ctx=4 * 1024, slots=4, n_threads=THREADS,
+                             prefill_chunk=CHUNK)
+    try:
+        prompts = [chat(eng, q) for q in ("Where is my parcel?", "What are your hours?",
+                                          "Can I pay by card?", "Do you ship abroad?")]
+        before = eng.stats()["prompt_tokens_total"]
+        sinks = [run(eng, p) for p in prompts]
+        for s in sinks:
+            s.wait()
+        read = eng.stats()["prompt_tokens_total"] - before
+        shared = system_part(eng)
+        assert read <= sum(len(p) for p in prompts) - 3 * shared  # the prefix read once
+        assert sum(end(s).cached_tokens >= shared for s in sinks) == 3
+        for p, s in zip(prompts, sinks, strict=True):
+            assert s.text == solo(gguf_path, p)
+    finally:
+        eng.close()
+
+
+def test_a_busy_seat_leaves_the_last_slot_to_a_colleague(gguf_path: Path) -> None:
+    eng = BatchedLlamaEngine(gguf_path, n_ctx=3 * 1024, slots=3, n_threads=THREADS,
+                             prefill_chunk=CHUNK)
+    try:
+        run(eng, chat(eng, "Hi!"), seat="bob", tokens=2).wait()  # bob was here lately
+        stories = [run(eng, chat(eng, f"Write a long story number {i}."), seat="alice",
+                       tokens=60) for i in range(4)]
+        assert stories[0].first.wait(240)
+        assert eng.stats()["active_slots"] == 2  # the third slot waits for bob
+        quick = run(eng, chat(eng, "Say yes."), seat="bob", tokens=2).wait()
+        assert isinstance(quick.end, Finished)
+        assert not stories[2].done.is_set()  # bob did not wait for alice's stories
+        for s in stories:
+            s.wait()
+    finally:
+        eng.close()
