@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -182,7 +183,10 @@ class Level:
     burst_ttft: float = 0.0  # N sent at once: TTFT p50
 
     def best(self, other: Level) -> Level:
-        return Level(max(self.burst, other.burst), max(self.window, other.window),
+        def hi(a: float, b: float) -> float:  # a run without a common window is nan
+            return b if math.isnan(a) else a if math.isnan(b) else max(a, b)
+
+        return Level(hi(self.burst, other.burst), hi(self.window, other.window),
                      max(self.e2e, other.e2e), min(self.p50, other.p50),
                      min(self.p95, other.p95), self.tokens,
                      max(self.burst_e2e, other.burst_e2e),
