@@ -7,7 +7,9 @@ request is counted when its last byte has been sent.
 from __future__ import annotations
 
 import logging
+import re
 import time
+import uuid
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -16,6 +18,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from appliance.api.errors import error_body
 
 log = logging.getLogger(__name__)
+
+
+_SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _request_id(scope: Scope) -> bytes:
+    """The client's ``X-Request-ID`` when it is a sane token, else a new one."""
+    given = dict(scope.get("headers") or []).get(b"x-request-id", b"")
+    return given if _SAFE_ID.match(given) else f"req_{uuid.uuid4().hex}".encode()
 
 
 class ObserveMiddleware:
@@ -54,13 +65,15 @@ class ObserveMiddleware:
                     raise BodyTooLarge(cap)
             return message
 
+        request_id = _request_id(scope)
+
         async def observed_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                extra = (scope.get("state") or {}).get("response_headers")
-                if extra:
-                    message = {**message, "headers": [*message.get("headers", []), *extra]}
+                extra = (scope.get("state") or {}).get("response_headers") or []
+                message = {**message, "headers": [*message.get("headers", []), *extra,
+                                                  (b"x-request-id", request_id)]}
             await send(message)
 
         try:

@@ -19,10 +19,16 @@ class ContextLengthError(EngineError):
         self.prompt_tokens = prompt_tokens
         self.n_ctx = n_ctx
         self.max_tokens = max_tokens
-        msg = f"prompt is {prompt_tokens} tokens but the model's context is {n_ctx} tokens"
+        # OpenAI's wording, which clients (litellm's ContextWindowExceededError) recognise
+        msg = f"This model's maximum context length is {n_ctx} tokens. However, "
         if max_tokens:
-            msg += f" (with max_tokens={max_tokens} requested)"
-        super().__init__(msg + "; shorten the prompt or lower max_tokens")
+            msg += (f"you requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in "
+                    f"the messages, {max_tokens} in the completion). Please reduce the "
+                    "length of the messages or completion.")
+        else:
+            msg += (f"your messages resulted in {prompt_tokens} tokens. Please reduce the "
+                    "length of the messages.")
+        super().__init__(msg)
 
     def __reduce__(self) -> tuple:  # crosses the worker pipe intact
         return (type(self), (self.prompt_tokens, self.n_ctx, self.max_tokens))
@@ -35,8 +41,9 @@ class PromptTooLongError(ContextLengthError):
         self.chars = chars
         self.prompt_tokens, self.n_ctx, self.max_tokens = chars, n_ctx, None
         EngineError.__init__(
-            self, f"the prompt is {chars} characters, more than the model's context of "
-                  f"{n_ctx} tokens can hold; shorten the prompt")
+            self, f"This model's maximum context length is {n_ctx} tokens. However, your "
+                  f"messages are {chars} characters, more than that context can hold. "
+                  "Please reduce the length of the messages.")
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.chars, self.n_ctx))

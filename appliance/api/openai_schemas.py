@@ -76,7 +76,7 @@ class _Sampling(_Body):
     model: str = Field(min_length=1, max_length=128)
     max_tokens: int | None = Field(None, ge=1, le=1_000_000)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_p: float = Field(1.0, ge=0.0, le=1.0)  # 0 keeps only the likeliest token
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     stop: str | list[str] | None = None
     stream: bool = False
@@ -93,6 +93,17 @@ class _Sampling(_Body):
         if any(not s for s in items):
             raise ValueError("stop sequences must be non-empty")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_mean_default(cls, data: Any) -> Any:
+        """An explicit ``null`` means "the default", as in OpenAI's schema."""
+        if isinstance(data, dict):
+            defaulted = ("temperature", "top_p", "n", "stream", "stop", "seed", "user",
+                         "stream_options", "max_tokens", "max_completion_tokens",
+                         "response_format")
+            return {k: v for k, v in data.items() if not (v is None and k in defaulted)}
+        return data
 
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:

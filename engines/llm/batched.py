@@ -62,7 +62,7 @@ from engines.errors import (
 )
 from engines.llm.chat import render_chat, render_chat_segments
 from engines.llm.fairqueue import FairQueue
-from engines.llm.grammar import check_grammar, check_schema
+from engines.llm.grammar import check_grammar, check_schema, json_string_chars
 from engines.llm.lowlevel import (
     Batch,
     Context,
@@ -298,6 +298,7 @@ class BatchedLlamaEngine(LLMEngine):
             raise InvalidRequestError("the JSON schema is too deeply recursive") from exc
         except Exception as exc:  # the converter raises plain Exceptions of many kinds
             raise InvalidRequestError(f"unsupported JSON schema: {str(exc)[:300]}") from exc
+        grammar = json_string_chars(grammar)
         check_grammar(grammar)
         return grammar
 

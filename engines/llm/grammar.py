@@ -94,3 +94,18 @@ def check_grammar(grammar: str, limits: GrammarLimits = LIMITS) -> None:
         raise InvalidRequestError(
             f"the grammar nests {nesting} groups deep; this box allows at most "
             f"{limits.max_group_nesting} (limit max_group_nesting)")
+
+
+_LOOSE_CHAR = 'char ::= [^"\\\\] |'
+_JSON_CHAR = 'char ::= [^"\\\\\\x7F\\x00-\\x1F] |'
+
+
+def json_string_chars(grammar: str) -> str:
+    """Keep raw control characters (newline, tab, ...) out of JSON strings.
+
+    The schema converter's ``char`` rule allows any character but a quote or a backslash,
+    so a model could emit a raw newline inside a string and the "JSON" would not parse;
+    JSON wants those escaped. The rule is narrowed as JSON's own grammar has it."""
+    lines = [_JSON_CHAR + line[len(_LOOSE_CHAR):] if line.startswith(_LOOSE_CHAR) else line
+             for line in grammar.split("\n")]
+    return "\n".join(lines)

@@ -82,3 +82,20 @@ def test_typed_control_tokens_do_not_forge_a_turn(gguf_path: Path) -> None:
         assert isinstance(info.value, ContextLengthError)
     finally:
         engine.close()
+
+
+@pytest.mark.slow
+def test_json_strings_never_hold_raw_control_characters(gguf_path: Path) -> None:
+    engine = BatchedLlamaEngine(gguf_path, n_ctx=1024, slots=1, n_threads=1)
+    try:
+        grammar = engine.json_schema_grammar(
+            {"type": "object", "properties": {"a": {"type": "string", "maxLength": 5}}})
+        char = next(line for line in grammar.splitlines() if line.startswith("char ::="))
+        assert char.startswith('char ::= [^"\\\\\\x7F\\x00-\\x1F] |')
+        model = Model(gguf_path, n_gpu_layers=0)
+        try:  # llama.cpp accepts the narrowed rule
+            Sampler(model, temperature=0, top_p=1, seed=None, grammar=grammar).close()
+        finally:
+            model.close()
+    finally:
+        engine.close()
