@@ -9,10 +9,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from appliance.api.errors import mapped
@@ -317,11 +317,23 @@ async def embeddings(body: EmbeddingRequest, request: Request, registry: Registr
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
 
 
+# What each engine's models are for; chat front ends list /v1/models in a model picker.
+CAPABILITIES = {"llama": ("chat", "completions", "embeddings"), "ocr": ("ocr",),
+                "yolo": ("detection",), "onnx": ("vision",)}
+Purpose = Literal["chat", "completions", "embeddings", "ocr", "detection", "vision", "all"]
+
+
 @router.get("/models")
-async def list_models(registry: RegistryDep, caller: CallerDep) -> Any:
-    """Every model in the store, with its state and (when loaded) the backend it runs on."""
-    return {"object": "list", "data": [_model_card(s, caller) for s in registry.status()],
-            "licence": _licence_label(caller)}
+async def list_models(registry: RegistryDep, caller: CallerDep,
+                      purpose: Purpose = Query("chat", description=(
+                          "Which models to list: 'chat' (the default, what chat front ends "
+                          "offer in their pickers), another capability, or 'all'."))) -> Any:
+    """The models for ``purpose``, each with its capabilities, state and (when loaded)
+    the backend it runs on."""
+    cards = [_model_card(s, caller) for s in registry.status()]
+    if purpose != "all":
+        cards = [c for c in cards if purpose in c["capabilities"]]
+    return {"object": "list", "data": cards, "licence": _licence_label(caller)}
 
 
 @router.get("/models/{model_id}")
@@ -343,6 +355,7 @@ def _model_card(s: dict[str, Any], caller: Caller) -> dict[str, Any]:
     card = {"id": s["name"], "object": "model", "created": int(s["loaded_at"] or 0),
             "owned_by": owner}
     card.update({k: s[k] for k in ("engine", "format", "quantisation", "size", "state")})
+    card["capabilities"] = list(CAPABILITIES.get(s["engine"], ("vision",)))
     if "provider" in s:
         card["provider"] = s["provider"]
     if "provider_report" in s:

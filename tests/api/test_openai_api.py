@@ -16,9 +16,16 @@ pytestmark = pytest.mark.slow
 CHAT = [{"role": "user", "content": "List three fruits, comma separated."}]
 
 
-def test_models_list_names_every_pack(client: openai.OpenAI) -> None:
-    ids = {m.id for m in client.models.list()}
-    assert LLM in ids and "ppocr-v4" in ids
+def test_models_list_offers_chat_models_and_the_rest_on_request(box, client) -> None:
+    models = {m.id: m for m in client.models.list()}
+    assert LLM in models and "ppocr-v4" not in models  # a chat picker sees chat models
+    assert models[LLM].model_extra["capabilities"] == ["chat", "completions", "embeddings"]
+    every = httpx.get(box.base_url + "/v1/models", params={"purpose": "all"},
+                      headers={"Authorization": f"Bearer {box.api_key}"}).json()["data"]
+    assert {m["id"]: m["capabilities"] for m in every}["ppocr-v4"] == ["ocr"]
+    ocr = httpx.get(box.base_url + "/v1/models", params={"purpose": "ocr"},
+                    headers={"Authorization": f"Bearer {box.api_key}"}).json()["data"]
+    assert [m["id"] for m in ocr] == ["ppocr-v4"]
 
 
 def test_chat_stream_equals_non_stream_at_temperature_zero(client: openai.OpenAI) -> None:
