@@ -18,6 +18,9 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     grammar: str | None = None
+    presence_penalty: float = 0.0  # OpenAI's: subtract once for a token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: subtract per time it was generated
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
 
 
 @dataclass(frozen=True)

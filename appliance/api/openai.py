@@ -44,7 +44,9 @@ def _llm(engine: Any, model: str) -> LLMEngine:
 def _sampling(body: ChatCompletionRequest | CompletionRequest, max_tokens: int | None,
               grammar: str | None) -> Sampling:
     return Sampling(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                    seed=body.seed, stop=body.stops(), grammar=grammar)
+                    seed=body.seed, stop=body.stops(), grammar=grammar,
+                    presence_penalty=body.presence_penalty,
+                    frequency_penalty=body.frequency_penalty, logit_bias=body.biases())
 
 
 def _grammar(engine: LLMEngine, body: ChatCompletionRequest) -> str | None:

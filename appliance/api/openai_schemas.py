@@ -72,6 +72,55 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
+# Parameters of OpenAI's request schemas that cannot change the answer: accepted, no effect.
+NO_EFFECT = frozenset({"user", "metadata", "store", "service_tier", "prompt_cache_key",
+                       "safety_identifier", "parallel_tool_calls"})
+
+
+def _unsupported(name: str, value: Any) -> str | None:
+    """Why the box refuses ``name`` with this value, or None when it may pass."""
+    if name in ("tools", "functions") and value:
+        return f"'{name}' (tool calling) is not supported by this box yet"
+    if name in ("tool_choice", "function_call") and value not in (None, "none"):
+        return f"'{name}' is not supported by this box yet"
+    if name in ("logprobs", "echo") and value:
+        return f"'{name}' is not supported by this box yet"
+    if name == "top_logprobs" and value:
+        return "'top_logprobs' is not supported by this box yet"
+    if name == "best_of" and value not in (None, 1):
+        return "'best_of' above 1 is not supported by this box"
+    if name == "suffix" and value:
+        return "'suffix' (insertion) is not supported by this box"
+    if name == "modalities" and value not in (None, ["text"]):
+        return "only the 'text' modality is supported"
+    if name in ("audio", "prediction", "web_search_options", "reasoning_effort",
+                "verbosity") and value is not None:
+        return f"'{name}' is not supported by this box"
+    return None
+
+
+def _refuse_unknown(cls: type[BaseModel], data: Any) -> None:
+    """400 naming every parameter the box would otherwise have ignored silently."""
+    if not isinstance(data, dict):
+        return
+    known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+    problems = []
+    for name, value in data.items():
+        if name in known or name in NO_EFFECT:
+            continue
+        why = _unsupported(name, value)
+        if why is None and name in REFUSABLE:
+            continue  # a known parameter at its no-op value (tools=[], logprobs=false, ...)
+        problems.append(why or f"'{name}' is not a parameter this box knows; remove it")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+REFUSABLE = frozenset({"tools", "functions", "tool_choice", "function_call", "logprobs",
+                       "echo", "top_logprobs", "best_of", "suffix", "modalities", "audio",
+                       "prediction", "web_search_options", "reasoning_effort", "verbosity"})
+
+
 class _Sampling(_Body):
     model: str = Field(min_length=1, max_length=128)
     max_tokens: int | None = Field(None, ge=1, le=1_000_000)
@@ -83,6 +132,22 @@ class _Sampling(_Body):
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1)
     user: str | None = None
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = Field(None, max_length=1024)
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (v or {}).items():
+            if not token.isdigit() or len(token) > 9:
+                raise ValueError(f"logit_bias key {token[:20]!r} is not a token id")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"logit_bias of token {token} must be within -100..100")
+        return v
+
+    def biases(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(t), float(b)) for t, b in (self.logit_bias or {}).items())
 
     @field_validator("stop")
     @classmethod
@@ -101,8 +166,10 @@ class _Sampling(_Body):
         if isinstance(data, dict):
             defaulted = ("temperature", "top_p", "n", "stream", "stop", "seed", "user",
                          "stream_options", "max_tokens", "max_completion_tokens",
-                         "response_format")
-            return {k: v for k, v in data.items() if not (v is None and k in defaulted)}
+                         "response_format", "presence_penalty", "frequency_penalty",
+                         "logit_bias")
+            data = {k: v for k, v in data.items() if not (v is None and k in defaulted)}
+        _refuse_unknown(cls, data)
         return data
 
     def stops(self) -> tuple[str, ...]:
@@ -137,6 +204,17 @@ class EmbeddingRequest(_Body):
     input: str | list[str] = Field(...)
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("dimensions") is not None:
+            raise ValueError("'dimensions' is not supported by this model (its vectors are "
+                             "not trained to be shortened); leave it out")
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if not (k == "dimensions" and v is None)}
+        _refuse_unknown(cls, data)
+        return data
 
     @field_validator("input")
     @classmethod

@@ -578,7 +578,8 @@ class BatchedLlamaEngine(LLMEngine):
         try:
             seq.sampler = Sampler(
                 self._model, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
-                grammar=s.grammar,
+                grammar=s.grammar, presence_penalty=s.presence_penalty,
+                frequency_penalty=s.frequency_penalty, logit_bias=s.logit_bias,
             )
         except EngineError as exc:
             self._fail(seq, exc)

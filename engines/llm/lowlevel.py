@@ -26,6 +26,7 @@ from engines.errors import (
 from engines.llm.grammar import check_grammar
 
 log = logging.getLogger(__name__)
+PENALTY_WINDOW = 4096  # generated tokens the presence/frequency penalties look back over
 NATIVE_LOG_MAX = 500  # characters of one native log line (never a whole grammar or prompt)
 
 _backend_lock = threading.Lock()
@@ -283,7 +284,8 @@ class Batch:
 
 
 class Sampler:
-    """A sampler chain: [grammar] then greedy, or top-p -> temperature -> seeded draw."""
+    """A sampler chain: [grammar] [logit bias] [presence/frequency penalties] then greedy,
+    or top-p -> temperature -> seeded draw."""
 
     def __init__(
         self,
@@ -293,6 +295,9 @@ class Sampler:
         top_p: float,
         seed: int | None,
         grammar: str | None,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        logit_bias: Sequence[tuple[int, float]] = (),
     ) -> None:
         params = llama_cpp.llama_sampler_chain_default_params()
         params.no_perf = True
@@ -306,6 +311,17 @@ class Sampler:
                 if not g:
                     raise InvalidRequestError("grammar could not be parsed (see GBNF rules)")
                 llama_cpp.llama_sampler_chain_add(self.ptr, g)
+            if logit_bias:
+                if any(not 0 <= t < model.n_vocab for t, _ in logit_bias):
+                    raise InvalidRequestError(
+                        f"logit_bias names a token id outside 0..{model.n_vocab - 1}")
+                arr = (llama_cpp.llama_logit_bias * len(logit_bias))(
+                    *[llama_cpp.llama_logit_bias(t, b) for t, b in logit_bias])
+                llama_cpp.llama_sampler_chain_add(self.ptr, llama_cpp.llama_sampler_init_logit_bias(
+                    model.n_vocab, len(logit_bias), arr))
+            if presence_penalty or frequency_penalty:  # over the whole completion so far
+                llama_cpp.llama_sampler_chain_add(self.ptr, llama_cpp.llama_sampler_init_penalties(
+                    model.n_vocab, PENALTY_WINDOW, 1.0, frequency_penalty, presence_penalty))
             if temperature <= 0:
                 llama_cpp.llama_sampler_chain_add(self.ptr, llama_cpp.llama_sampler_init_greedy())
             else:

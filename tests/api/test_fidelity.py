@@ -38,3 +38,51 @@ def test_context_length_error_is_worded_like_openai(client) -> None:
                                        messages=[{"role": "user", "content": "word " * 5000}])
     assert exc.value.body["code"] == "context_length_exceeded"
     assert "This model's maximum context length is" in exc.value.body["message"]
+
+
+QUESTION = [{"role": "user", "content": "List the days of the week."}]
+
+
+def test_penalties_and_logit_bias_are_honoured(client) -> None:
+    def text(**kw) -> str:
+        r = client.chat.completions.create(model=LLM, messages=QUESTION, temperature=0,
+                                           max_tokens=32, **kw)
+        return r.choices[0].message.content or ""
+
+    plain = text()
+    assert plain and text() == plain  # greedy: repeatable
+    assert text(frequency_penalty=2.0) != plain
+    loop = "one two one two one two one two one two"  # the model goes on repeating
+    echo = client.completions.create(model=LLM, prompt=loop, temperature=0,
+                                     max_tokens=16).choices[0].text
+    assert client.completions.create(model=LLM, prompt=loop, temperature=0, max_tokens=16,
+                                     presence_penalty=2.0).choices[0].text != echo
+    # the most common tokens have the lowest ids in this vocabulary: ban 1,024 of them
+    assert text(logit_bias={str(t): -100 for t in range(1024)}) != plain
+
+
+@pytest.mark.parametrize("extra,named", [
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"logprobs": True}, "logprobs"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"reasoning_effort": "high"}, "reasoning_effort"),
+    ({"frobnicate": 1}, "frobnicate"),
+])
+def test_parameters_the_box_cannot_honour_are_refused_by_name(box, extra, named) -> None:
+    r = _chat(box, **extra)
+    assert r.status_code == 400, r.text
+    assert f"'{named}'" in r.json()["error"]["message"]
+
+
+def test_parameters_that_cannot_change_the_answer_are_accepted(box) -> None:
+    r = _chat(box, user="u1", metadata={"a": "b"}, store=False, tools=[], logprobs=False,
+              parallel_tool_calls=True, tool_choice="none")
+    assert r.status_code == 200, r.text
+
+
+def test_embeddings_refuse_dimensions(box) -> None:
+    r = httpx.post(box.base_url + "/v1/embeddings", timeout=60,
+                   headers={"Authorization": f"Bearer {box.api_key}"},
+                   json={"model": LLM, "input": "hello", "dimensions": 64})
+    assert r.status_code == 400 and "'dimensions'" in r.text
