@@ -127,12 +127,18 @@ def unclip(box: np.ndarray, ratio: float = UNCLIP_RATIO) -> np.ndarray:
     return offset_polygon(box, area * ratio / length if length else 0.0)
 
 
+DILATION = np.ones((2, 2), np.uint8)
+
+
 def db_boxes(prob: np.ndarray, width: int, height: int, thresh: float = DET_THRESH,
              box_thresh: float = BOX_THRESH, unclip_ratio: float = UNCLIP_RATIO,
              max_candidates: int = MAX_CANDIDATES) -> list[np.ndarray]:
     """DB post-processing of a (H, W) probability map -> boxes (4, 2) in image pixels."""
     ph, pw = prob.shape
     bitmap = (prob > thresh).astype(np.uint8) * 255
+    # The reference PP-OCR post-processing dilates the map with a 2x2 kernel before
+    # finding regions: boxes keep the margin the recogniser needs to see word spaces.
+    bitmap = cv2.dilate(bitmap, DILATION)
     contours, _ = cv2.findContours(bitmap, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
     out = []
     for contour in contours[:max_candidates]:
