@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -59,8 +60,14 @@ class StatsSampler:
     history: deque[tuple[float, dict[str, float]]] = field(
         default_factory=lambda: deque(maxlen=2))
     _gpu: tuple[float, list[str]] = (0.0, [])
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def sample(self) -> dict[str, Any]:
+        """Rates since the previous call (thread-safe; it is called from worker threads)."""
+        with self._lock:
+            return self._sample()
+
+    def _sample(self) -> dict[str, Any]:
         now = time.monotonic()
         totals = _totals(self.registry)
         rates = {"requests": 0.0, "tokens_out": 0.0, "images": 0.0}

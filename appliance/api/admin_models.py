@@ -29,7 +29,8 @@ async def status(request: Request, registry: RegistryDep, admin: AdminDep) -> di
     return {"version": __version__, "uptime_s": time.time() - state.started_at,
             "licence": state.licence_status(), "models": registry.status(),
             "queues": await anyio.to_thread.run_sync(_queues, registry),
-            "stats": state.sampler.sample()}
+            # engine gauges (worker round trips) and nvidia-smi: never on the event loop
+            "stats": await anyio.to_thread.run_sync(state.sampler.sample)}
 
 
 def _queues(registry: Any) -> dict[str, dict[str, int]]:

@@ -47,4 +47,6 @@ async def metrics(request: Request, m: MetricsDep, settings: SettingsDep) -> Res
     """Prometheus text exposition; an admin key unless ``metrics_public`` is set."""
     if not settings.metrics_public:
         await request.app.state.authenticate_admin(request)
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    # engine gauges come from the worker processes: collect off the event loop
+    body = await anyio.to_thread.run_sync(generate_latest, m.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
