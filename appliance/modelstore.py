@@ -411,3 +411,23 @@ def _sizes_ok(store: ModelStore, m: Manifest) -> bool:
 
 def default_names() -> list[str]:
     return [e["name"] for e in catalogue() if e.get("default")]
+
+
+class ModelStorePacks:
+    """The model store as the updater's ``PackStore`` (``firmware.apply``): the box hands
+    it to the firmware layer, which never imports the appliance."""
+
+    def __init__(self, root: Path) -> None:
+        self.store = ModelStore(root)
+
+    def install(self, pack_dir: Path) -> str:
+        from firmware.errors import ApplyError
+
+        try:
+            return self.store.import_dir(pack_dir, replace=True).name
+        except ModelStoreError as exc:
+            raise ApplyError(f"model pack {pack_dir.name}: {exc}") from exc
+
+    def cleanup(self) -> None:
+        if self.store.root.is_dir():
+            self.store.cleanup_staging()

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from firmware import boot
 from firmware.bundle import Limits, Manifest, parse_manifest
@@ -134,6 +134,20 @@ def pause_hook_from_env() -> Callable[[str], None] | None:
     return hook
 
 
+class PackStore(Protocol):
+    """Where a models bundle's packs go: the box's model store, passed in by the box (the
+    firmware layer never imports it)."""
+
+    def install(self, pack_dir: Path) -> str:
+        """Install the pack in ``pack_dir`` atomically, replacing one of the same name;
+        return its name. Raises ApplyError naming the pack when it is refused."""
+        ...
+
+    def cleanup(self) -> None:
+        """Remove what an interrupted install left behind."""
+        ...
+
+
 class Updater:
     """Applies bundles to one box: ``data_dir`` (database, models, appliance.toml) and the
     A/B slot ``root``. All collaborators are injected; defaults suit the real box."""
@@ -145,7 +159,7 @@ class Updater:
                  limits: Limits | None = None, arch: str | None = None,
                  audit: Audit | None = None, progress: Progress | None = None,
                  clock: Callable[[], datetime] | None = None,
-                 config_path: Path | None = None, models_dir: Path | None = None,
+                 config_path: Path | None = None, packs: PackStore | None = None,
                  step_hook: Callable[[str], None] | None = None,
                  max_boot_attempts: int = boot.DEFAULT_ATTEMPTS,
                  python: str | None = None) -> None:
@@ -160,7 +174,7 @@ class Updater:
         self.progress = progress
         self.clock = clock or (lambda: datetime.now(UTC))
         self.config_path = Path(config_path) if config_path else self.data_dir / "appliance.toml"
-        self.models_dir = Path(models_dir) if models_dir else self.data_dir / "models"
+        self.packs = packs
         self.step_hook = step_hook if step_hook is not None else pause_hook_from_env()
         self.max_boot_attempts = max_boot_attempts
         self.state = UpdateState(self.data_dir / "appliance.db")
@@ -355,11 +369,10 @@ class Updater:
             shutil.rmtree(staging, ignore_errors=True)
 
     def _apply_models(self, bundle: VerifiedBundle, row: int) -> ApplyResult:
-        from appliance.errors import ModelStoreError
-        from appliance.modelstore import ModelStore
-
         m = bundle.manifest
-        store = ModelStore(self.models_dir)
+        if self.packs is None:
+            raise ApplyError("this updater has no model store to install packs into; "
+                             "apply model bundles with the box's appliance-update command")
         with self._staging() as staging:
             self._step("stage", row)
             bundle.extract(staging, self.progress)
@@ -368,12 +381,7 @@ class Updater:
             if not packs:
                 raise ApplyError("the models bundle carries no model packs")
             self._step("install", row)
-            names = []
-            try:
-                for pack in packs:
-                    names.append(store.import_dir(pack, replace=True).name)
-            except ModelStoreError as exc:
-                raise ApplyError(f"model pack {pack.name}: {exc}") from exc
+            names = [self.packs.install(pack) for pack in packs]
         self._step("commit", row)
         self.state.set_installed("models", m.version)
         reason = f"installed {', '.join(names)}"
@@ -490,9 +498,8 @@ class Updater:
         if self.data_dir.is_dir():
             for p in self.data_dir.glob(".update-staging-*"):
                 shutil.rmtree(p, ignore_errors=True)
-        if self.models_dir.is_dir():
-            from appliance.modelstore import ModelStore
-            ModelStore(self.models_dir).cleanup_staging()
+        if self.packs is not None:
+            self.packs.cleanup()
         for line in done:
             log.info("recovery: %s", line)
         return done

@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,9 @@ def _updater(args: argparse.Namespace, progress: Any = None) -> Any:
             token_dir=args.data_dir, inference=not args.no_inference,
             model=args.model, pid=service.pid)
         kwargs["max_boot_attempts"] = args.boot_attempts
+    packs = getattr(args, "packs", None)  # the box's model store, when the box runs us
+    if packs is not None:
+        kwargs["packs"] = packs(Path(args.data_dir) / "models")
     return Updater(args.data_dir, root, trusted=load_trusted_keys(args.keys),
                    progress=progress, **kwargs)
 
@@ -273,8 +277,11 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, packs: Callable[[Path], Any] | None = None) -> int:
+    """Run the command; ``packs(models_dir)`` builds where model bundles install (the box
+    passes its model store; without it, model bundles are refused)."""
     args = _parser().parse_args(argv)
+    args.packs = packs
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from licensing.errors import LicenseError

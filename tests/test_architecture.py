@@ -67,3 +67,34 @@ def test_fleet_plain_modules_do_not_import_ray() -> None:
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "", f"fleet imports {proc.stdout.strip()} without need"
+
+
+def _imported_roots(path: Path) -> set[str]:
+    """Top-level names of every import statement in ``path``, function-local ones too."""
+    import ast
+
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+STATIC_FORBIDDEN = {**FORBIDDEN, "firmware": (*FORBIDDEN["firmware"], "appliance")}
+# `appliance doctor` probes the native libraries in its own CLI process, never in the box's.
+ALLOWED = {"appliance/doctor.py": {"llama_cpp", "onnxruntime"}}
+
+
+@pytest.mark.parametrize("package", sorted(STATIC_FORBIDDEN))
+def test_no_import_statement_crosses_a_layer(package: str) -> None:
+    """Every ``import`` in the package's source, including those inside functions that an
+    import-time check never runs (the firmware layer once imported the model store there)."""
+    bad = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        hits = _imported_roots(path) & set(STATIC_FORBIDDEN[package]) - ALLOWED.get(rel, set())
+        if hits:
+            bad[rel] = sorted(hits)
+    assert not bad, f"{package} imports across its layer: {bad}"

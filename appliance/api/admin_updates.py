@@ -21,6 +21,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from appliance.deps import AdminDep, GuardDep, RegistryDep, SettingsDep
+from appliance.modelstore import ModelStorePacks
 from appliance.settings import Settings
 from firmware.apply import Updater
 from firmware.bundle import Limits
@@ -33,7 +34,7 @@ def _updater(request: Request, settings: Settings, guard: Any, actor: str) -> Up
     def audit(action: str, details: dict[str, Any]) -> None:
         guard.audit.append(actor, action, details)
 
-    return Updater(settings.data_dir, audit=audit, models_dir=settings.model_root,
+    return Updater(settings.data_dir, audit=audit, packs=ModelStorePacks(settings.model_root),
                    trusted=request.app.state.trusted_keys,
                    config_path=settings.data_dir / "appliance.toml")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.modelstore import ModelStorePacks
 from firmware.apply import Updater
 from firmware.build import build_bundle, collect_payloads
 from firmware.health import HealthCheck
@@ -177,6 +178,7 @@ class Box:
         kw.setdefault("health", self.health)
         kw.setdefault("audit", lambda action, details: self.audit.append((action, details)))
         kw.setdefault("step_hook", lambda step: None)
+        kw.setdefault("packs", ModelStorePacks(self.data_dir / "models"))
         return Updater(self.data_dir, self.root, **kw)
 
     def bundle(self, name: str, bundle_type: str, version: str, paths: list[Path],

@@ -29,7 +29,7 @@ def _pack(base: Path, name: str, weights: bytes, lie: bool = False) -> Path:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "firmware.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "appliance.update_cli", *args], cwd=REPO,
                           capture_output=True, text=True)
 
 
