@@ -147,6 +147,14 @@ class _Seq:
         """The tokens whose cells this sequence has in its slot (positions 0..n_past-1)."""
         return (self.prompt + self.generated)[: self.n_past]
 
+    def shared_with(self, prompt: list[int]) -> int:
+        """Length of the common start of ``prompt`` and this sequence's prompt followed by
+        what it generated (without building that list)."""
+        n = common_prefix(prompt, self.prompt)
+        if n == len(self.prompt) and self.generated:
+            n += common_prefix(prompt[n:], self.generated)
+        return n
+
 
 class BatchedLlamaEngine(LLMEngine):
     """A GGUF model served to up to ``slots`` concurrent generations by continuous batching.
@@ -466,22 +474,22 @@ class BatchedLlamaEngine(LLMEngine):
             n = usable(common_prefix(prompt, self._cached[i]))
             if n > own:
                 own_slot, own = i, n
-        donor, from_donor = -1, 0
+        # Running sequences: cells they hold now (a donor), or will hold once they have
+        # read their prompt (a leader: requests that arrived together wait for its cells
+        # instead of each reading the shared prefix).
+        donor, from_donor, leader, lead = -1, 0, None, 0
         for slot, other in self._running.items():
-            n = usable(common_prefix(prompt, other.kv_tokens()))
+            shared = other.shared_with(prompt)
+            n = usable(min(shared, other.n_past))
             if n > from_donor:
                 donor, from_donor = slot, n
+            n = usable(min(shared, len(other.prompt)))
+            if n > lead and other.n_past < n:
+                leader, lead = other, n
         from_host, saved = self._host.best(prompt) if self._host.capacity else (0, None)
         from_host = usable(from_host)
         best = max(own, from_donor, from_host)
         cold = [i for i in free if not self._cached[i]]
-        # A request that shares more with a prompt still being read (they arrived
-        # together) waits for that prompt's cells instead of reading the prefix again.
-        leader, lead = None, 0
-        for other in self._running.values():
-            n = usable(common_prefix(prompt, other.prompt))
-            if n > lead and other.n_past < n:
-                leader, lead = other, n
         if leader is not None and lead >= best + MIN_REUSE:
             seq.slot, seq.reuse = (cold[0] if cold else free[0]), ("follow", leader, lead)
             return
@@ -545,13 +553,17 @@ class BatchedLlamaEngine(LLMEngine):
             leader, n = seq.follows
             if leader.done or self._running.get(leader.slot) is not leader:
                 seq.follows = ()  # the leader is gone: read the prompt alone
+                self._count_reuse(seq)
             elif leader.n_past >= n:
                 self._ctx.copy_prefix(leader.slot, seq.slot, n)
                 seq.n_past = seq.cached = n
                 seq.follows = ()
-                self._stats["prefix_hits"] += 1
-                self._stats["prefix_misses"] -= 1
-                self._stats["prefix_cached_tokens_total"] += n
+                self._count_reuse(seq)
+
+    def _count_reuse(self, seq: _Seq) -> None:
+        """Count a request's prefix hit or miss once, when its prefix is settled."""
+        self._stats["prefix_hits" if seq.cached else "prefix_misses"] += 1
+        self._stats["prefix_cached_tokens_total"] += seq.cached
 
     def _pack(self) -> None:
         """Move the highest busy slots down into gaps, so busy slots are 0..n-1."""
@@ -585,8 +597,8 @@ class BatchedLlamaEngine(LLMEngine):
             self._fail(seq, exc)
             return
         seq.n_past = seq.cached = self._load_prefix(seq)
-        self._stats["prefix_hits" if seq.cached else "prefix_misses"] += 1
-        self._stats["prefix_cached_tokens_total"] += seq.cached
+        if not seq.follows:  # a follower is counted when it joins its leader
+            self._count_reuse(seq)
 
     def _plan(self) -> list[tuple[_Seq, int]]:
         """How many tokens each running sequence puts into this step's batch."""
