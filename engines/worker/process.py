@@ -168,11 +168,6 @@ class WorkerProcess:
             self._reader.join(timeout)
         self._fail_all(EngineClosedError("the model was unloaded before the request finished"))
 
-    def kill(self) -> None:
-        """SIGKILL the worker (its death is then handled like any other)."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-
     # --------------------------------------------------------------- plumbing
 
     def _send(self, msg: tuple) -> None:
