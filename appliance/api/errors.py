@@ -76,30 +76,40 @@ def error_response(status: int, message: str, type_: str, code: str | None = Non
                         headers=headers)
 
 
-def mapped(exc: Exception) -> tuple[int, dict[str, Any]] | None:
-    """(status, OpenAI error body) for a known error, e.g. to end a stream already begun."""
-    for cls, status, type_, code in ERROR_MAP:
+Mapping = list[tuple[type[Exception], int, str, str | None]]
+
+
+def _match(exc: Exception, table: Mapping) -> tuple[int, str, str | None] | None:
+    """(status, OpenAI type, code) of the first class in ``table`` that ``exc`` is."""
+    for cls, status, type_, code in table:
         if isinstance(exc, cls):
-            return status, error_body(str(exc), type_, code)
+            return status, type_, code
     return None
 
 
-def register(extra: list[tuple[type[Exception], int, str, str | None]] | None = None):
+def mapped(exc: Exception) -> tuple[int, dict[str, Any]] | None:
+    """(status, OpenAI error body) for a known error, e.g. to end a stream already begun."""
+    hit = _match(exc, ERROR_MAP)
+    return None if hit is None else (hit[0], error_body(str(exc), hit[1], hit[2]))
+
+
+def register(extra: Mapping | None = None):
     """Return a function installing the handlers on an app; ``extra`` adds mappings."""
     table = (extra or []) + ERROR_MAP
 
     def install(app: FastAPI) -> None:
         async def known(request: Request, exc: Exception) -> JSONResponse:
-            for cls, status, type_, code in table:
-                if isinstance(exc, cls):
-                    headers = {}
-                    retry = getattr(exc, "retry_after", None)
-                    if retry is not None:
-                        headers["Retry-After"] = str(max(1, round(retry)))
-                    if status >= 500:
-                        log.error("%s on %s: %s", type(exc).__name__, request.url.path, exc)
-                    return error_response(status, str(exc), type_, code, headers=headers)
-            raise exc
+            hit = _match(exc, table)
+            if hit is None:
+                raise exc
+            status, type_, code = hit
+            headers = {}
+            retry = getattr(exc, "retry_after", None)
+            if retry is not None:
+                headers["Retry-After"] = str(max(1, round(retry)))
+            if status >= 500:
+                log.error("%s on %s: %s", type(exc).__name__, request.url.path, exc)
+            return error_response(status, str(exc), type_, code, headers=headers)
 
         for cls, *_ in table:
             app.add_exception_handler(cls, known)
