@@ -32,11 +32,6 @@ class _WorkerBacked:
         supervisor.start()
         self._stats: dict[str, float] = dict(supervisor.payload.get("stats", {}))
 
-    @property
-    def fallback(self) -> str | None:
-        """Why this model runs in a safer configuration, or None."""
-        return self.supervisor.fallback
-
     def worker_status(self) -> dict[str, Any]:
         """Process facts for /admin/models and doctor."""
         sup = self.supervisor
