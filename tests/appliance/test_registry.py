@@ -132,7 +132,7 @@ def test_eviction_never_closes_an_engine_leased_while_it_ran(tmp_path: Path) -> 
     """Loading c must evict a and b; while a closes (slowly), a request leases b. b must
     stay loaded and usable: the victim list made before the first await is re-checked."""
     store = _store(tmp_path, {"a": 400, "b": 400, "c": 400})
-    reg, made = _slow_registry(store, budget=1000)
+    reg, _made = _slow_registry(store, budget=1000)
 
     async def scenario() -> None:
         await reg.acquire("a")
@@ -174,7 +174,7 @@ def test_a_model_being_removed_takes_no_lease_and_is_not_reloaded(tmp_path: Path
 
 def test_idle_unload_skips_an_engine_leased_while_it_waited(tmp_path: Path) -> None:
     store = _store(tmp_path, {"a": 400})
-    reg, made = _slow_registry(store, budget=10_000)
+    reg, _made = _slow_registry(store, budget=10_000)
     reg.idle_unload_s = 1
 
     async def scenario() -> None:
