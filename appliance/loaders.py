@@ -17,7 +17,7 @@ from appliance.registry import Loader
 from appliance.settings import Settings
 from appliance.trust import TRUST_FILE, TrustFile
 from engines.worker.proxies import WorkerLLMEngine, WorkerVisionEngine
-from engines.worker.spec import LLAMA_CONFIGS, EngineSpec, vision_configs
+from engines.worker.spec import LLAMA_CONFIGS, NICE_ENV, EngineSpec, vision_configs
 from engines.worker.supervisor import EventHook, Supervisor
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ def _identity(manifest: Manifest) -> str:
 
 def _supervisor(settings: Settings, spec: EngineSpec, on_event: EventHook | None) -> Supervisor:
     return Supervisor(spec, trust=TrustFile(settings.data_dir / TRUST_FILE), on_event=on_event,
+                      env={NICE_ENV: str(settings.worker_nice)},
                       ready_timeout=settings.worker_ready_timeout_s,
                       log_level=logging.getLevelName(settings.log_level.upper()))
 

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="CORS origins; off if empty.")
     log_level: str = Field("info", description="debug, info, warning or error.")
     clock_tolerance_h: float = Field(24.0, ge=0, description="Clock may go back this far.")
+    worker_nice: int = Field(
+        5, ge=0, le=19, description="Engine workers run this much nicer than the API "
+        "process, so streams, health checks and the admin API stay responsive while "
+        "inference uses every core.")
     worker_ready_timeout_s: float = Field(
         900.0, ge=1, description="How long an engine worker may take to load and self-test.")
     state_dir: Path | None = Field(

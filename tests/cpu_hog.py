@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+HOGS_ENV = "APPLIANCE_TEST_CPU_HOGS"  # tells a test its machine is kept busy on purpose
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -27,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cpu_hog: {len(hogs)} busy processes while running {' '.join(command)}",
           flush=True)
     try:
-        return subprocess.call(command)
+        env = {**os.environ, HOGS_ENV: str(len(hogs))}
+        return subprocess.call(command, env=env)
     finally:
         for hog in hogs:
             hog.kill()

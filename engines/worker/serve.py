@@ -29,7 +29,7 @@ from typing import Any
 
 from engines.errors import EngineError, InvalidRequestError
 from engines.types import Failed, Finished, GenerationEvent, GenerationRequest, Sampling
-from engines.worker.spec import CRASH_SELFTEST_ENV, Config, EngineSpec
+from engines.worker.spec import CRASH_SELFTEST_ENV, NICE_ENV, Config, EngineSpec
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +189,9 @@ def _plain(x: Any) -> Any:
 
 def main() -> None:
     """Run one worker: hello, build, (self-test), ready, serve, close."""
+    nice = int(os.environ.get(NICE_ENV, "0") or 0)
+    if nice > 0:
+        os.nice(nice)  # the API process (streams, health, admin) comes first on a busy CPU
     sock = socket.socket(fileno=int(os.environ[FD_ENV]))
     conn = Connection(sock.detach())
     _, hello = conn.recv()

@@ -19,6 +19,7 @@ Kind = Literal["llm", "vision"]
 #: Environment switch for tests: a worker whose self-test runs in a configuration that is
 #: not a fallback kills itself with SIGSEGV, as a CPU fault in native code would.
 CRASH_SELFTEST_ENV = "APPLIANCE_TEST_CRASH_SELFTEST"
+NICE_ENV = "APPLIANCE_WORKER_NICE"  # how much nicer than the API process a worker runs
 
 
 @dataclass(frozen=True)
