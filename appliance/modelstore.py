@@ -37,7 +37,10 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-ENGINES = ("llama", "ocr", "yolo", "onnx")
+ENGINES = ("llama", "ocr", "yolo", "onnx", "tokenizer")
+#: Packs that hold data the box uses, not a model to load and serve (e.g. OpenAI's token
+#: table for decoding token-array input): the registry does not list them.
+DATA_ENGINES = ("tokenizer",)
 #: What a llama pack may be for; a pack without ``purpose`` is a chat model.
 PURPOSES = ("chat", "embeddings")
 CHUNK = 1 << 20
@@ -454,7 +457,7 @@ def catalogue_entry(name: str) -> dict[str, Any]:
 
 def catalogue_manifest(entry: dict[str, Any]) -> Manifest:
     data = {k: v for k, v in entry.items()
-            if k not in ("wheel", "default", "archive", "sources", "title")}
+            if k not in ("wheel", "default", "archive", "sources", "title", "_comment")}
     data["files"] = [{k: v for k, v in f.items() if k != "member"} for f in entry["files"]]
     data["source"] = f"PyPI {entry['wheel']['package']}=={entry['wheel']['version']}"
     return parse_manifest(json.dumps(data))

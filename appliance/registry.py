@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 
 from appliance.errors import ApplianceError, ModelNotFoundError, ModelStoreError
-from appliance.modelstore import Manifest, ModelStore
+from appliance.modelstore import DATA_ENGINES, Manifest, ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class ModelRegistry:
     # --- catalogue -----------------------------------------------------------------
     def refresh(self) -> None:
         """Pick up packs added or removed on disk (e.g. by an update bundle)."""
-        found = {m.name: m for m in self.store.manifests()}
+        found = {m.name: m for m in self.store.manifests() if m.engine not in DATA_ENGINES}
         for name in list(self._entries):
             if name not in found and not self._entries[name].loaded:
                 del self._entries[name]

