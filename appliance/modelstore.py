@@ -43,6 +43,10 @@ ENGINES = ("llama", "ocr", "yolo", "onnx", "tokenizer")
 DATA_ENGINES = ("tokenizer",)
 #: What a llama pack may be for; a pack without ``purpose`` is a chat model.
 PURPOSES = ("chat", "embeddings")
+#: What each kind of pack serves, by its purpose (``Manifest.purpose``): /v1/models lists
+#: these as ``capabilities`` and the request lifecycle refuses the rest with a 400.
+CAPABILITIES = {"chat": ("chat", "completions", "embeddings"), "embeddings": ("embeddings",),
+                "ocr": ("ocr",), "yolo": ("detection",), "onnx": ("vision",)}
 CHUNK = 1 << 20
 Progress = Callable[[str, int, int], None]  # (label, done_bytes, total_bytes)
 
@@ -82,6 +86,11 @@ class Manifest:
         if self.engine != "llama":
             return self.engine
         return str(self.extra.get("purpose", "chat"))
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """What the pack serves (see CAPABILITIES)."""
+        return CAPABILITIES.get(self.purpose, ())
 
     def file(self, role: str) -> ModelFile:
         for f in self.files:

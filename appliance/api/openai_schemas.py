@@ -233,7 +233,3 @@ class EmbeddingRequest(_Body):
         if isinstance(v, list) and any(isinstance(x, list) and not x for x in v):
             raise ValueError("a token array in input is empty")
         return v
-
-    def texts(self) -> list[str]:
-        """Text inputs (the route decodes token arrays separately)."""
-        return [self.input] if isinstance(self.input, str) else list(self.input)  # type: ignore[arg-type]
