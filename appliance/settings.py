@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     llm_prefix_cache_mb: int | None = Field(
         None, ge=0, description="Host RAM per LLM for saved prompt prefixes (KV states, LRU); "
         "default: an eighth of memory_budget_mb; 0 turns it off.")
+    embed_batch_tokens: int = Field(
+        2048, ge=256, le=65536,
+        description="Tokens one embedding decode reads, many short inputs packed together "
+        "(at least the model's input length); bounds an embedding request's memory however "
+        "many inputs it holds.")
+    embed_max_inputs: int = Field(
+        2048, ge=1, le=100_000, description="Inputs per /v1/embeddings request (OpenAI's "
+        "limit is 2048).")
+    embed_max_request_tokens: int = Field(
+        300_000, ge=1, description="Tokens per /v1/embeddings request, all inputs together "
+        "(OpenAI's limit is 300,000).")
     vision_max_batch: int = Field(1, ge=1, le=64, description="Images per vision batch.")
     vision_max_wait_ms: float = Field(2.0, ge=0, description="Wait this long to fill a batch.")
     vision_max_queue: int = Field(64, ge=1, description="Waiting images per model before 503.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
+from engines.errors import InputTooLongError, PromptTooLongError
 from engines.types import GenerationEvent, GenerationRequest, LLMInfo
 
 EventSink = Callable[[GenerationEvent], None]
@@ -70,8 +71,20 @@ class LLMEngine(ABC):
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """One L2-normalised vector per text (blocking: call from a worker thread).
 
-        Raises ContextLengthError for an input longer than the context.
+        Raises InputTooLongError (a ContextLengthError naming the input's index) for an
+        input longer than the model reads, InvalidRequestError for an empty one.
         """
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """How many tokens the model reads for each text (what ``embed`` bills);
+        InputTooLongError naming a text far too long to tokenise."""
+        counts = []
+        for i, text in enumerate(texts):
+            try:
+                counts.append(len(self.tokenize(text, special=False)))
+            except PromptTooLongError as exc:
+                raise InputTooLongError(i, len(text), exc.n_ctx, "characters") from exc
+        return counts
 
     @abstractmethod
     def stats(self) -> dict[str, float]:

@@ -49,6 +49,22 @@ class PromptTooLongError(ContextLengthError):
         return (type(self), (self.chars, self.n_ctx))
 
 
+class InputTooLongError(ContextLengthError):
+    """One input of a batch (an embedding request's) is longer than the model reads; the
+    message names its index."""
+
+    def __init__(self, index: int, size: int, n_ctx: int, unit: str = "tokens") -> None:
+        self.index, self.size, self.unit = index, size, unit
+        self.prompt_tokens, self.n_ctx, self.max_tokens = size, n_ctx, None
+        EngineError.__init__(
+            self, f"This model's maximum context length is {n_ctx} tokens. However, "
+                  f"input[{index}] is {size} {unit} long, more than that. Please shorten "
+                  "or split it.")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.index, self.size, self.n_ctx, self.unit))
+
+
 class InvalidRequestError(EngineError):
     """Request parameters the engine cannot honour (e.g. a JSON schema it cannot compile)."""
 

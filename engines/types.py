@@ -77,3 +77,4 @@ class LLMInfo:
     n_gpu_layers: int
     slots: int  # how many sequences decode concurrently
     chat_template: str | None
+    purpose: str = "chat"  # "embeddings": a sentence-embedding model that cannot generate

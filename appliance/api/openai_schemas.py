@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -199,29 +199,37 @@ class CompletionRequest(_Sampling):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
+#: Items of one embeddings request the schema accepts at all; the box's own limit is the
+#: setting embed_max_inputs (checked by the route).
+MAX_EMBEDDING_INPUTS = 100_000
+TokenId = Annotated[int, Field(strict=True, ge=0)]
+
+
 class EmbeddingRequest(_Body):
+    """``input``: a string, a list of strings, or OpenAI token ids (one list, or a list of
+    lists, as ``langchain_openai`` sends); ``dimensions``: checked against the model by
+    ``appliance.embeddings.check_dimensions``."""
+
     model: str = Field(min_length=1, max_length=128)
-    input: str | list[str] = Field(...)
+    input: (str | list[str] | list[TokenId] | list[list[TokenId]]) = Field(...)
     encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, le=65536)
     user: str | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _known(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("dimensions") is not None:
-            raise ValueError("'dimensions' is not supported by this model (its vectors are "
-                             "not trained to be shortened); leave it out")
-        if isinstance(data, dict):
-            data = {k: v for k, v in data.items() if not (k == "dimensions" and v is None)}
+        if isinstance(data, dict):  # explicit nulls mean "the default"
+            data = {k: v for k, v in data.items()
+                    if not (v is None and k in ("dimensions", "encoding_format", "user"))}
         _refuse_unknown(cls, data)
         return data
 
     @field_validator("input")
     @classmethod
-    def _inputs(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list) and not 1 <= len(v) <= 256:
-            raise ValueError("input must hold 1 to 256 strings")
+    def _inputs(cls, v: Any) -> Any:
+        if isinstance(v, list) and not 1 <= len(v) <= MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"input must hold 1 to {MAX_EMBEDDING_INPUTS} items")
+        if isinstance(v, list) and any(isinstance(x, list) and not x for x in v):
+            raise ValueError("a token array in input is empty")
         return v
-
-    def texts(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)

@@ -56,6 +56,7 @@ from engines.errors import (
     ContextLengthError,
     EngineClosedError,
     EngineError,
+    InputTooLongError,
     InvalidRequestError,
     OverloadedError,
     PromptTooLongError,
@@ -348,12 +349,25 @@ class BatchedLlamaEngine(LLMEngine):
         return handle
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """Mean-pooled hidden states of the chat model (a weak sentence embedding: the
+        README compares it with the embedding pack)."""
         with self._embed_lock:
             if self._model.ptr is None:
                 raise EngineClosedError("the model is unloaded")
             if self._embedder is None:
                 self._embedder = Embedder(self._model, n_ctx=EMBED_CTX, n_threads=self._threads)
-            return [self._embedder.embed(text) for text in texts]
+            limit = self._embedder.max_tokens
+            ids = []
+            for i, text in enumerate(texts):
+                if not text:
+                    raise InvalidRequestError(f"input[{i}] is empty")
+                if len(text) > limit * MAX_CHARS_PER_TOKEN:
+                    raise InputTooLongError(i, len(text), limit, "characters")
+                tokens = self._model.tokenize(text, add_special=True, parse_special=False)
+                if len(tokens) > limit:
+                    raise InputTooLongError(i, len(tokens), limit)
+                ids.append(tokens)
+            return self._embedder.embed_ids(ids)
 
     def stats(self) -> dict[str, float]:
         with self._cond:

@@ -164,6 +164,11 @@ class ContextConfig:
     # None: llama.cpp decides (on for CPU). Its CPU flash attention gives results that
     # depend slightly on how many tokens a micro-batch holds; off, they do not.
     flash_attn: bool | None = None
+    pooling: str = "mean"  # with embeddings: how token vectors become one (POOLING)
+
+
+#: Pooling an embeddings context may use (llama.cpp's enum llama_pooling_type).
+POOLING = {"mean": 1, "cls": 2}
 
 
 class Context:
@@ -183,7 +188,7 @@ class Context:
         params.no_perf = True
         if config.embeddings:
             params.embeddings = True
-            params.pooling_type = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+            params.pooling_type = POOLING[config.pooling]
         ptr = llama_cpp.llama_init_from_model(model.ptr, params)
         if not ptr:
             raise ModelLoadError(f"llama.cpp could not create a context for {model.path}")
@@ -351,30 +356,59 @@ class Sampler:
 
 
 class Embedder:
-    """A small embeddings context (mean pooling) on a loaded model; one text per decode."""
+    """An embeddings context on a loaded model: pooled (mean or CLS), L2-normalised vectors.
 
-    def __init__(self, model: Model, *, n_ctx: int, n_threads: int) -> None:
-        n = min(n_ctx, model.n_ctx_train)
+    One decode reads up to ``n_seq`` inputs packed into ``n_ctx`` tokens (each input alone
+    must fit ``max_tokens``, the model's training context at most), so the memory a request
+    takes is bounded by ``n_ctx`` however many inputs it holds. Attention never crosses
+    inputs (each is its own sequence)."""
+
+    def __init__(self, model: Model, *, n_ctx: int, n_threads: int, n_seq: int = 1,
+                 pooling: str = "mean") -> None:
+        if pooling not in POOLING:
+            raise ValueError(f"pooling must be one of {', '.join(POOLING)}")
+        self.max_tokens = min(n_ctx, model.n_ctx_train)
+        n = max(n_ctx, self.max_tokens)
         self.model = model
+        self.n_seq = n_seq
         self.ctx = Context(model, ContextConfig(
-            n_ctx=n, n_batch=n, n_seq_max=1, n_threads=n_threads, embeddings=True))
+            n_ctx=n, n_batch=n, n_seq_max=n_seq, n_threads=n_threads, embeddings=True,
+            kv_unified=True, pooling=pooling))
         self.batch = Batch(n)
 
     def embed(self, text: str) -> list[float]:
-        """The L2-normalised mean-pooled embedding of ``text``."""
+        """The embedding of ``text`` (tokenised with the model's special tokens)."""
         ids = self.model.tokenize(text, add_special=True, parse_special=False)
         if not ids:
             raise InvalidRequestError("cannot embed an empty input")
-        if len(ids) > self.ctx.n_ctx:
-            raise ContextLengthError(len(ids), self.ctx.n_ctx)
+        return self.embed_ids([ids])[0]
+
+    def embed_ids(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """One vector per token list (ids already checked; each within ``max_tokens``)."""
+        out: list[list[float]] = []
+        i = 0
+        while i < len(inputs):
+            self.ctx.forget(-1)
+            self.batch.clear()
+            seqs = 0
+            while (i + seqs < len(inputs) and seqs < self.n_seq
+                   and len(self.batch) + len(inputs[i + seqs]) <= self.batch.capacity):
+                ids = inputs[i + seqs]
+                if not ids or len(ids) > self.max_tokens:
+                    raise ContextLengthError(len(ids), self.max_tokens)
+                for pos, tok in enumerate(ids):
+                    self.batch.add(int(tok), pos, seqs, True)
+                seqs += 1
+            if seqs == 0:  # longer than the whole batch: cannot happen (max_tokens <= n_ctx)
+                raise ContextLengthError(len(inputs[i]), self.max_tokens)
+            self.ctx.decode(self.batch)
+            for s in range(seqs):
+                vec = self.ctx.embedding(s, self.model.n_embd)
+                norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+                out.append([v / norm for v in vec])
+            i += seqs
         self.ctx.forget(-1)
-        self.batch.clear()
-        for pos, tok in enumerate(ids):
-            self.batch.add(tok, pos, 0, True)
-        self.ctx.decode(self.batch)
-        vec = self.ctx.embedding(0, self.model.n_embd)
-        norm = math.sqrt(sum(v * v for v in vec)) or 1.0
-        return [v / norm for v in vec]
+        return out
 
     def close(self) -> None:
         self.batch.close()

@@ -98,6 +98,9 @@ class WorkerLLMEngine(_WorkerBacked, LLMEngine):
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         return self._call("embed", list(texts))
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return self._call("count_tokens", list(texts), timeout=PREPARE_TIMEOUT_S)
+
     def waiting(self) -> dict[str, int]:
         return self._call("waiting", timeout=STATS_TIMEOUT_S)
 

