@@ -33,7 +33,7 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.datastructures import MutableHeaders
 
 from appliance.api.errors import mapped
@@ -181,6 +181,12 @@ class Call:
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Blocking engine work (embeddings, vision) in a worker thread."""
         return await anyio.to_thread.run_sync(fn, *args)
+
+    async def answer(self, payload: Any) -> Response:
+        """A large JSON answer (thousands of floats) serialised in a worker thread."""
+        body = await anyio.to_thread.run_sync(
+            lambda: json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
+        return Response(body, media_type="application/json", headers=dict(self.headers))
 
     # --- generate ----------------------------------------------------------------------
     async def generate(self, engine: LLMEngine, req: GenerationRequest) -> Generation:

@@ -174,11 +174,11 @@ async def embeddings(body: EmbeddingRequest, call: CallDep, registry: RegistryDe
     call.reserve(n_tokens)
     vectors = await call.run(llm.embed, texts)
     call.prompt_tokens = n_tokens
-    data = encode(shorten(vectors, dims), body.encoding_format)
-    return {"object": "list", "model": body.model,
-            "data": [{"object": "embedding", "index": i, "embedding": v}
-                     for i, v in enumerate(data)],
-            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
+    data = await call.run(encode, shorten(vectors, dims), body.encoding_format)
+    return await call.answer({"object": "list", "model": body.model,
+                              "data": [{"object": "embedding", "index": i, "embedding": v}
+                                       for i, v in enumerate(data)],
+                              "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
 
 
 Purpose = Literal["chat", "completions", "embeddings", "ocr", "detection", "vision", "all"]
