@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 
 from engines.errors import (
     ContextLengthError,
@@ -85,6 +86,7 @@ class Model:
         self.n_embd = int(llama_cpp.llama_model_n_embd(ptr))
         self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(ptr))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
         self._piece_cache: dict[int, bytes] = {}
 
     def meta(self, key: str) -> str | None:
@@ -200,6 +202,14 @@ class Context:
         if rc != 0:
             raise EngineError(f"llama_decode failed with code {rc}")
 
+    def logits(self, index: int) -> np.ndarray:
+        """Raw logits of batch entry ``index`` after ``decode`` (a view into llama.cpp's
+        buffer, valid until the next decode: copy what must outlive it)."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ptr, index)
+        if not ptr:
+            raise EngineError(f"llama.cpp has no logits for batch entry {index}")
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
+
     def forget(self, seq_id: int) -> None:
         """Drop every KV cell of ``seq_id`` (-1: all sequences)."""
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
@@ -283,6 +293,9 @@ class Batch:
             self.capacity = 0
 
 
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data
+
+
 class Sampler:
     """A sampler chain: [grammar] [logit bias] [presence/frequency penalties] then greedy,
     or top-p -> temperature -> seeded draw."""
@@ -343,6 +356,25 @@ class Sampler:
     def sample(self, ctx: Context, index: int) -> int:
         """Pick (and accept) the next token from the logits of batch entry ``index``."""
         return int(llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, index))
+
+    def sample_logits(self, logits: np.ndarray) -> int:
+        """Pick (and accept) the next token from saved raw logits, as ``sample`` does from
+        a batch entry's (llama_sampler_sample: every token's candidate, in id order, run
+        through the chain, then the selected one accepted)."""
+        n = int(logits.shape[0])
+        cand = np.empty(n, dtype=_TOKEN_DATA)
+        cand["id"] = np.arange(n, dtype=np.int32)
+        cand["logit"] = logits
+        cand["p"] = 0.0
+        arr = llama_cpp.llama_token_data_array(
+            data=cand.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)),
+            size=n, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(self.ptr, ctypes.byref(arr))
+        if not 0 <= arr.selected < arr.size:
+            raise EngineError("the sampler selected no token")
+        token = int(arr.data[arr.selected].id)
+        llama_cpp.llama_sampler_accept(self.ptr, token)
+        return token
 
     def close(self) -> None:
         if self.ptr:
