@@ -22,6 +22,7 @@ class Sampling:
     presence_penalty: float = 0.0  # OpenAI's: subtract once for a token already generated
     frequency_penalty: float = 0.0  # OpenAI's: subtract per time it was generated
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    repetition_penalty: float = 1.0  # llama.cpp's repeat penalty over the completion; 1 off
 
 
 @dataclass(frozen=True)

@@ -645,6 +645,7 @@ class BatchedLlamaEngine(LLMEngine):
                 self._model, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
                 grammar=s.grammar, presence_penalty=s.presence_penalty,
                 frequency_penalty=s.frequency_penalty, logit_bias=s.logit_bias,
+                repetition_penalty=s.repetition_penalty,
             )
         except EngineError as exc:
             self._fail(seq, exc)

@@ -297,8 +297,8 @@ _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama
 
 
 class Sampler:
-    """A sampler chain: [grammar] [logit bias] [presence/frequency penalties] then greedy,
-    or top-p -> temperature -> seeded draw."""
+    """A sampler chain: [grammar] [logit bias] [repetition/presence/frequency penalties]
+    then greedy, or top-p -> temperature -> seeded draw."""
 
     def __init__(
         self,
@@ -311,6 +311,7 @@ class Sampler:
         presence_penalty: float = 0.0,
         frequency_penalty: float = 0.0,
         logit_bias: Sequence[tuple[int, float]] = (),
+        repetition_penalty: float = 1.0,
     ) -> None:
         params = llama_cpp.llama_sampler_chain_default_params()
         params.no_perf = True
@@ -332,9 +333,13 @@ class Sampler:
                     *[llama_cpp.llama_logit_bias(t, b) for t, b in logit_bias])
                 llama_cpp.llama_sampler_chain_add(self.ptr, llama_cpp.llama_sampler_init_logit_bias(
                     model.n_vocab, len(logit_bias), arr))
-            if presence_penalty or frequency_penalty:  # over the whole completion so far
+            if presence_penalty or frequency_penalty or repetition_penalty != 1.0:
+                if repetition_penalty <= 0:
+                    raise InvalidRequestError("repetition_penalty must be above 0")
+                # over the whole completion so far (the prompt is not counted)
                 llama_cpp.llama_sampler_chain_add(self.ptr, llama_cpp.llama_sampler_init_penalties(
-                    model.n_vocab, PENALTY_WINDOW, 1.0, frequency_penalty, presence_penalty))
+                    model.n_vocab, PENALTY_WINDOW, repetition_penalty, frequency_penalty,
+                    presence_penalty))
             if temperature <= 0:
                 llama_cpp.llama_sampler_chain_add(self.ptr, llama_cpp.llama_sampler_init_greedy())
             else:
