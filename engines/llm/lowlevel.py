@@ -423,5 +423,6 @@ def prompt_ids(model: Model, tokens: Sequence[int]) -> list[int]:
     ids = [int(t) for t in tokens]
     bad = next((t for t in ids if not 0 <= t < model.n_vocab), None)
     if bad is not None:
-        raise InvalidRequestError(f"token id {bad} is outside the vocabulary (0..{model.n_vocab})")
+        raise InvalidRequestError(f"prompt token id {bad} is outside the vocabulary "
+                                  f"(0..{model.n_vocab - 1})")
     return ids
