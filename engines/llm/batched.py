@@ -34,7 +34,9 @@ prompt tokens were not read again.
 Forks: a request whose prompt is exactly a running request's prompt (the ``n`` choices of
 one API request, or the same prompt sent twice at once) reads none of it. It copies that
 request's cells once they hold the whole prompt and draws its first token from the same
-saved logits of the last prompt token, so it starts where a solo run would, exactly.
+saved logits of the last prompt token, so it starts where a solo run would, exactly. A
+free slot remembers its last request's prompt and those logits too, so the same prompt
+sent again (a retry) resumes from them.
 
 Logprobs (only for requests that ask: ``GenerationRequest.logprobs``) are the
 log-softmax of the raw logits each token was sampled from, before penalties, bias,
@@ -252,6 +254,8 @@ class BatchedLlamaEngine(LLMEngine):
         self._closing = False  # guarded by _cond
         self._running: dict[int, _Seq] = {}  # slot -> seq; scheduler thread only
         self._cached: list[list[int]] = [[] for _ in range(slots)]  # free slots' KV tokens
+        # free slots' last request: (its prompt, the logits after it), for a repeat of it
+        self._last: list[tuple[list[int], np.ndarray] | None] = [None] * slots
         self._seen: dict[str, float] = {}  # seat -> last submit (monotonic); under _cond
         self._reuse = prefix_reuse
         # Where a reused prefix may end. With flash attention off llama.cpp's results do
@@ -483,7 +487,8 @@ class BatchedLlamaEngine(LLMEngine):
 
         ``seq.reuse`` is ``("slot", n)`` (the slot's own cells), ``("copy", donor, n)``
         (another slot's cells), ``("host", saved, n)`` (a saved state), ``("fork", twin)``
-        or ``("follow", leader, n)`` (see ``_twin``) or ``()``. A free slot whose cells go
+        or ``("follow", leader, n)`` (see ``_twin``), ``("resume", logits)`` (the slot's
+        last request had this very prompt) or ``()``. A free slot whose cells go
         on past the shared prefix (another chat's later turns) is copied from rather than
         overwritten while a cold slot is free.
         """
@@ -498,6 +503,11 @@ class BatchedLlamaEngine(LLMEngine):
             seq.reuse = (("fork", twin) if twin.last_logits is not None
                          else ("follow", twin, len(prompt)))
             return
+        for i in free:  # the same prompt again, after its request ended: resume from it
+            last = self._last[i]
+            if last is not None and last[0] == prompt:
+                seq.slot, seq.reuse = i, ("resume", last[1])
+                return
 
         def usable(shared: int) -> int:
             # The last token is always read; a reused prefix ends on a chunk boundary, so
@@ -559,6 +569,7 @@ class BatchedLlamaEngine(LLMEngine):
             if self._host.put(tokens, state):
                 self._stats["prefix_host_saves"] += 1
         self._cached[slot] = []
+        self._last[slot] = None
 
     def _load_prefix(self, seq: _Seq) -> int:
         """Put ``seq``'s reusable prefix into its slot; return how many tokens it holds."""
@@ -577,6 +588,12 @@ class BatchedLlamaEngine(LLMEngine):
             self._ctx.forget(slot)
             seq.follows = (reuse[1], reuse[2])
             return 0
+        if kind == "resume":
+            n = len(seq.prompt)
+            self._save_to_host(slot, keep=n)
+            self._ctx.trim(slot, n)
+            seq.last_logits = reuse[1]
+            return n
         if kind == "fork":
             twin: _Seq = reuse[1]
             if self._running.get(twin.slot) is twin and twin.last_logits is not None:
@@ -633,6 +650,7 @@ class BatchedLlamaEngine(LLMEngine):
                 self._ctx.forget(top)
                 self._ctx.forget(gap)
             self._cached[top] = []
+            self._last[top] = None
             seq.slot = gap
             self._running[gap] = seq
             self._stats["slot_moves"] += 1
@@ -790,8 +808,11 @@ class BatchedLlamaEngine(LLMEngine):
         seq.done = True
         if seq.slot >= 0 and self._running.get(seq.slot) is seq:
             del self._running[seq.slot]
+            self._last[seq.slot] = None
             if keep_cells:  # the cells stay for a later request with the same start
                 self._cached[seq.slot] = seq.kv_tokens()
+                if seq.last_logits is not None and seq.n_past >= len(seq.prompt):
+                    self._last[seq.slot] = (seq.prompt, seq.last_logits)
             else:
                 self._cached[seq.slot] = []
                 self._ctx.forget(seq.slot)

@@ -136,6 +136,16 @@ def test_identical_prompts_read_once_and_match_the_solo_run(engine: LLMEngine) -
         assert engine.stats()["prefix_forks"] - forks_before >= 2
 
 
+def test_the_same_prompt_again_resumes_from_the_slot_it_left(engine: LLMEngine) -> None:
+    p = prompt(engine, "Tell me a joke about cats.")
+    first = run(engine, p, temperature=0.0, max_tokens=12).wait()
+    assert first.end.cached_tokens == 0  # type: ignore[union-attr]
+    for tokens in (12, 1):  # longer or shorter than the run it resumes from
+        again = run(engine, p, temperature=0.0, max_tokens=tokens).wait()
+        assert again.end.cached_tokens == len(p)  # type: ignore[union-attr]
+        assert again.text == first.text if tokens == 12 else first.text.startswith(again.text)
+
+
 def test_logprobs_out_of_range_are_refused(engine: LLMEngine) -> None:
     p = prompt(engine, "hi")
     for bad in (-1, 21):
