@@ -9,37 +9,14 @@ engine forks them from one read) and every choice's completion.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.api.logprob_shapes import LegacyLogprobs, chat_logprobs, merge_legacy
 from engines.types import Finished, GenerationEvent, PromptTokens, TextDelta, TokenLogprob
-
-
-async def merged(streams: Sequence[AsyncIterator[GenerationEvent]]
-                 ) -> AsyncIterator[tuple[int, GenerationEvent]]:
-    """``(index, event)`` from several event streams as they come (lower index first
-    among events ready together); the first stream that raises ends it all."""
-    iters = list(streams)
-    pending = {asyncio.ensure_future(anext(it)): i for i, it in enumerate(iters)}
-    try:
-        while pending:
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for fut in sorted(done, key=lambda f: pending[f]):
-                i = pending.pop(fut)
-                try:
-                    event = fut.result()
-                except StopAsyncIteration:
-                    continue
-                yield i, event
-                pending[asyncio.ensure_future(anext(iters[i]))] = i
-    finally:
-        for fut in pending:
-            fut.cancel()
 
 
 @dataclass

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from appliance.api.choices import ChatChoices, CompletionChoices, merged
+from appliance.api.choices import ChatChoices, CompletionChoices
+from appliance.lifecycle import merged
 from engines.types import Finished, GenerationEvent, PromptTokens, TextDelta, TokenLogprob
 
 
