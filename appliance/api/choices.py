@@ -145,7 +145,7 @@ class CompletionChoices(_Choices):
         given = self.texts[p]
         if given is not None:
             return given
-        return b"".join(t.piece for t in self.echoes[p]).decode("utf-8", errors="replace")
+        return b"".join(t.piece for t in self.echoes.get(p, ())).decode("utf-8", errors="replace")
 
     def feed(self, i: int, event: GenerationEvent) -> list[dict[str, Any]]:
         """The chunks ``event`` of choice ``i`` makes, in order."""
