@@ -11,9 +11,12 @@ path touches the licence guard, the model registry or the usage ledger.
   until the request has been settled.
 - **prepare** (``Call.prepare``): render, tokenise and compile the grammar in a worker
   thread, then reserve the worst-case tokens against the seat's daily budget.
-- **generate** (``Call.generate``): submit, wait for the first event (so a refusal is a 4xx
-  or 5xx, not a broken 200), then stream (``sse``) or collect; a client that hangs up
-  cancels the generation, streamed or not.
+- **generate** (``Call.generate``, or ``Call.generate_all`` for ``n`` choices and lists of
+  prompts: all submitted before any is waited for, so the engine forks copies of one
+  prompt): submit, wait for the first event (so a refusal is a 4xx or 5xx, not a broken
+  200), then stream (``sse``, the events of all the call's generations interleaved into
+  one shape) or ``collect``; a client that hangs up cancels the generations, streamed or
+  not.
 - **settle** (``Lifecycle.settle``, once, after the last byte was sent): close the leases and
   generations, release the slot, settle the reservations with the real count and write the
   usage row (in a thread).
