@@ -70,6 +70,22 @@ def test_n_choices_share_the_prompt(client: openai.OpenAI) -> None:
     assert finished == {0, 1} and usage.prompt_tokens == one.usage.prompt_tokens
 
 
+def test_the_seats_usage_row_counts_a_shared_prompt_once(box) -> None:
+    from tests.api.test_licensing_api import admin, new_seat, oa
+
+    seat_id, key = new_seat(box, "seat-n")
+    try:
+        r = oa(box, key).chat.completions.create(model=LLM, messages=ASK, temperature=0,
+                                                 max_tokens=4, n=3)
+        row = httpx.get(box.base_url + "/v1/usage",
+                        headers={"Authorization": f"Bearer {key}"}).json()["data"][0]
+        assert (row["tokens_in"], row["tokens_out"]) == (r.usage.prompt_tokens,
+                                                         r.usage.completion_tokens)
+        assert r.usage.completion_tokens == 3 * 4  # three choices of four tokens each
+    finally:
+        admin(box, "DELETE", f"/admin/seats/{seat_id}")
+
+
 def test_prompt_lists_and_token_arrays_are_prompt_major(client: openai.OpenAI) -> None:
     def text(prompt: object, **kw: object) -> list[str]:
         r = client.completions.create(model=LLM, prompt=prompt, temperature=0, max_tokens=5,
