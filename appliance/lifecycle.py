@@ -11,9 +11,12 @@ path touches the licence guard, the model registry or the usage ledger.
   until the request has been settled.
 - **prepare** (``Call.prepare``): render, tokenise and compile the grammar in a worker
   thread, then reserve the worst-case tokens against the seat's daily budget.
-- **generate** (``Call.generate``): submit, wait for the first event (so a refusal is a 4xx
-  or 5xx, not a broken 200), then stream (``sse``) or collect; a client that hangs up
-  cancels the generation, streamed or not.
+- **generate** (``Call.generate``, or ``Call.generate_all`` for ``n`` choices and lists of
+  prompts: all submitted before any is waited for, so the engine forks copies of one
+  prompt): submit, wait for the first event (so a refusal is a 4xx or 5xx, not a broken
+  200), then stream (``sse``, the events of all the call's generations interleaved into
+  one shape) or ``collect``; a client that hangs up cancels the generations, streamed or
+  not.
 - **settle** (``Lifecycle.settle``, once, after the last byte was sent): close the leases and
   generations, release the slot, settle the reservations with the real count and write the
   usage row (in a thread).
@@ -27,7 +30,7 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -191,18 +194,33 @@ class Call:
     # --- generate ----------------------------------------------------------------------
     async def generate(self, engine: LLMEngine, req: GenerationRequest) -> Generation:
         """Submit ``req`` and wait for its first event; errors before it raise here."""
+        return (await self.generate_all(engine, [req]))[0]
+
+    async def generate_all(self, engine: LLMEngine, reqs: Sequence[GenerationRequest],
+                           shared: Sequence[bool] = ()) -> list[Generation]:
+        """Submit every request, in order, before waiting for any (n choices, a list of
+        prompts: the engine sees them together), then wait for each one's first event;
+        the first error raises here. ``shared[i]``: request ``i`` repeats a prompt another
+        request of this call counts (one of ``n`` choices), so usage counts it once."""
         _current.set(self)
-        gen = Generation(self, engine, req)
-        self.stack.push_async_callback(gen.aclose)
-        await gen.start()
-        return gen
+        gens = [Generation(self, engine, req, counts_prompt=not (i < len(shared) and shared[i]))
+                for i, req in enumerate(reqs)]
+        for gen in gens:
+            self.stack.push_async_callback(gen.aclose)
+        results = await asyncio.gather(*(gen.start() for gen in gens), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return gens
 
 
 class Generation:
     """One running LLM generation; keeps the call's usage and the token metrics current."""
 
-    def __init__(self, call: Call, engine: LLMEngine, req: GenerationRequest) -> None:
+    def __init__(self, call: Call, engine: LLMEngine, req: GenerationRequest,
+                 counts_prompt: bool = True) -> None:
         self.call = call
+        self.counts_prompt = counts_prompt  # False: a copy of a prompt counted elsewhere
         self.engine = engine
         self.req = req
         self.metrics = call.life.metrics
@@ -217,7 +235,8 @@ class Generation:
         self._first: GenerationEvent | None = None
         self._ended = False
         self._counted = False
-        call.prompt_tokens += self.prompt_tokens
+        if counts_prompt:
+            call.prompt_tokens += self.prompt_tokens
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -252,9 +271,10 @@ class Generation:
             self.cached_tokens = event.cached_tokens
             self.finish_reason = event.finish_reason
 
-    async def events(self) -> AsyncIterator[TextDelta | Finished]:
-        """The events from the first on, ending with ``Finished``; raises the engine's error
-        if the generation fails (a worker crash)."""
+    async def events(self) -> AsyncIterator[GenerationEvent]:
+        """The events from the first on (``PromptTokens`` when echo was asked, text
+        deltas), ending with ``Finished``; raises the engine's error if the generation
+        fails (a worker crash)."""
         event = self._first
         while event is not None:
             yield event  # type: ignore[misc]
@@ -263,27 +283,8 @@ class Generation:
             event = await self._next()
 
     async def collect(self, request: Request) -> list[TextDelta]:
-        """Every text delta of a non-streamed generation; ClientGoneError (and the
-        generation cancelled) if the client hangs up first."""
-        async def watch() -> None:
-            while True:
-                message = await request.receive()
-                if message["type"] == "http.disconnect":
-                    self.cancel()
-                    return
-
-        deltas = []
-        watcher = asyncio.ensure_future(watch())
-        try:
-            async for event in self.events():
-                if isinstance(event, TextDelta):
-                    deltas.append(event)
-        finally:
-            watcher.cancel()
-        self.done()
-        if self.finish_reason == "cancelled":
-            raise ClientGoneError("the client closed the connection before the answer")
-        return deltas
+        """Every text delta of a non-streamed generation (see ``collect``)."""
+        return [e for _, e in await collect(request, [self]) if isinstance(e, TextDelta)]
 
     def cancel(self) -> None:
         if not self._ended and self._handle is not None:
@@ -295,7 +296,7 @@ class Generation:
             return
         self._counted = True
         m, model = self.metrics, self.call.model
-        m.tokens_in.labels(model).inc(self.prompt_tokens)
+        m.tokens_in.labels(model).inc(self.prompt_tokens if self.counts_prompt else 0)
         m.tokens_out.labels(model).inc(self.completion_tokens)
         if self.first_token is not None and self.completion_tokens > 1:
             span = time.perf_counter() - self.first_token
@@ -317,19 +318,62 @@ def usage_json(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
             "prompt_tokens_details": {"cached_tokens": cached}}
 
 
+async def merged(streams: Sequence[AsyncIterator[GenerationEvent]]
+                 ) -> AsyncIterator[tuple[int, GenerationEvent]]:
+    """``(index, event)`` from several event streams as they come (lower index first
+    among events ready together); the first stream that raises ends it all."""
+    iters = list(streams)
+    pending = {asyncio.ensure_future(anext(it)): i for i, it in enumerate(iters)}
+    try:
+        while pending:
+            ready, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for fut in sorted(ready, key=lambda f: pending[f]):
+                i = pending.pop(fut)
+                try:
+                    event = fut.result()
+                except StopAsyncIteration:
+                    continue
+                yield i, event
+                pending[asyncio.ensure_future(anext(iters[i]))] = i
+    finally:
+        for fut in pending:
+            fut.cancel()
+
+
+async def collect(request: Request, gens: Sequence[Generation]
+                  ) -> list[tuple[int, GenerationEvent]]:
+    """Every event of non-streamed generations, ``(index in gens, event)`` in arrival
+    order; ClientGoneError (and the generations cancelled) if the client hangs up first."""
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                for gen in gens:
+                    gen.cancel()
+                return
+
+    events = []
+    watcher = asyncio.ensure_future(watch())
+    try:
+        async for item in merged([gen.events() for gen in gens]):
+            events.append(item)
+    finally:
+        watcher.cancel()
+        for gen in gens:
+            gen.done()
+    if any(gen.finish_reason == "cancelled" for gen in gens):
+        raise ClientGoneError("the client closed the connection before the answer")
+    return events
+
+
 class StreamShape(Protocol):
-    """How a route's chunks look; ``sse`` drives it over one generation."""
+    """How a route's chunks look; ``sse`` drives it over the generations of one call."""
 
-    def opening(self) -> list[dict[str, Any]]:
-        """Chunks before the first text (chat's role chunk)."""
+    def feed(self, index: int, event: GenerationEvent) -> list[dict[str, Any]]:
+        """Chunks for ``event`` of generation ``index`` (possibly none, to hold text back);
+        a choice's first chunks open it (chat's role), its ``Finished`` closes it."""
 
-    def delta(self, event: TextDelta) -> list[dict[str, Any]]:
-        """Chunks for new text (empty to hold it back)."""
-
-    def closing(self, gen: Generation) -> list[dict[str, Any]]:
-        """Chunks after the last text (the finish reason)."""
-
-    def usage(self, gen: Generation) -> dict[str, Any]:
+    def usage_chunk(self) -> dict[str, Any]:
         """The usage chunk (``stream_options.include_usage``)."""
 
 
@@ -338,18 +382,16 @@ def sse_bytes(obj: Any) -> bytes:
             + b"\n\n")
 
 
-def sse(call: Call, gen: Generation, shape: StreamShape, include_usage: bool
+def sse(call: Call, gens: Sequence[Generation], shape: StreamShape, include_usage: bool
         ) -> StreamingResponse:
-    """Server-sent events of ``gen`` in ``shape``; an engine failure after the 200 was sent
-    (a worker crash) ends the stream with an OpenAI error event, which clients raise."""
+    """Server-sent events of ``gens`` (their events interleaved as they come) in ``shape``;
+    an engine failure after the 200 was sent (a worker crash) ends the stream with an
+    OpenAI error event, which clients raise."""
     async def chunks() -> AsyncIterator[bytes]:
-        for obj in shape.opening():
-            yield sse_bytes(obj)
         try:
-            async for event in gen.events():
-                if isinstance(event, TextDelta):
-                    for obj in shape.delta(event):
-                        yield sse_bytes(obj)
+            async for index, event in merged([gen.events() for gen in gens]):
+                for obj in shape.feed(index, event):
+                    yield sse_bytes(obj)
         except EngineError as exc:
             status, body = mapped(exc) or (500, {"error": {"message": str(exc)}})
             log.error("stream of %s ended by %s (%d): %s", call.model, type(exc).__name__,
@@ -358,11 +400,10 @@ def sse(call: Call, gen: Generation, shape: StreamShape, include_usage: bool
             yield sse_bytes(body)
             return
         finally:
-            gen.done()
-        for obj in shape.closing(gen):
-            yield sse_bytes(obj)
+            for gen in gens:
+                gen.done()
         if include_usage:
-            yield sse_bytes(shape.usage(gen))
+            yield sse_bytes(shape.usage_chunk())
         await call.life.settle(call, 200)  # the client's [DONE] proves its usage row
         yield b"data: [DONE]\n\n"
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 FinishReason = Literal["stop", "length", "cancelled"]
+MAX_TOP_LOGPROBS = 20  # alternatives per token a request may ask for (OpenAI's bound)
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Sampling:
     presence_penalty: float = 0.0  # OpenAI's: subtract once for a token already generated
     frequency_penalty: float = 0.0  # OpenAI's: subtract per time it was generated
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    repetition_penalty: float = 1.0  # llama.cpp's repeat penalty over the completion; 1 off
 
 
 @dataclass(frozen=True)
@@ -36,14 +38,46 @@ class GenerationRequest:
     seat: str = ""
     seat_weight: float = 1.0
     background: bool = False
+    logprobs: int | None = None  # report each token's logprob and this many alternatives
+    echo: bool = False  # send the prompt's tokens first (``PromptTokens``)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token with its log-probability under the model, and the likeliest alternatives.
+
+    ``logprob`` is the log-softmax of the raw model logits at that position, before
+    penalties, logit bias, grammar or temperature: the model's own distribution, which
+    is what OpenAI reports, not the one the sampler drew from. It is None for the first
+    prompt token (nothing precedes it) and for prompt tokens echoed without logprobs.
+    ``top`` holds up to the requested number of alternatives, likeliest first (the
+    chosen token among them only if it is one of the likeliest)."""
+
+    token: int
+    piece: bytes  # the bytes the token stands for (part of a UTF-8 character possibly)
+    logprob: float | None = None
+    top: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """The prompt, token by token: the first event of a request with ``echo``. With
+    ``logprobs`` each token after the first carries its logprob given the ones before."""
+
+    tokens: tuple[TokenLogprob, ...]
 
 
 @dataclass(frozen=True)
 class TextDelta:
-    """New text produced by one or more tokens (``n_tokens``)."""
+    """New text produced by one or more tokens (``n_tokens``).
+
+    ``logprobs`` (when the request asked) covers the same tokens, in order; the last
+    delta of a stream may carry tokens whose text a stop string removed (``text`` then
+    empty)."""
 
     text: str
     n_tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,7 +97,7 @@ class Failed:
     error: Exception
 
 
-GenerationEvent = TextDelta | Finished | Failed
+GenerationEvent = PromptTokens | TextDelta | Finished | Failed
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
-import time
-import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 
+from appliance.api.choices import ChatChoices, CompletionChoices
 from appliance.api.openai_schemas import (
+    MAX_PROMPTS,
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    Prompt,
 )
 from appliance.deps import CallDep, RegistryDep, SettingsDep
 from appliance.embeddings import (
@@ -24,10 +27,10 @@ from appliance.embeddings import (
     split_input,
 )
 from appliance.errors import ApplianceError
-from appliance.lifecycle import Call, Generation, sse
+from appliance.lifecycle import Call, Generation, StreamShape, collect, sse
 from engines.base import LLMEngine
 from engines.errors import InvalidRequestError
-from engines.types import GenerationRequest, Sampling, TextDelta
+from engines.types import GenerationRequest, Sampling
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 log = logging.getLogger(__name__)
@@ -38,7 +41,8 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest, max_tokens: int |
     return Sampling(max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                     seed=body.seed, stop=body.stops(), grammar=grammar,
                     presence_penalty=body.presence_penalty,
-                    frequency_penalty=body.frequency_penalty, logit_bias=body.biases())
+                    frequency_penalty=body.frequency_penalty, logit_bias=body.biases(),
+                    repetition_penalty=body.repetition_penalty)
 
 
 def _grammar(engine: LLMEngine, body: ChatCompletionRequest) -> str | None:
@@ -57,7 +61,7 @@ LANGUAGE_MODEL = "a language model; use the /v1/vision endpoints for it"
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request, call: CallDep) -> Any:
-    """Chat completion, streamed as server-sent events when ``stream`` is true."""
+    """Chat completion (``n`` choices), streamed as server-sent events when ``stream``."""
     try:
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     except ValueError as exc:
@@ -66,88 +70,78 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, call: 
 
     def build(engine: LLMEngine) -> GenerationRequest:
         tokens = engine.chat_tokens(messages)  # content never becomes control tokens
-        return GenerationRequest(tuple(tokens), _sampling(body, max_tokens, _grammar(engine, body)))
+        return GenerationRequest(tuple(tokens), _sampling(body, max_tokens, _grammar(engine, body)),
+                                 logprobs=body.logprob_count())
 
     engine = await call.lease(body.model, "chat", LLMEngine, LANGUAGE_MODEL)
-    gen = await call.generate(engine, await call.prepare(engine, build))
-    shape = ChatShape(body.model)
+    _check_choices(engine, body.n)
+    gens = await _generate(call, engine, [await call.prepare(engine, build)], body.n)
+    shape = ChatChoices(body.model, body.n, body.logprobs)
     if body.stream:
-        return sse(call, gen, shape, _include_usage(body))
-    text = "".join(d.text for d in await gen.collect(request))
-    return shape.head("chat.completion") | {
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "logprobs": None, "finish_reason": gen.finish_reason}],
-        "usage": gen.usage()}
-
-
-class ChatShape:
-    """Chunks of a streamed chat completion (``chat.completion.chunk``)."""
-
-    def __init__(self, model: str) -> None:
-        self.model = model
-        self.ident, self.created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-
-    def head(self, kind: str) -> dict[str, Any]:
-        return {"id": self.ident, "object": kind, "created": self.created,
-                "model": self.model, "system_fingerprint": None}
-
-    def chunk(self, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-        return self.head("chat.completion.chunk") | {"choices": [
-            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-
-    def opening(self) -> list[dict[str, Any]]:
-        return [self.chunk({"role": "assistant", "content": ""}, None)]
-
-    def delta(self, event: TextDelta) -> list[dict[str, Any]]:
-        return [self.chunk({"content": event.text}, None)] if event.text else []
-
-    def closing(self, gen: Generation) -> list[dict[str, Any]]:
-        return [self.chunk({}, gen.finish_reason)]
-
-    def usage(self, gen: Generation) -> dict[str, Any]:
-        return self.head("chat.completion.chunk") | {"choices": [], "usage": gen.usage()}
+        return sse(call, gens, shape, _include_usage(body))
+    await _collect(request, gens, shape)
+    return shape.answer()
 
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request, call: CallDep) -> Any:
-    """Plain text completion of ``prompt``."""
-    def build(engine: LLMEngine) -> GenerationRequest:
-        return GenerationRequest(tuple(engine.tokenize(body.text())),
-                                 _sampling(body, body.max_tokens, None))
+    """Text completion of each prompt (``n`` choices each, prompt-major), with ``echo``
+    and the legacy ``logprobs``."""
+    prompts = body.prompts()
+
+    def builder(prompt: Prompt) -> Callable[[LLMEngine], GenerationRequest]:
+        def build(engine: LLMEngine) -> GenerationRequest:
+            ids = engine.tokenize(prompt) if isinstance(prompt, str) else prompt
+            return GenerationRequest(tuple(ids), _sampling(body, body.max_tokens, None),
+                                     logprobs=body.logprobs, echo=body.echo)
+        return build
 
     engine = await call.lease(body.model, "completions", LLMEngine, LANGUAGE_MODEL)
-    gen = await call.generate(engine, await call.prepare(engine, build))
-    shape = CompletionShape(body.model)
+    _check_choices(engine, body.n, len(prompts))
+    reqs = [await call.prepare(engine, builder(p)) for p in prompts]
+    gens = await _generate(call, engine, reqs, body.n)
+    shape = CompletionChoices(body.model, [p if isinstance(p, str) else None for p in prompts],
+                              body.n, body.echo, body.logprobs is not None)
     if body.stream:
-        return sse(call, gen, shape, _include_usage(body))
-    text = "".join(d.text for d in await gen.collect(request))
-    return shape.payload(text, gen.finish_reason) | {"usage": gen.usage()}
+        return sse(call, gens, shape, _include_usage(body))
+    await _collect(request, gens, shape)
+    return shape.answer()
 
 
-class CompletionShape:
-    """Chunks of a (streamed) text completion (``text_completion``)."""
+def _check_choices(engine: LLMEngine, n: int, prompts: int = 1) -> None:
+    """400 naming ``n`` when it exceeds the sequences the model decodes at once, or when
+    the prompts times ``n`` make more choices than one request may ask for."""
+    slots = engine.info.slots
+    if n > slots:
+        raise InvalidRequestError(f"'n' is {n}, but this model decodes at most {slots} "
+                                  f"sequences at once; ask for at most {slots}")
+    limit = max(MAX_PROMPTS, slots)
+    if n * prompts > limit:
+        raise InvalidRequestError(f"{prompts} prompts with 'n' {n} make {n * prompts} choices;"
+                                  f" at most {limit} per request")
 
-    def __init__(self, model: str) -> None:
-        self.model = model
-        self.ident, self.created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
-    def payload(self, text: str, finish: str | None) -> dict[str, Any]:
-        return {"id": self.ident, "object": "text_completion", "created": self.created,
-                "model": self.model, "system_fingerprint": None,
-                "choices": [{"index": 0, "text": text, "logprobs": None,
-                             "finish_reason": finish}]}
+async def _generate(call: Call, engine: LLMEngine, reqs: list[GenerationRequest], n: int
+                    ) -> list[Generation]:
+    """``n`` generations per prompt, submitted together: the engine forks the copies from
+    one read of the prompt, and usage counts it once. Copy ``i`` samples with ``seed + i``
+    (distinct, repeatable choices) and only the first of each prompt echoes it."""
+    todo: list[GenerationRequest] = []
+    for req in reqs:
+        if n > 1:  # the copies' completions count against the seat's day as well
+            call.reserve((n - 1) * (req.sampling.max_tokens or 0))
+        todo.append(req)
+        s = req.sampling
+        for i in range(1, n):
+            seed = None if s.seed is None else s.seed + i
+            todo.append(replace(req, sampling=replace(s, seed=seed), echo=False))
+    return await call.generate_all(engine, todo, [i % n != 0 for i in range(len(todo))])
 
-    def opening(self) -> list[dict[str, Any]]:
-        return []
 
-    def delta(self, event: TextDelta) -> list[dict[str, Any]]:
-        return [self.payload(event.text, None)] if event.text else []
-
-    def closing(self, gen: Generation) -> list[dict[str, Any]]:
-        return [self.payload("", gen.finish_reason)]
-
-    def usage(self, gen: Generation) -> dict[str, Any]:
-        return self.payload("", None) | {"choices": [], "usage": gen.usage()}
+async def _collect(request: Request, gens: list[Generation], shape: StreamShape) -> None:
+    """Feed every event of a non-streamed answer to its shape."""
+    for index, event in await collect(request, gens):
+        shape.feed(index, event)
 
 
 def _include_usage(body: ChatCompletionRequest | CompletionRequest) -> bool:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+MAX_TOP_LOGPROBS = 20  # chat ``top_logprobs`` (OpenAI's bound; the engine's too)
+MAX_LEGACY_LOGPROBS = 5  # completions ``logprobs`` (OpenAI's bound)
+MAX_PROMPTS = 16  # prompts in one /v1/completions request
+MAX_N = 128  # OpenAI's bound on ``n``; the box also refuses more than the model's slots
 
 
 def _valid_unicode(value: Any, where: str = "body") -> None:
@@ -83,10 +88,10 @@ def _unsupported(name: str, value: Any) -> str | None:
         return f"'{name}' (tool calling) is not supported by this box yet"
     if name in ("tool_choice", "function_call") and value not in (None, "none"):
         return f"'{name}' is not supported by this box yet"
-    if name in ("logprobs", "echo") and value:
-        return f"'{name}' is not supported by this box yet"
-    if name == "top_logprobs" and value:
-        return "'top_logprobs' is not supported by this box yet"
+    if name in ("logprobs", "top_logprobs") and value is not None and value is not False:
+        return f"'{name}' applies to /v1/chat/completions and /v1/completions only"
+    if name == "echo" and value:
+        return "'echo' applies to /v1/completions only"
     if name == "best_of" and value not in (None, 1):
         return "'best_of' above 1 is not supported by this box"
     if name == "suffix" and value:
@@ -130,10 +135,14 @@ class _Sampling(_Body):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1, le=MAX_N)  # also at most the model's slots (checked with it)
     user: str | None = None
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    # Extension (not in OpenAI's schema; vLLM's name): llama.cpp's repeat penalty over the
+    # completion so far, dividing a positive logit (multiplying a negative one) of every
+    # token already generated; 1 is off.
+    repetition_penalty: float = Field(1.0, gt=0.0, le=2.0)
     logit_bias: dict[str, float] | None = Field(None, max_length=1024)
 
     @field_validator("logit_bias")
@@ -167,7 +176,8 @@ class _Sampling(_Body):
             defaulted = ("temperature", "top_p", "n", "stream", "stop", "seed", "user",
                          "stream_options", "max_tokens", "max_completion_tokens",
                          "response_format", "presence_penalty", "frequency_penalty",
-                         "logit_bias")
+                         "logit_bias", "repetition_penalty", "logprobs", "top_logprobs",
+                         "echo")
             data = {k: v for k, v in data.items() if not (v is None and k in defaulted)}
         _refuse_unknown(cls, data)
         return data
@@ -182,21 +192,54 @@ class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
     response_format: ResponseFormat | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("'top_logprobs' needs 'logprobs': true")
+        return self
+
+    def logprob_count(self) -> int | None:
+        """Alternatives per token for the engine; None when logprobs were not asked."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+TokenId = Annotated[StrictInt, Field(ge=0)]
+Prompt = str | list[TokenId]
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    # One string, a list of strings, a list of token ids or a list of such lists.
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
     max_tokens: int | None = Field(16, ge=1, le=1_000_000)
+    logprobs: int | None = Field(None, ge=0, le=MAX_LEGACY_LOGPROBS)
+    echo: bool = False
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list) and len(v) != 1:
-            raise ValueError("exactly one prompt per request")
+    def _prompts(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("the prompt list is empty")
+            if isinstance(v[0], list):
+                if len(v) > MAX_PROMPTS:
+                    raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
+                if any(not p for p in v):
+                    raise ValueError("a token-array prompt is empty")
+            elif isinstance(v[0], str) and len(v) > MAX_PROMPTS:
+                raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
         return v
 
-    def text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[Prompt]:
+        """Each prompt: text, or token ids (a flat list of ints is one prompt)."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and isinstance(p[0], int):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
 
 
 #: Items of one embeddings request the schema accepts at all; the box's own limit is the

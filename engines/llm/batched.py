@@ -31,6 +31,19 @@ cache before an unrelated prompt overwrites them. The reused cells are the ones 
 run computes, so greedy output does not change; ``Finished.cached_tokens`` says how many
 prompt tokens were not read again.
 
+Forks: a request whose prompt is exactly a running request's prompt (the ``n`` choices of
+one API request, or the same prompt sent twice at once) reads none of it. It copies that
+request's cells once they hold the whole prompt and draws its first token from the same
+saved logits of the last prompt token, so it starts where a solo run would, exactly. A
+free slot remembers its last request's prompt and those logits too, so the same prompt
+sent again (a retry) resumes from them.
+
+Logprobs (only for requests that ask: ``GenerationRequest.logprobs``) are the
+log-softmax of the raw logits each token was sampled from, before penalties, bias,
+grammar and temperature (see ``TokenLogprob``). ``echo`` sends the prompt's tokens first;
+with logprobs as well, the request reads its whole prompt itself (no reuse) and asks
+llama.cpp for the logits of every prompt position.
+
 Fair share: waiting requests queue per seat (``fairqueue.FairQueue``, deficit round
 robin by seat weight, background seats last), so one seat's batch job does not hold
 every slot while others wait; and while another seat has been seen in the last
@@ -51,6 +64,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from engines.base import EventSink, GenerationHandle, LLMEngine
 from engines.errors import (
     ContextLengthError,
@@ -64,6 +79,7 @@ from engines.errors import (
 from engines.llm.chat import render_chat, render_chat_segments
 from engines.llm.fairqueue import FairQueue
 from engines.llm.grammar import check_grammar, check_schema, json_string_chars
+from engines.llm.logprobs import log_softmax, token_logprob
 from engines.llm.lowlevel import (
     Batch,
     Context,
@@ -77,13 +93,16 @@ from engines.llm.lowlevel import (
 from engines.llm.prefix import MIN_REUSE, HostPrefixCache, Saved, common_prefix
 from engines.llm.textstream import TextStream
 from engines.types import (
+    MAX_TOP_LOGPROBS,
     Failed,
     Finished,
     FinishReason,
     GenerationEvent,
     GenerationRequest,
     LLMInfo,
+    PromptTokens,
     TextDelta,
+    TokenLogprob,
 )
 
 log = logging.getLogger(__name__)
@@ -137,12 +156,20 @@ class _Seq:
     follows: tuple = ()  # (leader _Seq, n): copy the leader's first n cells once computed
     n_generated: int = 0
     unsent_tokens: int = 0  # tokens whose text the stream is still holding back
+    unsent_logprobs: list[TokenLogprob] = field(default_factory=list)  # of those tokens
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # echo + logprobs
+    last_logits: np.ndarray | None = None  # raw logits after the last prompt token
     deferred: bool = False
     done: bool = False
 
     @property
     def prefilling(self) -> bool:
         return self.n_past < len(self.prompt)
+
+    @property
+    def reads_prompt_logits(self) -> bool:
+        """Echo with logprobs: every prompt position's logits are needed."""
+        return self.request.echo and self.request.logprobs is not None
 
     def kv_tokens(self) -> list[int]:
         """The tokens whose cells this sequence has in its slot (positions 0..n_past-1)."""
@@ -228,6 +255,8 @@ class BatchedLlamaEngine(LLMEngine):
         self._closing = False  # guarded by _cond
         self._running: dict[int, _Seq] = {}  # slot -> seq; scheduler thread only
         self._cached: list[list[int]] = [[] for _ in range(slots)]  # free slots' KV tokens
+        # free slots' last request: (its prompt, the logits after it), for a repeat of it
+        self._last: list[tuple[list[int], np.ndarray] | None] = [None] * slots
         self._seen: dict[str, float] = {}  # seat -> last submit (monotonic); under _cond
         self._reuse = prefix_reuse
         # Where a reused prefix may end. With flash attention off llama.cpp's results do
@@ -242,7 +271,7 @@ class BatchedLlamaEngine(LLMEngine):
             "prompt_tokens_total": 0.0, "completion_tokens_total": 0.0, "decode_seconds": 0.0,
             "slot_moves": 0.0, "prefix_hits": 0.0, "prefix_misses": 0.0,
             "prefix_cached_tokens_total": 0.0, "prefix_host_restores": 0.0,
-            "prefix_host_saves": 0.0,
+            "prefix_host_saves": 0.0, "prefix_forks": 0.0,
         }
         self._embed_lock = threading.Lock()  # serialises embed(); taken before _life_lock
         self._life_lock = threading.Lock()  # held by callers of the model outside the scheduler
@@ -318,6 +347,8 @@ class BatchedLlamaEngine(LLMEngine):
         s = request.sampling
         if s.max_tokens is not None and s.max_tokens < 1:
             raise InvalidRequestError("max_tokens must be at least 1")
+        if request.logprobs is not None and not 0 <= request.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequestError(f"logprobs must be within 0..{MAX_TOP_LOGPROBS}")
         room = self._n_ctx_slot - len(prompt)
         if room < 1 or (s.max_tokens is not None and s.max_tokens > room):
             raise ContextLengthError(len(prompt), self._n_ctx_slot, s.max_tokens)
@@ -469,14 +500,28 @@ class BatchedLlamaEngine(LLMEngine):
         """Pick ``seq``'s slot among ``free`` (ascending) and where its prefix comes from.
 
         ``seq.reuse`` is ``("slot", n)`` (the slot's own cells), ``("copy", donor, n)``
-        (another slot's cells), ``("host", saved, n)`` (a saved state) or ``()``. A free
-        slot whose cells go on past the shared prefix (another chat's later turns) is
-        copied from rather than overwritten while a cold slot is free.
+        (another slot's cells), ``("host", saved, n)`` (a saved state), ``("fork", twin)``
+        or ``("follow", leader, n)`` (see ``_twin``), ``("resume", logits)`` (the slot's
+        last request had this very prompt) or ``()``. A free slot whose cells go
+        on past the shared prefix (another chat's later turns) is copied from rather than
+        overwritten while a cold slot is free.
         """
         prompt, chunk = seq.prompt, self._reuse_block
-        if not self._reuse:
-            seq.slot, seq.reuse = free[0], ()
+        cold = [i for i in free if not self._cached[i]]
+        if not self._reuse or seq.reads_prompt_logits:  # the latter needs every position
+            seq.slot, seq.reuse = (cold[0] if cold and self._reuse else free[0]), ()
             return
+        twin = self._twin(prompt)
+        if twin is not None:
+            seq.slot = cold[0] if cold else free[0]
+            seq.reuse = (("fork", twin) if twin.last_logits is not None
+                         else ("follow", twin, len(prompt)))
+            return
+        for i in free:  # the same prompt again, after its request ended: resume from it
+            last = self._last[i]
+            if last is not None and last[0] == prompt:
+                seq.slot, seq.reuse = i, ("resume", last[1])
+                return
 
         def usable(shared: int) -> int:
             # The last token is always read; a reused prefix ends on a chunk boundary, so
@@ -503,7 +548,6 @@ class BatchedLlamaEngine(LLMEngine):
         from_host, saved = self._host.best(prompt) if self._host.capacity else (0, None)
         from_host = usable(from_host)
         best = max(own, from_donor, from_host)
-        cold = [i for i in free if not self._cached[i]]
         if leader is not None and lead >= best + MIN_REUSE:
             seq.slot, seq.reuse = (cold[0] if cold else free[0]), ("follow", leader, lead)
             return
@@ -522,6 +566,15 @@ class BatchedLlamaEngine(LLMEngine):
         else:
             seq.reuse = ()
 
+    def _twin(self, prompt: list[int]) -> _Seq | None:
+        """A running request with exactly this prompt that has read it or is reading it
+        (not one still waiting for a leader itself): a new request forks from it."""
+        for other in self._running.values():
+            if (not other.done and len(other.prompt) == len(prompt) and other.prompt == prompt
+                    and (other.last_logits is not None or not other.follows)):
+                return other
+        return None
+
     def _save_to_host(self, slot: int, keep: int = 0) -> None:
         """Before a free slot's cells beyond ``keep`` are overwritten: save them if worth it."""
         tokens = self._cached[slot]
@@ -530,6 +583,7 @@ class BatchedLlamaEngine(LLMEngine):
             if self._host.put(tokens, state):
                 self._stats["prefix_host_saves"] += 1
         self._cached[slot] = []
+        self._last[slot] = None
 
     def _load_prefix(self, seq: _Seq) -> int:
         """Put ``seq``'s reusable prefix into its slot; return how many tokens it holds."""
@@ -548,6 +602,18 @@ class BatchedLlamaEngine(LLMEngine):
             self._ctx.forget(slot)
             seq.follows = (reuse[1], reuse[2])
             return 0
+        if kind == "resume":
+            n = len(seq.prompt)
+            self._save_to_host(slot, keep=n)
+            self._ctx.trim(slot, n)
+            seq.last_logits = reuse[1]
+            return n
+        if kind == "fork":
+            twin: _Seq = reuse[1]
+            if self._running.get(twin.slot) is twin and twin.last_logits is not None:
+                self._ctx.copy_prefix(twin.slot, slot, len(seq.prompt))
+                seq.last_logits = twin.last_logits
+                return len(seq.prompt)
         if kind == "host":
             saved: Saved = reuse[1]
             if self._ctx.restore(slot, saved.state):
@@ -568,11 +634,15 @@ class BatchedLlamaEngine(LLMEngine):
             if leader.done or self._running.get(leader.slot) is not leader:
                 seq.follows = ()  # the leader is gone: read the prompt alone
                 self._count_reuse(seq)
-            elif leader.n_past >= n:
+            elif leader.n_past >= n and (n < len(seq.prompt) or leader.last_logits is not None):
                 self._ctx.copy_prefix(leader.slot, seq.slot, n)
                 seq.n_past = seq.cached = n
                 seq.follows = ()
                 self._count_reuse(seq)
+                if not seq.prefilling:  # a fork: the whole prompt, and its last logits
+                    seq.last_logits = leader.last_logits
+                    self._stats["prefix_forks"] += 1
+                    self._advance(seq, None)
 
     def _count_reuse(self, seq: _Seq) -> None:
         """Count a request's prefix hit or miss once, when its prefix is settled."""
@@ -594,6 +664,7 @@ class BatchedLlamaEngine(LLMEngine):
                 self._ctx.forget(top)
                 self._ctx.forget(gap)
             self._cached[top] = []
+            self._last[top] = None
             seq.slot = gap
             self._running[gap] = seq
             self._stats["slot_moves"] += 1
@@ -606,6 +677,7 @@ class BatchedLlamaEngine(LLMEngine):
                 self._model, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
                 grammar=s.grammar, presence_penalty=s.presence_penalty,
                 frequency_penalty=s.frequency_penalty, logit_bias=s.logit_bias,
+                repetition_penalty=s.repetition_penalty,
             )
         except EngineError as exc:
             self._fail(seq, exc)
@@ -613,6 +685,22 @@ class BatchedLlamaEngine(LLMEngine):
         seq.n_past = seq.cached = self._load_prefix(seq)
         if not seq.follows:  # a follower is counted when it joins its leader
             self._count_reuse(seq)
+        if seq.request.echo and seq.request.logprobs is None:
+            self._emit(seq, PromptTokens(tuple(
+                TokenLogprob(t, self._prompt_piece(seq, i)) for i, t in enumerate(seq.prompt))))
+            if seq.done:
+                return
+        if not seq.prefilling and not seq.follows:  # a fork: sample from the twin's logits
+            self._stats["prefix_forks"] += 1
+            self._advance(seq, None)
+
+    def _prompt_piece(self, seq: _Seq, i: int) -> bytes:
+        """The bytes an echoed prompt token stands for; a BOS the tokenizer put first
+        echoes as nothing (the client did not send it)."""
+        token = seq.prompt[i]
+        if i == 0 and self._model.add_bos and token == self._model.bos:
+            return b""
+        return self._model.piece(token)
 
     def _plan(self) -> list[tuple[_Seq, int]]:
         """How many tokens each running sequence puts into this step's batch."""
@@ -644,14 +732,18 @@ class BatchedLlamaEngine(LLMEngine):
         plan = self._plan()
         if not plan:
             return
+        prompt_outputs: list[tuple[_Seq, int, int]] = []  # (seq, position, batch index)
         for seq, n in plan:
             if seq.prefilling:
                 end = seq.n_past + n
+                every = seq.reads_prompt_logits
                 for pos in range(seq.n_past, end):
                     last = pos == len(seq.prompt) - 1
-                    i = batch.add(seq.prompt[pos], pos, seq.slot, last)
+                    i = batch.add(seq.prompt[pos], pos, seq.slot, last or every)
                     if last:
                         wants.append((seq, i))
+                    elif every:
+                        prompt_outputs.append((seq, pos, i))
             else:
                 assert seq.next_token is not None
                 wants.append((seq, batch.add(seq.next_token, seq.n_past, seq.slot, True)))
@@ -673,13 +765,34 @@ class BatchedLlamaEngine(LLMEngine):
             if seq.prefilling:
                 st["prompt_tokens_total"] += n
             seq.n_past += n
+        for seq, pos, index in prompt_outputs:  # logits at pos: how likely token pos + 1 was
+            assert seq.request.logprobs is not None
+            seq.prompt_logprobs.append(token_logprob(
+                log_softmax(self._ctx.logits(index)), seq.prompt[pos + 1],
+                seq.request.logprobs, self._model.piece))
         for seq, index in wants:
             self._advance(seq, index)
 
-    def _advance(self, seq: _Seq, index: int) -> None:
-        """Sample the next token of ``seq`` and decide whether it goes on."""
+    def _advance(self, seq: _Seq, index: int | None) -> None:
+        """Sample the next token of ``seq`` from batch entry ``index`` (None: a fork's
+        first token, from the saved logits) and decide whether it goes on."""
         assert seq.sampler is not None
-        token = seq.sampler.sample(self._ctx, index)
+        if index is not None and seq.last_logits is None:  # the prompt's last token
+            seq.last_logits = self._ctx.logits(index).copy()
+            if seq.reads_prompt_logits:
+                first = TokenLogprob(seq.prompt[0], self._prompt_piece(seq, 0))
+                self._emit(seq, PromptTokens((first, *seq.prompt_logprobs)))
+                seq.prompt_logprobs = []
+                if seq.done:
+                    return
+        k = seq.request.logprobs
+        if index is None:
+            assert seq.last_logits is not None
+            logprobs = log_softmax(seq.last_logits) if k is not None else None
+            token = seq.sampler.sample_logits(seq.last_logits)
+        else:  # computed before sampling: the raw logits, whatever the sampler does to them
+            logprobs = log_softmax(self._ctx.logits(index)) if k is not None else None
+            token = seq.sampler.sample(self._ctx, index)
         if self._model.is_eog(token):
             self._finish(seq, "stop")
             return
@@ -687,10 +800,13 @@ class BatchedLlamaEngine(LLMEngine):
         seq.generated.append(token)
         self._stats["completion_tokens_total"] += 1
         seq.unsent_tokens += 1
+        if logprobs is not None and k is not None:
+            seq.unsent_logprobs.append(token_logprob(logprobs, token, k, self._model.piece))
         text = seq.stream.push(self._model.piece(token))
         if text:
-            self._emit(seq, TextDelta(text, seq.unsent_tokens))
+            self._emit(seq, TextDelta(text, seq.unsent_tokens, tuple(seq.unsent_logprobs)))
             seq.unsent_tokens = 0
+            seq.unsent_logprobs = []
         if seq.done:  # the sink raised
             return
         if seq.stream.stopped:
@@ -706,14 +822,18 @@ class BatchedLlamaEngine(LLMEngine):
         seq.done = True
         if seq.slot >= 0 and self._running.get(seq.slot) is seq:
             del self._running[seq.slot]
+            self._last[seq.slot] = None
             if keep_cells:  # the cells stay for a later request with the same start
                 self._cached[seq.slot] = seq.kv_tokens()
+                if seq.last_logits is not None and seq.n_past >= len(seq.prompt):
+                    self._last[seq.slot] = (seq.prompt, seq.last_logits)
             else:
                 self._cached[seq.slot] = []
                 self._ctx.forget(seq.slot)
         if seq.sampler is not None:
             seq.sampler.close()
             seq.sampler = None
+        seq.last_logits = None
 
     def _finish(self, seq: _Seq, reason: FinishReason) -> None:
         if seq.done:
@@ -722,8 +842,8 @@ class BatchedLlamaEngine(LLMEngine):
         self._release(seq)
         if reason == "cancelled":
             self._stats["requests_cancelled"] += 1
-        if tail:
-            self._deliver(seq, TextDelta(tail, seq.unsent_tokens))
+        if tail or (seq.unsent_logprobs and reason != "cancelled"):
+            self._deliver(seq, TextDelta(tail, seq.unsent_tokens, tuple(seq.unsent_logprobs)))
         self._deliver(seq, Finished(reason, len(seq.prompt), seq.n_generated, seq.cached))
 
     def _fail(self, seq: _Seq, error: Exception) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 
 from engines.errors import (
     ContextLengthError,
@@ -85,6 +86,7 @@ class Model:
         self.n_embd = int(llama_cpp.llama_model_n_embd(ptr))
         self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(ptr))
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.bos = int(llama_cpp.llama_vocab_bos(self.vocab))
         self._piece_cache: dict[int, bytes] = {}
 
     def meta(self, key: str) -> str | None:
@@ -205,6 +207,14 @@ class Context:
         if rc != 0:
             raise EngineError(f"llama_decode failed with code {rc}")
 
+    def logits(self, index: int) -> np.ndarray:
+        """Raw logits of batch entry ``index`` after ``decode`` (a view into llama.cpp's
+        buffer, valid until the next decode: copy what must outlive it)."""
+        ptr = llama_cpp.llama_get_logits_ith(self.ptr, index)
+        if not ptr:
+            raise EngineError(f"llama.cpp has no logits for batch entry {index}")
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
+
     def forget(self, seq_id: int) -> None:
         """Drop every KV cell of ``seq_id`` (-1: all sequences)."""
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
@@ -288,9 +298,12 @@ class Batch:
             self.capacity = 0
 
 
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama_token_data
+
+
 class Sampler:
-    """A sampler chain: [grammar] [logit bias] [presence/frequency penalties] then greedy,
-    or top-p -> temperature -> seeded draw."""
+    """A sampler chain: [grammar] [logit bias] [repetition/presence/frequency penalties]
+    then greedy, or top-p -> temperature -> seeded draw."""
 
     def __init__(
         self,
@@ -303,6 +316,7 @@ class Sampler:
         presence_penalty: float = 0.0,
         frequency_penalty: float = 0.0,
         logit_bias: Sequence[tuple[int, float]] = (),
+        repetition_penalty: float = 1.0,
     ) -> None:
         params = llama_cpp.llama_sampler_chain_default_params()
         params.no_perf = True
@@ -324,9 +338,13 @@ class Sampler:
                     *[llama_cpp.llama_logit_bias(t, b) for t, b in logit_bias])
                 llama_cpp.llama_sampler_chain_add(self.ptr, llama_cpp.llama_sampler_init_logit_bias(
                     model.n_vocab, len(logit_bias), arr))
-            if presence_penalty or frequency_penalty:  # over the whole completion so far
+            if presence_penalty or frequency_penalty or repetition_penalty != 1.0:
+                if repetition_penalty <= 0:
+                    raise InvalidRequestError("repetition_penalty must be above 0")
+                # over the whole completion so far (the prompt is not counted)
                 llama_cpp.llama_sampler_chain_add(self.ptr, llama_cpp.llama_sampler_init_penalties(
-                    model.n_vocab, PENALTY_WINDOW, 1.0, frequency_penalty, presence_penalty))
+                    model.n_vocab, PENALTY_WINDOW, repetition_penalty, frequency_penalty,
+                    presence_penalty))
             if temperature <= 0:
                 llama_cpp.llama_sampler_chain_add(self.ptr, llama_cpp.llama_sampler_init_greedy())
             else:
@@ -348,6 +366,25 @@ class Sampler:
     def sample(self, ctx: Context, index: int) -> int:
         """Pick (and accept) the next token from the logits of batch entry ``index``."""
         return int(llama_cpp.llama_sampler_sample(self.ptr, ctx.ptr, index))
+
+    def sample_logits(self, logits: np.ndarray) -> int:
+        """Pick (and accept) the next token from saved raw logits, as ``sample`` does from
+        a batch entry's (llama_sampler_sample: every token's candidate, in id order, run
+        through the chain, then the selected one accepted)."""
+        n = int(logits.shape[0])
+        cand = np.empty(n, dtype=_TOKEN_DATA)
+        cand["id"] = np.arange(n, dtype=np.int32)
+        cand["logit"] = logits
+        cand["p"] = 0.0
+        arr = llama_cpp.llama_token_data_array(
+            data=cand.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)),
+            size=n, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(self.ptr, ctypes.byref(arr))
+        if not 0 <= arr.selected < arr.size:
+            raise EngineError("the sampler selected no token")
+        token = int(arr.data[arr.selected].id)
+        llama_cpp.llama_sampler_accept(self.ptr, token)
+        return token
 
     def close(self) -> None:
         if self.ptr:
@@ -420,5 +457,6 @@ def prompt_ids(model: Model, tokens: Sequence[int]) -> list[int]:
     ids = [int(t) for t in tokens]
     bad = next((t for t in ids if not 0 <= t < model.n_vocab), None)
     if bad is not None:
-        raise InvalidRequestError(f"token id {bad} is outside the vocabulary (0..{model.n_vocab})")
+        raise InvalidRequestError(f"prompt token id {bad} is outside the vocabulary "
+                                  f"(0..{model.n_vocab - 1})")
     return ids

@@ -103,7 +103,7 @@ def test_prompt_longer_than_context_is_400_with_numbers(client: openai.OpenAI) -
     {"model": LLM, "messages": [{"role": "wizard", "content": "x"}]},
     {"model": LLM, "messages": CHAT, "temperature": 9},
     {"model": LLM, "messages": CHAT, "max_tokens": -1},
-    {"model": LLM, "messages": CHAT, "n": 3},
+    {"model": LLM, "messages": CHAT, "n": 9},  # more than its 8 slots
     {"messages": CHAT},
 ])
 def test_malformed_chat_bodies_are_400(box, body) -> None:
