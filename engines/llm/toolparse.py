@@ -138,16 +138,18 @@ class CallParser:
     def _decide(self) -> None:
         """Bare-object formats: an answer is a call when it starts with ``{``."""
         stripped = self._pending.lstrip()
-        if not stripped:
+        if stripped.startswith(_PYTHON_TAG):
+            body = stripped[len(_PYTHON_TAG):].lstrip()
+        elif _PYTHON_TAG.startswith(stripped):  # nothing yet, or the tag's beginning
             return
-        if _PYTHON_TAG.startswith(stripped) and len(stripped) < len(_PYTHON_TAG):
+        else:
+            body = stripped
+        if not body:
             return
         self._decided = True
-        if stripped.startswith(_PYTHON_TAG):
-            stripped = stripped[len(_PYTHON_TAG):]
-        if stripped.lstrip().startswith("{"):
+        if body.startswith("{"):
             self._call = _Call()
-            self._pending = stripped
+            self._pending = body
         else:
             self._bare = True
 

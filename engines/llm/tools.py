@@ -145,14 +145,16 @@ def _generic_history(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
         elif role == "tool":
             name = m.get("name") or names.get(str(m.get("tool_call_id")), "")
             body = json.dumps({"name": name, "content": content}, ensure_ascii=False)
-            text = f"<tool_response>{body}</tool_response>"
-            if out and out[-1]["role"] == "user":
-                out[-1] = {"role": "user", "content": out[-1]["content"] + "\n" + text}
-            else:
-                out.append({"role": "user", "content": text})
+            out.append({"role": "user", "content": f"<tool_response>{body}</tool_response>"})
         else:
             out.append({"role": role, "content": content})
-    return out
+    merged: list[dict[str, Any]] = []
+    for m in out:  # one user turn for consecutive results (and a question after them)
+        if merged and m["role"] == merged[-1]["role"] == "user":
+            merged[-1] = {"role": "user", "content": merged[-1]["content"] + "\n" + m["content"]}
+        else:
+            merged.append(m)
+    return merged
 
 
 def prepare(messages: Sequence[dict[str, Any]], tools: Sequence[Tool], choice: ToolChoice,
