@@ -1,0 +1,79 @@
+"""Chat answers that call tools, in OpenAI's shapes (pure).
+
+Non-streamed: ``message.tool_calls`` (``call_...`` ids, ``type: function``, the function's
+name and its arguments as a JSON string), ``content`` null when the answer is only calls.
+Streamed: ``delta.tool_calls`` chunks, each call's index, id and name first, then its
+arguments in fragments, which the ``openai`` client assembles. Either way a generation
+that ended naturally after a call finishes with ``finish_reason: "tool_calls"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engines.llm.toolparse import (
+    CallArgs,
+    CallParser,
+    CallStart,
+    Content,
+    Event,
+    ParsedAnswer,
+    fold,
+)
+
+
+def message(answer: ParsedAnswer) -> dict[str, Any]:
+    """The assistant message of a whole answer."""
+    out: dict[str, Any] = {"role": "assistant", "content": answer.content}
+    if answer.calls:
+        out["tool_calls"] = [{"id": ident, "type": "function",
+                              "function": {"name": name, "arguments": arguments}}
+                             for ident, name, arguments in answer.calls]
+    return out
+
+
+def finish_reason(reason: str, called: bool) -> str:
+    """``tool_calls`` for an answer that ended by itself after calling."""
+    return "tool_calls" if called and reason == "stop" else reason
+
+
+class DeltaStream:
+    """Text deltas in, ``delta`` objects of chat.completion.chunk out."""
+
+    def __init__(self, parser: CallParser) -> None:
+        self.parser = parser
+        self.called = False
+        self._events: list[Event] = []
+
+    def feed(self, text: str) -> list[dict[str, Any]]:
+        return self._deltas(self.parser.feed(text))
+
+    def close(self) -> list[dict[str, Any]]:
+        return self._deltas(self.parser.close())
+
+    def answer(self) -> ParsedAnswer:
+        """Everything streamed so far, as one answer (for a non-streamed response)."""
+        return fold(self._events)
+
+    def _deltas(self, events: list[Event]) -> list[dict[str, Any]]:
+        self._events += events
+        out: list[dict[str, Any]] = []
+        for e in events:
+            last = out[-1] if out else None
+            if isinstance(e, Content):
+                if last is not None and "content" in last:
+                    last["content"] += e.text
+                else:
+                    out.append({"content": e.text})
+            elif isinstance(e, CallStart):
+                self.called = True
+                out.append({"tool_calls": [{"index": e.index, "id": e.id, "type": "function",
+                                            "function": {"name": e.name, "arguments": ""}}]})
+            elif isinstance(e, CallArgs):
+                call = last["tool_calls"][0] if last and "tool_calls" in last else None
+                if call is not None and call["index"] == e.index and "id" not in call:
+                    call["function"]["arguments"] += e.fragment
+                else:
+                    out.append({"tool_calls": [{"index": e.index,
+                                                "function": {"arguments": e.fragment}}]})
+        return out
