@@ -9,8 +9,11 @@ that ended naturally after a call finishes with ``finish_reason: "tool_calls"``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
+from appliance.api.openai_schemas import ChatCompletionRequest
+from engines.base import LLMEngine
 from engines.llm.toolparse import (
     CallArgs,
     CallParser,
@@ -20,6 +23,8 @@ from engines.llm.toolparse import (
     ParsedAnswer,
     fold,
 )
+from engines.llm.toolplan import plan_tools
+from engines.types import Sampling
 
 
 def message(answer: ParsedAnswer) -> dict[str, Any]:
@@ -77,3 +82,37 @@ class DeltaStream:
                     out.append({"tool_calls": [{"index": e.index,
                                                 "function": {"arguments": e.fragment}}]})
         return out
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A chat request made ready for the engine."""
+
+    tokens: list[int]
+    grammar: str | None
+    triggers: tuple[str, ...]
+    stream: DeltaStream | None  # reads calls out of the answer; None when none can come
+
+    def sampling(self, base: Sampling) -> Sampling:
+        return replace(base, grammar=self.grammar, grammar_triggers=self.triggers)
+
+
+def uses_tools(body: ChatCompletionRequest) -> bool:
+    """Whether the request offers tools or its history holds calls or results."""
+    return bool(body.tools) or any(m.tool_calls or m.role == "tool" for m in body.messages)
+
+
+def chat_prompt(engine: LLMEngine, body: ChatCompletionRequest,
+                messages: list[dict[str, Any]], response_grammar: str | None) -> ChatPrompt:
+    """Tokens, grammar and call reader of a chat request (blocking: call off the loop).
+
+    Without tools this is the plain chat prompt with ``response_format``'s grammar. With
+    tools, a forced call's grammar wins (a call has no text to shape); under ``none`` the
+    text is shaped by ``response_format``; under ``auto`` the schema refused the pair."""
+    if not uses_tools(body):
+        return ChatPrompt(engine.chat_tokens(messages), response_grammar, (), None)
+    plan = plan_tools(engine, messages, body.tool_specs(), body.choice(),
+                      parallel=body.parallel_tool_calls is not False)
+    parser = plan.parser()
+    return ChatPrompt(plan.tokens, plan.grammar or response_grammar, plan.triggers,
+                      DeltaStream(parser) if parser is not None else None)
