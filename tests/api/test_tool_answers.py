@@ -54,3 +54,48 @@ def test_whole_answer_message() -> None:
     assert "tool_calls" not in message(parse("plain", GENERIC, NAMES))
     assert finish_reason("length", True) == "length"
     assert finish_reason("stop", False) == "stop"
+
+
+def _request(**body):
+    from appliance.api.openai_schemas import ChatCompletionRequest
+
+    return ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], **body})
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+def test_tool_choice_defaults_and_named_choice() -> None:
+    assert _request().choice().mode == "none"
+    assert _request(tools=[TOOL]).choice().mode == "auto"
+    named = _request(tools=[TOOL], tool_choice={"type": "function", "function": {"name": "f"}})
+    assert (named.choice().mode, named.choice().name) == ("required", "f")
+    history = _request(messages=[
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"}])
+    assert [m.rendered() for m in history.messages] == [
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "content": "42", "tool_call_id": "c1"}]
+
+
+@pytest.mark.parametrize("body,named", [
+    ({"tools": [TOOL] * 129}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "description": "x" * 9000}}]},
+     "description"),
+    ({"tools": [{"type": "function", "function": {"name": f"f{i}", "parameters": {
+        "type": "object", "description": "x" * 60000}}} for i in range(5)]}, "bytes"),
+    ({"tool_choice": "required"}, "needs at least one function"),
+    ({"messages": [{"role": "user", "content": "x", "tool_calls": []}],
+      "tools": [TOOL]}, None),
+])
+def test_tool_bounds_are_checked_before_any_engine(body, named) -> None:
+    import pydantic
+
+    if named is None:
+        _request(**body)  # an empty tool_calls list is no call
+        return
+    with pytest.raises(pydantic.ValidationError, match=named):
+        _request(**body)
