@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+import anyio
+from fastapi import Depends, Request, Response
 
-from appliance.auth import Caller
+from appliance.lifecycle import Call, Lifecycle, status_of
 from appliance.metrics import Metrics
 from appliance.registry import ModelRegistry
 from appliance.settings import Settings
@@ -30,24 +32,55 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def _caller(request: Request) -> Caller:
-    """The authenticated seat of this request (the licence guard decides; raises 401/403/429)."""
-    return await request.app.state.authenticate(request)
+def _guard(request: Request) -> LicenseGuard:
+    return request.app.state.guard
+
+
+def _lifecycle(request: Request) -> Lifecycle:
+    return request.app.state.lifecycle
+
+
+async def _admitted(request: Request, response: Response) -> AsyncIterator[Call]:
+    """The admitted request (401/403/429 otherwise). Settled at the latest once its last
+    byte was sent, whether it succeeded, failed or its client went away."""
+    life: Lifecycle = request.app.state.lifecycle
+    call = await life.admit(request, response.headers)
+    status = 200
+    try:
+        yield call
+    except BaseException as exc:
+        status = status_of(exc)
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await life.settle(call, status)
+
+
+async def _call(call: Annotated[Call, Depends(_admitted)]) -> AsyncIterator[Call]:
+    """Settle an answer before it is sent (so the client's 200 proves its usage row); a
+    stream settles itself before its last event."""
+    status = 200
+    try:
+        yield call
+    except BaseException as exc:
+        status = status_of(exc)
+        raise
+    finally:
+        if not call.streaming:
+            with anyio.CancelScope(shield=True):
+                await call.life.settle(call, status)
 
 
 async def _admin(request: Request) -> SeatContext:
     """An admin-role seat (401 without a valid key, 403 for a user-role key)."""
-    return await request.app.state.authenticate_admin(request)
-
-
-def _guard(request: Request) -> LicenseGuard:
-    return request.app.state.guard
+    return await request.app.state.lifecycle.admit_admin(request)
 
 
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 StoreDep = Annotated[Store, Depends(_store)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
-CallerDep = Annotated[Caller, Depends(_caller)]
-AdminDep = Annotated[SeatContext, Depends(_admin)]
 GuardDep = Annotated[LicenseGuard, Depends(_guard)]
+LifecycleDep = Annotated[Lifecycle, Depends(_lifecycle)]
+CallDep = Annotated[Call, Depends(_call, scope="function")]
+AdminDep = Annotated[SeatContext, Depends(_admin)]

@@ -22,3 +22,7 @@ class ModelNotFoundError(ApplianceError):
 
 class ConfigError(ApplianceError):
     """The configuration file or environment is invalid."""
+
+
+class ClientGoneError(ApplianceError):
+    """The client closed the connection before its answer was ready (metered as 499)."""

@@ -1,4 +1,4 @@
-"""ASGI middleware: request metrics, the request log and the body-size cap.
+"""ASGI middleware: request metrics, the request id and the body-size cap.
 
 Pure ASGI (not BaseHTTPMiddleware) so streamed responses pass through untouched and the
 request is counted when its last byte has been sent.
@@ -10,12 +10,12 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.api.errors import error_body
+from appliance.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,10 @@ def _request_id(scope: Scope) -> bytes:
 class ObserveMiddleware:
     """Counts, times and logs every HTTP request; refuses bodies over the cap with 413."""
 
-    def __init__(self, app: ASGIApp, *, state: Any, max_body: int, max_upload: int,
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body: int, max_upload: int,
                  upload_prefix: str = "/admin/updates") -> None:
         self.app = app
-        self.state = state
+        self.metrics = metrics
         self.max_body = max_body
         self.max_upload = max_upload
         self.upload_prefix = upload_prefix
@@ -53,7 +53,7 @@ class ObserveMiddleware:
         started = time.perf_counter()
         status = 500
         received = 0
-        metrics = self.state.metrics
+        metrics = self.metrics
         metrics.in_flight.inc()
 
         async def counted_receive() -> Message:
@@ -71,8 +71,7 @@ class ObserveMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                extra = (scope.get("state") or {}).get("response_headers") or []
-                message = {**message, "headers": [*message.get("headers", []), *extra,
+                message = {**message, "headers": [*message.get("headers", []),
                                                   (b"x-request-id", request_id)]}
             await send(message)
 
@@ -88,12 +87,6 @@ class ObserveMiddleware:
             path = getattr(route, "path", None) or "unmatched"
             metrics.requests.labels(path, scope["method"], str(status)).inc()
             metrics.latency.labels(path).observe(elapsed)
-            hook = getattr(self.state, "on_request_done", None)
-            if hook is not None:
-                try:
-                    hook(scope, path, status, elapsed)
-                except Exception:
-                    log.exception("recording request %s failed", path)
 
 
 class BodyTooLarge(HTTPException):

@@ -1,7 +1,7 @@
 """The box's embedded SQLite database (one file, WAL) and its versioned migrations.
 
 Other packages (licensing, firmware) own their tables and migrate them themselves on the
-same ``sqlite_utils.Database``; this module owns the connection and the request log.
+same ``sqlite_utils.Database``; this module owns the connection.
 """
 
 from __future__ import annotations
@@ -9,10 +9,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import sqlite_utils
 
@@ -28,7 +26,13 @@ def _v1(db: sqlite_utils.Database) -> None:
     db["request_log"].create_index(["ts"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    # Every request is metered once, in licensing's ``usage`` table; the request log
+    # repeated it and nothing read it.
+    db.execute("DROP TABLE IF EXISTS request_log")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 
 
 def open_db(path: Path) -> sqlite_utils.Database:
@@ -68,20 +72,6 @@ class Store:
         self.db = open_db(path)
         self.lock = threading.RLock()
         self.version = migrate(self.db)
-
-    def log_request(self, *, route: str, model: str | None, status: int, latency_ms: float,
-                    prompt_tokens: int = 0, completion_tokens: int = 0,
-                    seat_id: int | None = None) -> None:
-        with self.lock:
-            self.db["request_log"].insert({
-                "ts": time.time(), "route": route, "model": model, "status": status,
-                "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                "latency_ms": latency_ms, "seat_id": seat_id,
-            })
-
-    def recent_requests(self, limit: int = 100) -> list[dict[str, Any]]:
-        with self.lock:
-            return list(self.db["request_log"].rows_where(order_by="id desc", limit=limit))
 
     def healthy(self) -> bool:
         try:

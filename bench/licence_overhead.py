@@ -30,7 +30,7 @@ from tests.conftest import free_port  # noqa: E402
 SERVER = r"""
 import contextlib, sys, uvicorn
 from appliance.app import create_app
-from appliance.auth import Caller
+from appliance.lifecycle import Call
 from appliance.settings import load_settings
 from licensing.guard import SeatContext
 from licensing.seats import SeatLimits
@@ -41,15 +41,19 @@ if not guarded:
     ctx = SeatContext(seat_id=1, name="admin", role="admin", key_id="k", licence_state="valid",
                       evaluation=False, days_left=30, licence_id="bench", limits=SeatLimits())
 
-    async def open_door(request):
-        return Caller(ctx, None)
+    async def open_door(request, headers):
+        return Call(ctx, "/v1/models", app.state.lifecycle, headers, slot_held=False)
+
+    async def no_ledger(call, status):
+        return None
 
     inner = app.router.lifespan_context
 
     @contextlib.asynccontextmanager
     async def unguarded(a):
         async with inner(a) as state:
-            a.state.authenticate = open_door
+            a.state.lifecycle.admit = open_door
+            a.state.lifecycle.settle = no_ledger
             yield state
 
     app.router.lifespan_context = unguarded

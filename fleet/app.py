@@ -19,7 +19,6 @@ from appliance.modelstore import Manifest
 from appliance.registry import Loader
 from appliance.settings import Settings
 from fleet.errors import FleetUnavailableError
-from fleet.headers import PlacementMiddleware
 
 TOKEN_FILE = "join.token"
 router = APIRouter(prefix="/admin", tags=["fleet"])
@@ -49,9 +48,8 @@ async def fleet_status(request: Request, admin: AdminDep) -> dict[str, Any]:
 
 
 def install(app: FastAPI) -> None:
-    """Routes and middleware of fleet mode (at app creation; nothing connects yet)."""
+    """Routes of fleet mode (at app creation; nothing connects yet)."""
     app.include_router(router)
-    app.add_middleware(PlacementMiddleware)
 
 
 def start(settings: Settings) -> Any:

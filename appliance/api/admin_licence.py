@@ -14,7 +14,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from appliance.deps import AdminDep, CallerDep, GuardDep
+from appliance.deps import AdminDep, CallDep, GuardDep
 from licensing.guard import LicenseGuard
 from licensing.seats import IssuedKey, KeyInfo, Seat, SeatLimits, utc_day
 
@@ -77,8 +77,10 @@ def _issued_json(issued: IssuedKey) -> dict[str, Any]:
     return _key_json(issued.info) | {"key": issued.secret}
 
 
+# Handlers that only read the database are plain ``def``: FastAPI runs them in its thread
+# pool, off the event loop.
 @router.get("/admin/seats")
-async def list_seats(guard: GuardDep, admin: AdminDep) -> list[dict[str, Any]]:
+def list_seats(guard: GuardDep, admin: AdminDep) -> list[dict[str, Any]]:
     return [_seat_json(guard, s) for s in guard.seats.list_seats()]
 
 
@@ -109,7 +111,7 @@ async def update_seat(seat_id: SeatId, body: LimitsIn, guard: GuardDep, admin: A
 
 
 @router.get("/admin/seats/{seat_id}/keys")
-async def list_keys(seat_id: SeatId, guard: GuardDep, admin: AdminDep) -> list[dict[str, Any]]:
+def list_keys(seat_id: SeatId, guard: GuardDep, admin: AdminDep) -> list[dict[str, Any]]:
     guard.seats.get_seat(seat_id)
     return [_key_json(k) for k in guard.seats.list_keys(seat_id)]
 
@@ -132,7 +134,7 @@ async def rotate_key(key_id: str, guard: GuardDep, admin: AdminDep) -> dict[str,
 
 
 @router.get("/admin/usage")
-async def usage(guard: GuardDep, admin: AdminDep, seat_id: SeatFilter = None,
+def usage(guard: GuardDep, admin: AdminDep, seat_id: SeatFilter = None,
                 period: Literal["day", "month"] = "day",
                 limit: int = Query(31, ge=1, le=366)) -> list[dict[str, Any]]:
     seats = [guard.seats.get_seat(seat_id)] if seat_id is not None else guard.seats.list_seats()
@@ -147,7 +149,7 @@ async def usage(guard: GuardDep, admin: AdminDep, seat_id: SeatFilter = None,
 
 
 @router.get("/admin/usage.csv", response_class=PlainTextResponse)
-async def usage_csv(guard: GuardDep, admin: AdminDep, seat_id: SeatFilter = None,
+def usage_csv(guard: GuardDep, admin: AdminDep, seat_id: SeatFilter = None,
                     since: EpochSeconds = 0) -> PlainTextResponse:
     text = (guard.seats.usage_csv(seat_id, since) if seat_id is not None
             else guard.seats.usage_csv_all_seats(since))
@@ -156,8 +158,8 @@ async def usage_csv(guard: GuardDep, admin: AdminDep, seat_id: SeatFilter = None
 
 
 @router.get("/v1/usage")
-async def my_usage(caller: CallerDep, guard: GuardDep,
-                   period: Literal["day", "month"] = "day") -> dict[str, Any]:
+def my_usage(caller: CallDep, guard: GuardDep,
+             period: Literal["day", "month"] = "day") -> dict[str, Any]:
     """The calling seat's own usage totals; no seat can read another's."""
     totals = guard.seats.usage_totals(caller.seat_id, period, 31)
     return {"seat_id": caller.seat_id, "seat": caller.ctx.name,
@@ -165,16 +167,19 @@ async def my_usage(caller: CallerDep, guard: GuardDep,
 
 
 @router.get("/admin/licence")
-async def licence(request: Request, admin: AdminDep) -> dict[str, Any]:
-    return request.app.state.licence_status()
+async def licence(guard: GuardDep, admin: AdminDep) -> dict[str, Any]:
+    return await anyio.to_thread.run_sync(licence_json, guard)
 
 
 @router.post("/admin/licence/request")
 async def activation_request(guard: GuardDep, admin: AdminDep) -> dict[str, Any]:
     """The activation request to send to the vendor (hashed fingerprint and a nonce)."""
-    req = await anyio.to_thread.run_sync(guard.activation.make_request)
-    guard.audit.append(admin.name, "licence.request", {"nonce": req.get("nonce")})
-    return req
+    def make() -> dict[str, Any]:
+        req = guard.activation.make_request()
+        guard.audit.append(admin.name, "licence.request", {"nonce": req.get("nonce")})
+        return req
+
+    return await anyio.to_thread.run_sync(make)
 
 
 @router.post("/admin/licence/import")
@@ -182,20 +187,20 @@ async def import_licence(request: Request, guard: GuardDep, admin: AdminDep) -> 
     """Install the vendor's activation file (the raw JSON as the request body)."""
     data = await _read_limited(request, MAX_ACTIVATION_BYTES)
     await anyio.to_thread.run_sync(guard.import_licence, admin.name, data)
-    return request.app.state.licence_status()
+    return await anyio.to_thread.run_sync(licence_json, guard)
 
 
 @router.post("/admin/licence/ack-clock")
-async def ack_clock(request: Request, guard: GuardDep, admin: AdminDep) -> dict[str, Any]:
+async def ack_clock(guard: GuardDep, admin: AdminDep) -> dict[str, Any]:
     await anyio.to_thread.run_sync(guard.acknowledge_clock, admin.name)
-    return request.app.state.licence_status()
+    return await anyio.to_thread.run_sync(licence_json, guard)
 
 
 @router.get("/admin/audit")
-async def audit(guard: GuardDep, admin: AdminDep, limit: int = Query(100, ge=1, le=1000),
-                q: str | None = Query(None, max_length=200)) -> dict[str, Any]:
+def audit(guard: GuardDep, admin: AdminDep, limit: int = Query(100, ge=1, le=1000),
+          q: str | None = Query(None, max_length=200)) -> dict[str, Any]:
     """The tail of the hash-chained audit log and whether the whole chain verifies."""
-    report = await anyio.to_thread.run_sync(guard.audit.verify)
+    report = guard.audit.verify()
     rows = [r.to_json() for r in guard.audit.tail(1000 if q else limit)]
     if q:
         needle = q.lower()
@@ -217,3 +222,20 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     if not size:
         raise InvalidInput("send the activation file as the request body")
     return b"".join(chunks)
+
+
+def licence_json(guard: LicenseGuard) -> dict[str, Any]:
+    """The licence as the admin API and TUI show it."""
+    st = guard.status()
+    lic = st.licence
+    state = "locked" if st.clock_locked else ("evaluation" if lic.evaluation and
+                                              lic.state == "valid" else lic.state)
+    return {
+        "state": state, "label": st.label, "licence_id": lic.licence_id,
+        "customer": lic.customer, "seats": lic.seats, "seats_used": st.seats_used,
+        "entitlements": {"models": list(lic.models), "features": list(lic.features)},
+        "valid_from": lic.valid_from, "expires_at": lic.expires_at,
+        "days_left": lic.days_left, "grace_days_left": lic.grace_days_left,
+        "evaluation": lic.evaluation, "fingerprint_match": lic.fingerprint,
+        "clock_locked": st.clock_locked, "message": st.clock_locked or lic.message,
+    }

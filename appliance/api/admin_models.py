@@ -9,7 +9,8 @@ import anyio
 from fastapi import APIRouter, Query, Request
 
 from appliance import __version__
-from appliance.deps import AdminDep, RegistryDep
+from appliance.api.admin_licence import licence_json
+from appliance.deps import AdminDep, GuardDep, RegistryDep
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -23,11 +24,13 @@ def _model(registry: Any, name: str) -> dict[str, Any]:
 
 
 @router.get("/status")
-async def status(request: Request, registry: RegistryDep, admin: AdminDep) -> dict[str, Any]:
+async def status(request: Request, registry: RegistryDep, guard: GuardDep,
+                 admin: AdminDep) -> dict[str, Any]:
     """Everything the dashboard shows, in one call."""
     state = request.app.state
     return {"version": __version__, "uptime_s": time.time() - state.started_at,
-            "licence": state.licence_status(), "models": registry.status(),
+            "licence": await anyio.to_thread.run_sync(licence_json, guard),
+            "models": registry.status(),
             "queues": await anyio.to_thread.run_sync(_queues, registry),
             # engine gauges (worker round trips) and nvidia-smi: never on the event loop
             "stats": await anyio.to_thread.run_sync(state.sampler.sample)}
@@ -72,10 +75,11 @@ async def verify(name: str, registry: RegistryDep, admin: AdminDep) -> dict[str,
 
 
 @router.delete("/models/{name}")
-async def remove(name: str, request: Request, registry: RegistryDep,
+async def remove(name: str, registry: RegistryDep, guard: GuardDep,
                  admin: AdminDep) -> dict[str, Any]:
     await registry.remove(name)
-    request.app.state.audit(admin, "model.removed", {"name": name})
+    await anyio.to_thread.run_sync(guard.audit.append, admin.name, "model.removed",
+                                   {"name": name})
     return {"removed": name}
 
 

@@ -13,7 +13,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import firmware.errors as fw
 import fleet.errors as fl
 import licensing.errors as lic
-from appliance.errors import ApplianceError, ConfigError, ModelNotFoundError, ModelStoreError
+from appliance.errors import (
+    ApplianceError,
+    ClientGoneError,
+    ConfigError,
+    ModelNotFoundError,
+    ModelStoreError,
+)
 from engines.errors import (
     ContextLengthError,
     EngineClosedError,
@@ -59,6 +65,7 @@ ERROR_MAP: list[tuple[type[Exception], int, str, str | None]] = [
     (fl.FleetError, 500, "server_error", "fleet"),
     (ModelStoreError, 409, "invalid_request_error", "model_store"),
     (ConfigError, 500, "server_error", "config"),
+    (ClientGoneError, 499, "invalid_request_error", "client_closed_request"),
     (EngineError, 500, "server_error", None),
     (ApplianceError, 400, "invalid_request_error", None),
 ]

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from appliance.deps import MetricsDep, RegistryDep, SettingsDep, StoreDep
+from appliance.deps import LifecycleDep, MetricsDep, RegistryDep, SettingsDep, StoreDep
 from appliance.errors import ApplianceError
 
 router = APIRouter(tags=["ops"])
@@ -43,10 +43,11 @@ async def readyz(store: StoreDep, registry: RegistryDep, settings: SettingsDep) 
 
 
 @router.get("/metrics")
-async def metrics(request: Request, m: MetricsDep, settings: SettingsDep) -> Response:
+async def metrics(request: Request, m: MetricsDep, settings: SettingsDep,
+                  life: LifecycleDep) -> Response:
     """Prometheus text exposition; an admin key unless ``metrics_public`` is set."""
     if not settings.metrics_public:
-        await request.app.state.authenticate_admin(request)
+        await life.admit_admin(request)
     # engine gauges come from the worker processes: collect off the event loop
     body = await anyio.to_thread.run_sync(generate_latest, m.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

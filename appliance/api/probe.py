@@ -15,11 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from appliance.deps import RegistryDep, SettingsDep
-from appliance.generation import generate
-from engines.base import LLMEngine
-from engines.errors import InvalidRequestError
-from engines.types import Finished, GenerationRequest, Sampling
+from appliance.deps import LifecycleDep, SettingsDep
 from firmware.health import PROBE_PATH, probe_answer, probe_proof, read_token
 from licensing.errors import Unauthenticated
 
@@ -36,7 +32,7 @@ class ProbeIn(BaseModel):
 
 @router.post(PROBE_PATH, include_in_schema=False)
 async def probe(body: ProbeIn, request: Request, settings: SettingsDep,
-                registry: RegistryDep) -> dict[str, Any]:
+                life: LifecycleDep) -> dict[str, Any]:
     """401 unless ``proof`` matches the current probe token; then one token of inference."""
     token = read_token(settings.data_dir, time.time())
     seen: set[str] = request.app.state.probe_nonces
@@ -47,13 +43,6 @@ async def probe(body: ProbeIn, request: Request, settings: SettingsDep,
         seen.clear()
     seen.add(body.nonce)
     if body.inference:
-        name = body.model or settings.default_llm
-        async with registry.use(name) as engine:
-            if not isinstance(engine, LLMEngine):
-                raise InvalidRequestError(f"model {name!r} is not a language model")
-            req = GenerationRequest(tuple(engine.tokenize("ping")), Sampling(max_tokens=1))
-            async for event in generate(engine, req):
-                if isinstance(event, Finished):
-                    break
+        await life.one_token(body.model or settings.default_llm)
     pid = os.getpid()
     return {"pid": pid, "answer": probe_answer(token, body.nonce, pid)}

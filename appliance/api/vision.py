@@ -1,33 +1,27 @@
 """Vision endpoints: OCR and object detection on uploaded images.
 
 Both routes take either a multipart upload (``file`` plus form fields) or a JSON body
-with the image as base64. The engine comes from the model registry; inference runs in
-a worker thread (the engine's batcher does the waiting), never on the event loop.
-Errors are raised and turned into HTTP responses by the central handlers.
+with the image as base64, and go through the request lifecycle like every inference
+route (admission, lease, inference in a worker thread, one usage row per image).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal, TypeVar
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
-from appliance.auth import Caller
-from appliance.deps import CallerDep
-from appliance.usage import UsageRecord
-from engines.errors import InputError, InvalidRequestError
+from appliance.deps import CallDep, SettingsDep
+from engines.errors import InputError
 from engines.vision.base import VisionEngine
 
 router = APIRouter(prefix="/v1/vision", tags=["vision"])
 DEFAULT_OCR_MODEL = "ppocr-v4"
-VISION_ENGINES = ("ocr", "yolo")
+VISION_MODEL = "a vision model"
 
 M = TypeVar("M", bound=BaseModel)
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -127,43 +121,15 @@ async def _parse(request: Request, model: type[M]) -> tuple[bytes, M]:
     return _b64(params.image), params  # type: ignore[attr-defined]  # both models have it
 
 
-@contextlib.asynccontextmanager
-async def _engine(request: Request, name: str, caller: Caller, feature: str
-                  ) -> AsyncIterator[VisionEngine]:
-    """The loaded vision engine ``name``, leased for the request when the registry can;
-    404 for a model the box lacks, then 403 unless the licence covers ``name`` and
-    ``feature`` (``ocr`` or ``detect``)."""
-    registry = request.app.state.registry
-    entry = getattr(registry, "entry", None)  # refuse an LLM before loading it
-    if entry is not None and entry(name).manifest.engine not in VISION_ENGINES:
-        raise InvalidRequestError(f"model {name!r} is not a vision model")
-    caller.entitle(name, feature)
-    lease = getattr(registry, "use", None)
-    async with (lease(name) if lease else contextlib.nullcontext(None)) as leased:
-        engine = leased if lease else await registry.acquire(name)
-        if not isinstance(engine, VisionEngine):
-            raise InvalidRequestError(f"model {name!r} is not a vision model")
-        yield engine
-
-
-def _count(request: Request, model: str) -> None:
-    """Meter one image for the seat (usage) and for /metrics."""
-    request.state.usage = UsageRecord(model=model, images=1)
-    metrics = getattr(request.app.state, "metrics", None)
-    if metrics is not None:
-        metrics.images.labels(model).inc()
-
-
 @router.post("/ocr", response_model=OcrResponse, summary="Read the text in an image",
              openapi_extra=_body_schema(OcrRequest, {
                  "model": {"type": "string"}}))
-async def ocr(request: Request, caller: CallerDep) -> OcrResponse:
+async def ocr(request: Request, call: CallDep, settings: SettingsDep) -> OcrResponse:
     data, params = await _parse(request, OcrRequest)
-    settings = getattr(request.app.state, "settings", None)
-    name = params.model or getattr(settings, "default_ocr", DEFAULT_OCR_MODEL)
-    async with _engine(request, name, caller, "ocr") as engine:
-        res = await anyio.to_thread.run_sync(engine.ocr, data)
-    _count(request, name)
+    name = params.model or settings.default_ocr
+    engine = await call.lease(name, "ocr", VisionEngine, VISION_MODEL)
+    res = await call.run(engine.ocr, data)
+    call.images += 1
     return OcrResponse(model=name, width=res.width, height=res.height, text=res.text,
                        lines=[OcrLineOut(text=ln.text, confidence=ln.confidence,
                                          polygon=[list(p) for p in ln.polygon])
@@ -176,11 +142,11 @@ async def ocr(request: Request, caller: CallerDep) -> OcrResponse:
                  "model": {"type": "string"},
                  "conf": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.25},
                  "iou": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.45}}))
-async def detect(request: Request, caller: CallerDep) -> DetectResponse:
+async def detect(request: Request, call: CallDep) -> DetectResponse:
     data, p = await _parse(request, DetectRequest)
-    async with _engine(request, p.model, caller, "detect") as engine:
-        res = await anyio.to_thread.run_sync(engine.detect, data, p.conf, p.iou)
-    _count(request, p.model)
+    engine = await call.lease(p.model, "detect", VisionEngine, VISION_MODEL)
+    res = await call.run(engine.detect, data, p.conf, p.iou)
+    call.images += 1
     return DetectResponse(model=p.model, width=res.width, height=res.height,
                           detections=[DetectionOut(class_id=d.class_id, label=d.label,
                                                    confidence=d.confidence, box=list(d.box))

@@ -108,7 +108,7 @@ def usage_rows(db: Path, route: str = "/v1/chat/completions") -> list[dict]:
     con.row_factory = sqlite3.Row
     try:
         return [dict(r) for r in con.execute(
-            "select * from request_log where route = ? order by id", (route,))]
+            "select * from usage where route = ? order by id", (route,))]
     finally:
         con.close()
 

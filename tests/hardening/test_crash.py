@@ -7,11 +7,8 @@ call ``GET /v1/models`` with a user seat's key (each answered request = one ``us
 
 What "acknowledged" means:
 - an audit row / key: the client got its 201 (the handler commits both before answering);
-- a usage row: it is written after the response's last byte has been sent, synchronously
-  in the same task, so the client's 200 does not prove it. It is acknowledged once the
-  client has the answer to a *later* request on the same keep-alive connection: the server
-  only reads that next request after the previous one's task (and its usage insert) ended.
-  So per connection, every answered request but the last is acknowledged.
+- a usage row: the request lifecycle commits it before the answer is sent (a stream,
+  before its ``[DONE]``), so every answered request is acknowledged.
 
 After each kill, before restarting: ``PRAGMA integrity_check`` is ok, the audit chain
 verifies, every acknowledged key and its audit row are present, and the seat's usage rows
@@ -97,7 +94,7 @@ class Writers:
 
     @property
     def usage_acked(self) -> int:
-        return sum(max(0, n - 1) for n in self.usage_answered)
+        return sum(self.usage_answered)
 
 
 def _check(db_path, w: Writers, user_seat: int) -> dict:

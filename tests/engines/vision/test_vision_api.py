@@ -1,48 +1,33 @@
-"""The vision router over real engines: multipart and JSON bodies, response schemas."""
+"""The vision routes of the real app: multipart and JSON bodies, response schemas, errors."""
 
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from vision_helpers import DETECTOR, LINES, OCR, render_page, scene
 
-from appliance.api.vision import router
-from appliance.errors import ModelNotFoundError
-from engines.errors import InputError
-
-
-class Registry:
-    """The registry's acquire() contract over engines loaded by the test."""
-
-    def __init__(self, engines: dict) -> None:
-        self.engines = engines
-
-    async def acquire(self, name: str):
-        if name not in self.engines:
-            raise ModelNotFoundError(name, sorted(self.engines))
-        return self.engines[name]
+from appliance.app import create_app
+from appliance.settings import Settings
 
 
 @pytest.fixture(scope="module")
-def client(ocr_engine, yolo_engine):
-    app = FastAPI()
-    app.include_router(router)
-    app.state.registry = Registry({OCR: ocr_engine, DETECTOR: yolo_engine})
+def app_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("vision-box")
 
-    class Anyone:  # a caller the licence covers for everything
-        def entitle(self, model=None, feature=None) -> None:
-            return None
 
-    async def anyone(request):
-        return Anyone()
-
-    app.state.authenticate = anyone
+@pytest.fixture(scope="module")
+def client(model_store, app_dir):
+    """The real app (licence guard, lifecycle, registry, engine workers) with the admin
+    key of its first start."""
+    app = create_app(Settings(data_dir=app_dir, models_dir=model_store.root.resolve()))
     with TestClient(app) as c:
+        c.app_ = app
+        c.headers["Authorization"] = f"Bearer {(app_dir / 'admin.key').read_text().strip()}"
         yield c
 
 
@@ -81,15 +66,15 @@ def test_detect_multipart_and_json(client) -> None:
     assert r2.json()["detections"] == body["detections"]
 
 
-def test_bad_requests_raise_for_the_central_handlers(client) -> None:
-    with pytest.raises(InputError, match="base64"):
-        client.post("/v1/vision/ocr", json={"image": "***"})
-    with pytest.raises(InputError, match="not a supported image"):
-        client.post("/v1/vision/ocr", files={"file": ("x.bin", b"\x00" * 64)})
-    with pytest.raises(ModelNotFoundError):
-        client.post("/v1/vision/ocr", json={"image": "", "model": "nope"})
+def test_bad_requests_are_clear_4xx(client) -> None:
+    r = client.post("/v1/vision/ocr", json={"image": "***"})
+    assert r.status_code == 400 and "base64" in r.json()["error"]["message"]
+    r = client.post("/v1/vision/ocr", files={"file": ("x.bin", b"\x00" * 64)})
+    assert r.status_code == 400 and "not a supported image" in r.json()["error"]["message"]
+    r = client.post("/v1/vision/ocr", json={"image": "", "model": "nope"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     r = client.post("/v1/vision/detect", json={"image": "", "model": DETECTOR, "conf": 2})
-    assert r.status_code == 422
+    assert r.status_code == 400 and r.json()["error"]["param"] == "conf"
 
 
 def test_openapi_documents_both_bodies_and_responses(client) -> None:
@@ -104,33 +89,19 @@ def test_openapi_documents_both_bodies_and_responses(client) -> None:
 
 
 @pytest.mark.slow
-def test_through_the_real_app(model_store, tmp_path) -> None:
-    """create_app wires the router, the registry and the central error handlers."""
-    app_mod = pytest.importorskip("appliance.app")
-    settings_mod = pytest.importorskip("appliance.settings")
-    app = app_mod.create_app(settings_mod.Settings(data_dir=tmp_path,
-                                                   models_dir=model_store.root.resolve()))
+def test_guarded_and_typed(client) -> None:
+    """The licence guard wants a key; an LLM is refused before it is loaded."""
     img, _ = render_page(LINES[4:5], "plain")
-    with TestClient(app) as c:
-        r = c.post("/v1/vision/ocr", files={"file": ("p.png", _png(img), "image/png")})
-        assert r.status_code == 401  # the licence guard wants a seat's API key
-        key = tmp_path / "admin.key"  # written on first start (evaluation licence)
-        if key.is_file():
-            c.headers["Authorization"] = f"Bearer {key.read_text().strip()}"
-        r = c.post("/v1/vision/ocr", files={"file": ("p.png", _png(img), "image/png")})
-        assert r.status_code == 200 and r.json()["text"] == LINES[4]
-        r = c.post("/v1/vision/ocr", json={"image": "", "model": "nope"})
-        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
-        r = c.post("/v1/vision/detect", files={"file": ("x.bin", b"\x00" * 64)},
-                   data={"model": DETECTOR})
-        assert r.status_code == 400 and "not a supported image" in r.json()["error"]["message"]
-        r = c.post("/v1/vision/ocr", json={"image": base64.b64encode(_png(img)).decode(),
-                                           "model": "smollm2-135m-instruct"})
-        assert r.status_code == 400 and "not a vision model" in r.json()["error"]["message"]
-        assert "smollm2-135m-instruct" not in app.state.registry.loaded_engines()
+    r = client.post("/v1/vision/ocr", headers={"Authorization": ""},
+                    files={"file": ("p.png", _png(img), "image/png")})
+    assert r.status_code == 401
+    r = client.post("/v1/vision/ocr", json={"image": base64.b64encode(_png(img)).decode(),
+                                            "model": "smollm2-135m-instruct"})
+    assert r.status_code == 400 and "not a vision model" in r.json()["error"]["message"]
+    assert "smollm2-135m-instruct" not in client.app_.state.registry.loaded_engines()
 
 
 def test_multipart_without_file_is_a_validation_error(client) -> None:
     r = client.post("/v1/vision/detect", data={"model": DETECTOR},
                     files={"other": ("x.txt", b"hello")})
-    assert r.status_code == 422
+    assert r.status_code == 400 and r.json()["error"]["param"] == "file"

@@ -1,0 +1,444 @@
+"""The one path of every inference request: admit ▸ lease ▸ prepare ▸ generate ▸ settle.
+
+Routes parse the body, call the lifecycle and shape the answer; nothing else on the request
+path touches the licence guard, the model registry or the usage ledger.
+
+- **admit** (``Lifecycle.admit``, run by the ``CallDep`` dependency): the bearer key and the
+  licence (``LicenseGuard.check``, in a thread: a cache miss hashes the key, a refresh ticks
+  the trusted clock), then one of the seat's concurrency slots, waiting in the seat's line.
+- **lease** (``Call.lease``): 404 for a model the box lacks, 403 unless the licence covers it
+  and the feature, 400 for the wrong kind of model, then the engine, protected from eviction
+  until the request has been settled.
+- **prepare** (``Call.prepare``): render, tokenise and compile the grammar in a worker
+  thread, then reserve the worst-case tokens against the seat's daily budget.
+- **generate** (``Call.generate``): submit, wait for the first event (so a refusal is a 4xx
+  or 5xx, not a broken 200), then stream (``sse``) or collect; a client that hangs up
+  cancels the generation, streamed or not.
+- **settle** (``Lifecycle.settle``, once, after the last byte was sent): close the leases and
+  generations, release the slot, settle the reservations with the real count and write the
+  usage row (in a thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
+
+import anyio
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from starlette.datastructures import MutableHeaders
+
+from appliance.api.errors import mapped
+from appliance.errors import ClientGoneError
+from appliance.metrics import Metrics
+from appliance.registry import ModelRegistry
+from appliance.seatline import SeatLines
+from engines.base import LLMEngine
+from engines.errors import EngineError, InvalidRequestError
+from engines.types import (
+    Failed,
+    Finished,
+    GenerationEvent,
+    GenerationRequest,
+    Sampling,
+    TextDelta,
+)
+from licensing.errors import RateLimited, Unauthenticated
+from licensing.guard import LicenseGuard, SeatContext
+from licensing.limits import Reservation
+
+log = logging.getLogger(__name__)
+E = TypeVar("E")
+_current: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
+    "appliance_call", default=None)
+
+
+def bearer(request: Request) -> str:
+    """The API key from ``Authorization: Bearer ...`` (or ``api-key``); 401 if absent."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    alt = request.headers.get("api-key", "").strip()
+    if alt:
+        return alt
+    raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>' "
+                          "(ask the box's admin for a seat key)")
+
+
+def licence_headers(ctx: SeatContext) -> dict[str, str]:
+    """``X-Licence-State`` (and a warning in grace or evaluation) for every answer."""
+    headers = {"x-licence-state": "evaluation" if ctx.evaluation else ctx.licence_state}
+    if ctx.licence_state == "grace":
+        headers["x-licence-warning"] = (f"licence {ctx.licence_id} has expired; "
+                                        f"{ctx.days_left} day(s) of grace left")
+    elif ctx.evaluation:
+        headers["x-licence-warning"] = f"EVALUATION licence, {ctx.days_left} day(s) left"
+    return headers
+
+
+def note_header(name: str, value: str) -> None:
+    """Add a response header to the request being served in this context (no-op outside
+    one); e.g. the fleet names the box a generation runs on before its first event."""
+    call = _current.get()
+    if call is not None:
+        call.headers[name] = value
+
+
+def status_of(exc: BaseException) -> int:
+    """The HTTP status the error handlers will give ``exc`` (for the usage row)."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    if isinstance(exc, RequestValidationError):
+        return 400
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    if isinstance(exc, Exception):
+        hit = mapped(exc)
+        return hit[0] if hit is not None else 500
+    return 499  # cancelled: the client went away
+
+
+@dataclass(eq=False)
+class Call:
+    """One admitted request: who calls, what it holds, what it used. Settled once."""
+
+    ctx: SeatContext
+    route: str
+    life: Lifecycle = field(repr=False)
+    headers: MutableHeaders = field(default_factory=MutableHeaders, repr=False)
+    model: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    images: int = 0
+    reservations: list[Reservation] = field(default_factory=list)
+    stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack,
+                                             repr=False)
+    slot_held: bool = True
+    streaming: bool = False  # settled by its stream, before the last event
+    settled: bool = False
+
+    @property
+    def seat_id(self) -> int:
+        return self.ctx.seat_id
+
+    # --- lease -------------------------------------------------------------------------
+    async def lease(self, model: str, feature: str, kind: type[E], what: str) -> E:
+        """The loaded engine for ``model``, held until the call is settled: 404 for a model
+        the box lacks, 403 unless the licence covers ``model`` and ``feature``, 400 unless
+        the engine is a ``kind`` (``what`` names it in the error)."""
+        registry = self.life.registry
+        entry = registry.entry(model)
+        self.life.guard.entitle(model, feature)
+        if entry.manifest.engine not in self.life.engines_for(kind):
+            raise InvalidRequestError(f"model {model!r} is not {what}")
+        self.model = model
+        engine = await self.stack.enter_async_context(registry.use(model))
+        if not isinstance(engine, kind):
+            raise InvalidRequestError(f"model {model!r} is not {what}")
+        return engine
+
+    # --- prepare -----------------------------------------------------------------------
+    def reserve(self, need: int, optional: int = 0) -> int:
+        """Hold ``need`` tokens plus what today allows of ``optional``; return how many of
+        ``optional`` were granted. RateLimited (429) if ``need`` does not fit."""
+        res = self.life.guard.reserve(self.ctx, need, optional)
+        self.reservations.append(res)
+        return res.tokens - max(0, need)
+
+    async def prepare(self, engine: LLMEngine, build: Callable[[LLMEngine], GenerationRequest]
+                      ) -> GenerationRequest:
+        """``build(engine)`` (render, tokenise, grammar) in a worker thread, then hold the
+        prompt plus ``max_tokens`` against the seat's tokens per day: 429 when an explicit
+        ``max_tokens`` does not fit; without one, capped to what the day has left."""
+        req = await anyio.to_thread.run_sync(build, engine)
+        n_prompt, max_tokens = len(req.prompt_tokens), req.sampling.max_tokens
+        if max_tokens is not None:
+            self.reserve(n_prompt + max_tokens)
+        else:
+            granted = 1 + self.reserve(n_prompt + 1, max(0, engine.info.n_ctx - n_prompt - 1))
+            req = replace(req, sampling=replace(req.sampling, max_tokens=granted))
+        limits = self.ctx.limits  # the engine queues by seat: fair share, batch seats last
+        return replace(req, seat=self.ctx.name, seat_weight=limits.share,
+                       background=limits.priority == "batch")
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Blocking engine work (embeddings, vision) in a worker thread."""
+        return await anyio.to_thread.run_sync(fn, *args)
+
+    # --- generate ----------------------------------------------------------------------
+    async def generate(self, engine: LLMEngine, req: GenerationRequest) -> Generation:
+        """Submit ``req`` and wait for its first event; errors before it raise here."""
+        _current.set(self)
+        gen = Generation(self, engine, req)
+        self.stack.push_async_callback(gen.aclose)
+        await gen.start()
+        return gen
+
+
+class Generation:
+    """One running LLM generation; keeps the call's usage and the token metrics current."""
+
+    def __init__(self, call: Call, engine: LLMEngine, req: GenerationRequest) -> None:
+        self.call = call
+        self.engine = engine
+        self.req = req
+        self.metrics = call.life.metrics
+        self.prompt_tokens = len(req.prompt_tokens)
+        self.completion_tokens = 0
+        self.cached_tokens = 0  # prompt tokens the engine reused from its prefix cache
+        self.finish_reason = "stop"
+        self.started = time.perf_counter()
+        self.first_token: float | None = None
+        self._queue: asyncio.Queue[GenerationEvent] = asyncio.Queue()
+        self._handle: Any = None
+        self._first: GenerationEvent | None = None
+        self._ended = False
+        self._counted = False
+        call.prompt_tokens += self.prompt_tokens
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def sink(event: GenerationEvent) -> None:
+            loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+        self._handle = self.engine.submit(self.req, sink)
+        self._first = await self._next()
+
+    async def _next(self) -> GenerationEvent:
+        event = await self._queue.get()
+        if isinstance(event, Failed):
+            self._ended = True
+            raise event.error
+        if isinstance(event, Finished):
+            self._ended = True
+        self._see(event)
+        return event
+
+    def _see(self, event: GenerationEvent) -> None:
+        if isinstance(event, TextDelta):
+            self.completion_tokens += event.n_tokens
+            self.call.completion_tokens += event.n_tokens
+            if self.first_token is None and event.text:
+                self.first_token = time.perf_counter()
+                self.metrics.ttft.labels(self.call.model).observe(
+                    self.first_token - self.started)
+        elif isinstance(event, Finished):
+            self.call.completion_tokens += event.completion_tokens - self.completion_tokens
+            self.completion_tokens = event.completion_tokens
+            self.cached_tokens = event.cached_tokens
+            self.finish_reason = event.finish_reason
+
+    async def events(self) -> AsyncIterator[TextDelta | Finished]:
+        """The events from the first on, ending with ``Finished``; raises the engine's error
+        if the generation fails (a worker crash)."""
+        event = self._first
+        while event is not None:
+            yield event  # type: ignore[misc]
+            if isinstance(event, Finished):
+                return
+            event = await self._next()
+
+    async def collect(self, request: Request) -> list[TextDelta]:
+        """Every text delta of a non-streamed generation; ClientGoneError (and the
+        generation cancelled) if the client hangs up first."""
+        async def watch() -> None:
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    self.cancel()
+                    return
+
+        deltas = []
+        watcher = asyncio.ensure_future(watch())
+        try:
+            async for event in self.events():
+                if isinstance(event, TextDelta):
+                    deltas.append(event)
+        finally:
+            watcher.cancel()
+        self.done()
+        if self.finish_reason == "cancelled":
+            raise ClientGoneError("the client closed the connection before the answer")
+        return deltas
+
+    def cancel(self) -> None:
+        if not self._ended and self._handle is not None:
+            self._handle.cancel()
+
+    def done(self) -> None:
+        """Count the tokens in /metrics (once)."""
+        if self._counted:
+            return
+        self._counted = True
+        m, model = self.metrics, self.call.model
+        m.tokens_in.labels(model).inc(self.prompt_tokens)
+        m.tokens_out.labels(model).inc(self.completion_tokens)
+        if self.first_token is not None and self.completion_tokens > 1:
+            span = time.perf_counter() - self.first_token
+            if span > 0:
+                m.tokens_per_second.labels(model).observe((self.completion_tokens - 1) / span)
+
+    async def aclose(self) -> None:
+        self.cancel()  # a stream cut off by its client stops generating
+        self.done()
+
+    def usage(self) -> dict[str, Any]:
+        return usage_json(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
+
+
+def usage_json(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
+    """OpenAI's ``usage`` object."""
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+class StreamShape(Protocol):
+    """How a route's chunks look; ``sse`` drives it over one generation."""
+
+    def opening(self) -> list[dict[str, Any]]:
+        """Chunks before the first text (chat's role chunk)."""
+
+    def delta(self, event: TextDelta) -> list[dict[str, Any]]:
+        """Chunks for new text (empty to hold it back)."""
+
+    def closing(self, gen: Generation) -> list[dict[str, Any]]:
+        """Chunks after the last text (the finish reason)."""
+
+    def usage(self, gen: Generation) -> dict[str, Any]:
+        """The usage chunk (``stream_options.include_usage``)."""
+
+
+def sse_bytes(obj: Any) -> bytes:
+    return (b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+            + b"\n\n")
+
+
+def sse(call: Call, gen: Generation, shape: StreamShape, include_usage: bool
+        ) -> StreamingResponse:
+    """Server-sent events of ``gen`` in ``shape``; an engine failure after the 200 was sent
+    (a worker crash) ends the stream with an OpenAI error event, which clients raise."""
+    async def chunks() -> AsyncIterator[bytes]:
+        for obj in shape.opening():
+            yield sse_bytes(obj)
+        try:
+            async for event in gen.events():
+                if isinstance(event, TextDelta):
+                    for obj in shape.delta(event):
+                        yield sse_bytes(obj)
+        except EngineError as exc:
+            status, body = mapped(exc) or (500, {"error": {"message": str(exc)}})
+            log.error("stream of %s ended by %s (%d): %s", call.model, type(exc).__name__,
+                      status, exc)
+            await call.life.settle(call, 200)  # the 200 was sent; the row says what ran
+            yield sse_bytes(body)
+            return
+        finally:
+            gen.done()
+        for obj in shape.closing(gen):
+            yield sse_bytes(obj)
+        if include_usage:
+            yield sse_bytes(shape.usage(gen))
+        await call.life.settle(call, 200)  # the client's [DONE] proves its usage row
+        yield b"data: [DONE]\n\n"
+
+    call.streaming = True
+    headers = {**call.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(chunks(), media_type="text/event-stream", headers=headers)
+
+
+class Lifecycle:
+    """Admission and settlement of inference requests (see the module docstring)."""
+
+    def __init__(self, guard: LicenseGuard, registry: ModelRegistry, metrics: Metrics,
+                 engines: dict[type, tuple[str, ...]], lines: SeatLines | None = None
+                 ) -> None:
+        self.guard = guard
+        self.registry = registry
+        self.metrics = metrics
+        self.engines = engines  # which manifest engines make which engine type
+        self.lines = lines or SeatLines(guard.limiter)
+
+    def engines_for(self, kind: type) -> tuple[str, ...]:
+        return self.engines.get(kind, ())
+
+    async def admit(self, request: Request, headers: MutableHeaders) -> Call:
+        """Authenticate and authorise the caller, then take one of its seat's slots."""
+        key = bearer(request)
+        ctx = await anyio.to_thread.run_sync(self.guard.check, key)
+        headers.update(licence_headers(ctx))
+        route = getattr(request.scope.get("route"), "path", request.url.path)
+        call = Call(ctx, route, self, headers, slot_held=False)
+        try:
+            await self.lines.acquire(ctx)  # over max_concurrent: wait in the seat's line
+        except RateLimited:
+            # refused for the seat's limits: metered too, so the admin sees who hits them
+            await self.settle(call, 429)
+            raise
+        call.slot_held = True
+        return call
+
+    async def admit_admin(self, request: Request) -> SeatContext:
+        """An admin-role seat (401 without a valid key, 403 for a user-role key)."""
+        return await anyio.to_thread.run_sync(self.guard.check_admin, bearer(request))
+
+    async def settle(self, call: Call, status: int) -> None:
+        """Once per call: end its generations and leases, free its slot, meter it."""
+        if call.settled:
+            return
+        call.settled = True
+        try:
+            await call.stack.aclose()
+        finally:
+            if call.slot_held:
+                call.slot_held = False
+                self.guard.limiter.release(call.seat_id)
+            if call.images and call.model:
+                self.metrics.images.labels(call.model).inc(call.images)
+            await anyio.to_thread.run_sync(self._record, call, status)
+
+    async def one_token(self, model: str) -> None:
+        """One token of real inference on ``model`` for the box itself (the update health
+        probe): no seat, no usage row."""
+        async with self.registry.use(model) as engine:
+            if not isinstance(engine, LLMEngine):
+                raise InvalidRequestError(f"model {model!r} is not a language model")
+            tokens = await anyio.to_thread.run_sync(engine.tokenize, "ping")
+            done = asyncio.Event()
+            failure: list[Exception] = []
+            loop = asyncio.get_running_loop()
+
+            def sink(event: GenerationEvent) -> None:
+                if isinstance(event, Failed):
+                    failure.append(event.error)
+                if isinstance(event, Finished | Failed):
+                    loop.call_soon_threadsafe(done.set)
+
+            handle = engine.submit(GenerationRequest(tuple(tokens), Sampling(max_tokens=1)),
+                                   sink)
+            try:
+                await done.wait()
+            finally:
+                handle.cancel()
+            if failure:
+                raise failure[0]
+
+    def _record(self, call: Call, status: int) -> None:
+        try:
+            self.guard.record_usage(
+                call.ctx, route=call.route, model=call.model, status=status,
+                tokens_in=call.prompt_tokens, tokens_out=call.completion_tokens,
+                images=call.images, reservations=tuple(call.reservations))
+        except Exception:
+            log.exception("metering %s for seat %s failed", call.route, call.ctx.name)
