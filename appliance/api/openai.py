@@ -14,6 +14,13 @@ from appliance.api.openai_schemas import (
     CompletionRequest,
     EmbeddingRequest,
 )
+from appliance.api.tool_answers import (
+    ChatPrompt,
+    DeltaStream,
+    chat_prompt,
+    finish_reason,
+    message,
+)
 from appliance.deps import CallDep, RegistryDep
 from appliance.errors import ApplianceError
 from appliance.lifecycle import Call, Generation, sse
@@ -51,33 +58,48 @@ LANGUAGE_MODEL = "a language model; use the /v1/vision endpoints for it"
 async def chat_completions(body: ChatCompletionRequest, request: Request, call: CallDep) -> Any:
     """Chat completion, streamed as server-sent events when ``stream`` is true."""
     try:
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        messages = [m.rendered() for m in body.messages]
     except ValueError as exc:
         raise InvalidRequestError(str(exc)) from exc
     max_tokens = body.max_completion_tokens or body.max_tokens
+    prompts: list[ChatPrompt] = []
 
     def build(engine: LLMEngine) -> GenerationRequest:
-        tokens = engine.chat_tokens(messages)  # content never becomes control tokens
-        return GenerationRequest(tuple(tokens), _sampling(body, max_tokens, _grammar(engine, body)))
+        # content and tool definitions never become control tokens
+        prompt = chat_prompt(engine, body, messages, _grammar(engine, body))
+        prompts.append(prompt)
+        return GenerationRequest(tuple(prompt.tokens),
+                                 prompt.sampling(_sampling(body, max_tokens, None)))
 
     engine = await call.lease(body.model, "chat", LLMEngine, LANGUAGE_MODEL)
     gen = await call.generate(engine, await call.prepare(engine, build))
-    shape = ChatShape(body.model)
+    shape = ChatShape(body.model, prompts[0].calls)
     if body.stream:
         return sse(call, gen, shape, _include_usage(body))
     text = "".join(d.text for d in await gen.collect(request))
+    message, finish = shape.whole(text, gen.finish_reason)
     return shape.head("chat.completion") | {
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                     "logprobs": None, "finish_reason": gen.finish_reason}],
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": finish}],
         "usage": gen.usage()}
 
 
 class ChatShape:
-    """Chunks of a streamed chat completion (``chat.completion.chunk``)."""
+    """Chunks of a streamed chat completion (``chat.completion.chunk``); with ``calls``,
+    the tool calls in the answer become ``tool_calls`` (see appliance.api.tool_answers)."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, calls: DeltaStream | None = None) -> None:
         self.model = model
+        self.calls = calls
         self.ident, self.created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def whole(self, text: str, finish: str) -> tuple[dict[str, Any], str]:
+        """The message and finish reason of a non-streamed answer."""
+        if self.calls is None:
+            return {"role": "assistant", "content": text}, finish
+        self.calls.feed(text)
+        self.calls.close()
+        return message(self.calls.answer()), finish_reason(finish, self.calls.called)
 
     def head(self, kind: str) -> dict[str, Any]:
         return {"id": self.ident, "object": kind, "created": self.created,
@@ -91,10 +113,17 @@ class ChatShape:
         return [self.chunk({"role": "assistant", "content": ""}, None)]
 
     def delta(self, event: TextDelta) -> list[dict[str, Any]]:
-        return [self.chunk({"content": event.text}, None)] if event.text else []
+        if not event.text:
+            return []
+        if self.calls is None:
+            return [self.chunk({"content": event.text}, None)]
+        return [self.chunk(d, None) for d in self.calls.feed(event.text)]
 
     def closing(self, gen: Generation) -> list[dict[str, Any]]:
-        return [self.chunk({}, gen.finish_reason)]
+        if self.calls is None:
+            return [self.chunk({}, gen.finish_reason)]
+        rest = [self.chunk(d, None) for d in self.calls.close()]
+        return [*rest, self.chunk({}, finish_reason(gen.finish_reason, self.calls.called))]
 
     def usage(self, gen: Generation) -> dict[str, Any]:
         return self.head("chat.completion.chunk") | {"choices": [], "usage": gen.usage()}

@@ -91,7 +91,7 @@ class ChatPrompt:
     tokens: list[int]
     grammar: str | None
     triggers: tuple[str, ...]
-    stream: DeltaStream | None  # reads calls out of the answer; None when none can come
+    calls: DeltaStream | None  # reads calls out of the answer; None when none can come
 
     def sampling(self, base: Sampling) -> Sampling:
         return replace(base, grammar=self.grammar, grammar_triggers=self.triggers)
