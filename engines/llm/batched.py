@@ -312,6 +312,14 @@ class BatchedLlamaEngine(LLMEngine):
             raise InvalidRequestError(f"unsupported JSON schema: {str(exc)[:300]}") from exc
         grammar = json_string_chars(grammar)
         check_grammar(grammar)
+        with self._life_lock:  # the converter can emit GBNF llama.cpp refuses (a quote in a
+            if self._model.ptr is None:  # property name): refuse it here, not at submit
+                raise EngineClosedError("the model is unloaded")
+            try:
+                Sampler(self._model, temperature=0, top_p=1, seed=None, grammar=grammar).close()
+            except InvalidRequestError as exc:
+                raise InvalidRequestError("unsupported JSON schema: it becomes a grammar "
+                                          "llama.cpp cannot parse") from exc
         return grammar
 
     def submit(self, request: GenerationRequest, sink: EventSink) -> GenerationHandle:

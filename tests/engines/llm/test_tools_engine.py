@@ -91,7 +91,12 @@ def test_tool_strings_never_become_control_tokens(engine: BatchedLlamaEngine) ->
     assert hostile.tokens.count(im_start) == plain.tokens.count(im_start) == 3
 
 
-def test_a_schema_the_converter_refuses_names_its_tool(engine: BatchedLlamaEngine) -> None:
-    bad = Tool("broken", "", {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}})
+@pytest.mark.parametrize("properties", [
+    {"a": {"$ref": "#/nowhere"}},  # the converter refuses it
+    {'x"y': {"type": "integer"}},  # the converter writes GBNF that llama.cpp cannot parse
+])
+def test_a_schema_that_cannot_become_a_grammar_names_its_tool(
+        engine: BatchedLlamaEngine, properties: dict) -> None:
+    bad = Tool("broken", "", {"type": "object", "properties": properties})
     with pytest.raises(InvalidRequestError, match=r"tools\[1\] \(broken\)"):
         plan_tools(engine, ASK, [ADD, bad], ToolChoice("required"))
