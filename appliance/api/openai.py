@@ -110,7 +110,8 @@ class ChatShape:
             {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
     def opening(self) -> list[dict[str, Any]]:
-        return [self.chunk({"role": "assistant", "content": ""}, None)]
+        forced = self.calls is not None and self.calls.forced  # a call, no text: as OpenAI
+        return [self.chunk({"role": "assistant", "content": None if forced else ""}, None)]
 
     def delta(self, event: TextDelta) -> list[dict[str, Any]]:
         if not event.text:

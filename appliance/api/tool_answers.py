@@ -45,8 +45,9 @@ def finish_reason(reason: str, called: bool) -> str:
 class DeltaStream:
     """Text deltas in, ``delta`` objects of chat.completion.chunk out."""
 
-    def __init__(self, parser: CallParser) -> None:
+    def __init__(self, parser: CallParser, *, forced: bool = False) -> None:
         self.parser = parser
+        self.forced = forced  # the grammar admits only calls: the answer has no text
         self.called = False
         self._events: list[Event] = []
 
@@ -114,5 +115,6 @@ def chat_prompt(engine: LLMEngine, body: ChatCompletionRequest,
     plan = plan_tools(engine, messages, body.tool_specs(), body.choice(),
                       parallel=body.parallel_tool_calls is not False)
     parser = plan.parser()
+    forced = plan.grammar is not None and not plan.triggers
     return ChatPrompt(plan.tokens, plan.grammar or response_grammar, plan.triggers,
-                      DeltaStream(parser) if parser is not None else None)
+                      DeltaStream(parser, forced=forced) if parser is not None else None)

@@ -102,7 +102,7 @@ def test_streamed_calls_assemble_in_the_client(client: openai.OpenAI) -> None:
     assert "tool_calls.function.arguments.delta" in kinds
     assert kinds.count("tool_calls.function.arguments.done") == 1
     choice = final.choices[0]
-    assert choice.finish_reason == "tool_calls"
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
     parsed = choice.message.tool_calls[0].function.parsed_arguments
     assert isinstance(parsed, Weather) and parsed.city
 
