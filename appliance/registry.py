@@ -2,7 +2,11 @@
 the memory budget needs room (least recently used first).
 
 Loading runs in a worker thread; one load per model at a time. An engine in use (a lease
-is open) is never evicted for the budget; idle unloading skips it too.
+is open) is never evicted for the budget; idle unloading skips it too. Leases are counted
+on the event loop before any await, and every unload re-checks them under the model's
+lock, so a request never receives an engine that eviction or idle unloading closes under
+it. Only an admin's explicit ``unload`` closes an engine in use (its requests get 503
+``model_unloaded``). A model being removed takes no new leases and is never reloaded.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class Entry:
     loaded_at: float | None = None
     last_used: float | None = None
     leases: int = 0
+    removing: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -114,11 +119,19 @@ class ModelRegistry:
         return {n: e.engine for n, e in self._entries.items() if e.loaded}
 
     # --- loading -------------------------------------------------------------------
+    def _live(self, name: str) -> Entry:
+        entry = self.entry(name)
+        if entry.removing:
+            raise ModelNotFoundError(name, [n for n in self.names() if n != name])
+        return entry
+
     async def acquire(self, name: str) -> Any:
         """The loaded engine for ``name`` (loading it if needed)."""
-        entry = self.entry(name)
-        if not entry.loaded:
+        entry = self._live(name)
+        while not entry.loaded:
             async with entry.lock:
+                if entry.removing:
+                    raise ModelNotFoundError(name, [n for n in self.names() if n != name])
                 if not entry.loaded:
                     await self._load(entry)
         entry.last_used = time.time()
@@ -127,7 +140,7 @@ class ModelRegistry:
     @contextlib.asynccontextmanager
     async def use(self, name: str) -> AsyncIterator[Any]:
         """Lease the engine for the duration of a request (protects it from eviction)."""
-        entry = self.entry(name)
+        entry = self._live(name)
         entry.leases += 1
         try:
             yield await self.acquire(name)
@@ -156,9 +169,10 @@ class ModelRegistry:
                          key=lambda e: e.last_used or 0)
         while used + needed > self.memory_budget and victims:
             victim = victims.pop(0)
-            used -= victim.estimate_bytes()
-            log.info("unloading %s to stay within the memory budget", victim.manifest.name)
-            await self._unload(victim)
+            size = victim.estimate_bytes()
+            # the list was made before any await: a request may have leased it since
+            if await self._unload_idle_entry(victim, "to stay within the memory budget"):
+                used -= size
         if used + needed > self.memory_budget:
             log.warning("loading beyond the memory budget (%d + %d > %d bytes)",
                         used, needed, self.memory_budget)
@@ -171,6 +185,15 @@ class ModelRegistry:
         async with entry.lock:
             if not entry.loaded:
                 return False
+            await self._unload(entry)
+            return True
+
+    async def _unload_idle_entry(self, entry: Entry, why: str) -> bool:
+        """Unload ``entry`` if it is still loaded and unleased once its lock is held."""
+        async with entry.lock:
+            if not entry.loaded or entry.leases:
+                return False
+            log.info("unloading %s %s", entry.manifest.name, why)
             await self._unload(entry)
             return True
 
@@ -187,17 +210,26 @@ class ModelRegistry:
         gone = []
         for entry in list(self._entries.values()):
             if (entry.loaded and entry.leases == 0 and entry.last_used is not None
-                    and now - entry.last_used >= self.idle_unload_s):
-                await self.unload(entry.manifest.name)
+                    and now - entry.last_used >= self.idle_unload_s
+                    and await self._unload_idle_entry(entry, "(idle)")):
                 gone.append(entry.manifest.name)
         return gone
 
     async def remove(self, name: str) -> None:
-        entry = self.entry(name)
+        """Unload and delete a pack; refused while requests use it. From the first line
+        on, no new request can lease or reload it."""
+        entry = self._live(name)
         if entry.leases:
             raise ApplianceError(f"model {name!r} is serving requests; try again shortly")
-        await self.unload(name)
-        await anyio.to_thread.run_sync(self.store.remove, name)
+        entry.removing = True
+        try:
+            async with entry.lock:
+                if entry.loaded:
+                    await self._unload(entry)
+            await anyio.to_thread.run_sync(self.store.remove, name)
+        except BaseException:
+            entry.removing = False
+            raise
         self._entries.pop(name, None)
 
     async def close(self) -> None:

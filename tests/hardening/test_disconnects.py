@@ -125,3 +125,31 @@ def test_cut_streams_free_slots_threads_and_are_metered(fresh_box) -> None:
     print(f"\ndisconnects: {CUTS} cut streams; server threads {threads_before} before, "
           f"{_threads(server)} after; tokens metered {sum(int(r['tokens_out']) for r in rows)}"
           f" >= {sum(seen)} chunks seen")
+
+
+def test_non_streamed_request_stops_when_its_client_hangs_up(fresh_box) -> None:
+    """A plain (non-streamed) chat whose client times out is cancelled: its engine slot and
+    seat slot come back long before ``max_tokens`` could be generated, and the usage row
+    says 499 with the tokens produced until then."""
+    box = fresh_box
+    seat_id, key = new_seat(box, "impatient", max_concurrent=1, requests_per_minute=0,
+                            tokens_per_day=0)
+    warm = httpx.post(box.base_url + "/v1/chat/completions", json=_chat(2, False, 6),
+                      timeout=120, headers={"Authorization": f"Bearer {key}"})
+    assert warm.status_code == 200, warm.text  # the model is loaded before the clock runs
+    rows_before = len(_usage_rows(box, seat_id))
+    body = _chat(2000, False, 7)  # the slot holds 2,048 tokens
+    body["logit_bias"] = {"0": -100, "1": -100, "2": -100}  # SmolLM2's end tokens: never stop
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(box.base_url + "/v1/chat/completions", json=body, timeout=1.5,
+                   headers={"Authorization": f"Bearer {key}"})
+    # 2,000 tokens take tens of seconds here; the slot is back within a few.
+    assert wait_for(lambda: gauge(box, "appliance_engine_active_slots") == 0, timeout=10), \
+        "the generation went on after its client left"
+    assert wait_for(lambda: len(_usage_rows(box, seat_id)) == rows_before + 1, timeout=10)
+    row = _usage_rows(box, seat_id)[-1]
+    assert row["status"] == "499" and 0 < int(row["tokens_out"]) < 2000, row
+    # The seat's one slot is free again.
+    r = httpx.post(box.base_url + "/v1/chat/completions", json=_chat(2, False, 8), timeout=60,
+                   headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200, r.text
