@@ -101,7 +101,7 @@ class CallParser:
         self._decided = bool(fmt.open_tag)  # bare-object formats decide at the start
         self._bare = False
         self._head = re.compile(r'\s*\{\s*"name"\s*:\s*"([A-Za-z0-9_-]{1,64})"\s*,\s*"'
-                                + re.escape(fmt.args_key) + r'"\s*:\s*')
+                                + re.escape(fmt.args_key) + r'"\s*:\s*(?=\{)')
 
     # ------------------------------------------------------------------ feeding
     def feed(self, text: str) -> list[Event]:
@@ -183,7 +183,7 @@ class CallParser:
         if call.index < 0:
             call.buffer += text
             m = self._head.match(call.buffer)
-            if m and m.group(1) in self.names and m.end() < len(call.buffer):
+            if m and m.group(1) in self.names:  # arguments are an object: stream them
                 call.index = self.calls
                 self.calls += 1
                 out.append(CallStart(call.index, self.new_id(), m.group(1)))

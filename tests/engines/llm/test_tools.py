@@ -193,3 +193,9 @@ def test_llama3_bare_object_calls() -> None:
             assert got.content is None and got.calls[0][1:] == ("f", '{"x": 1}')
     assert parse('Hello {"name"', LLAMA3, ["f"]).content == 'Hello {"name"'
     assert parse("  plain", LLAMA3, ["f"]).content == "  plain"
+
+
+def test_arguments_sent_as_a_json_string_become_the_object_text() -> None:
+    text = '<tool_call>{"name": "f", "arguments": "{\\"x\\": 1}"}</tool_call>'
+    for step in (1, 1000):
+        assert fold(_stream(text, HERMES, ["f"], step)).calls[0][1:] == ("f", '{"x": 1}')
