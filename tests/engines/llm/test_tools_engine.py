@@ -14,9 +14,10 @@ import pytest
 
 from engines.errors import InvalidRequestError
 from engines.llm.batched import BatchedLlamaEngine
+from engines.llm.toolgrammar import call_grammar
 from engines.llm.toolparse import parse
 from engines.llm.toolplan import ToolPlan, plan_tools
-from engines.llm.tools import GENERIC, Tool, ToolChoice
+from engines.llm.tools import GENERIC, HERMES, LLAMA3, CallFormat, Tool, ToolChoice
 from engines.types import Failed, Finished, GenerationRequest, Sampling, TextDelta
 
 pytestmark = pytest.mark.slow
@@ -100,3 +101,19 @@ def test_a_schema_that_cannot_become_a_grammar_names_its_tool(
     bad = Tool("broken", "", {"type": "object", "properties": properties})
     with pytest.raises(InvalidRequestError, match=r"tools\[1\] \(broken\)"):
         plan_tools(engine, ASK, [ADD, bad], ToolChoice("required"))
+
+
+@pytest.mark.parametrize("fmt", [HERMES, LLAMA3])
+def test_native_call_grammars_run_in_llama_cpp(engine: BatchedLlamaEngine,
+                                               fmt: CallFormat) -> None:
+    """The native formats' grammars (forced, and lazy with their trigger) on the real
+    sampler; what the model writes under them parses in the same format."""
+    arguments = [(WEATHER.name, engine.json_schema_grammar(WEATHER.schema()))]
+    grammar = call_grammar(fmt, arguments, parallel=False)
+    tokens = engine.chat_tokens(ASK)
+    forced = ToolPlan(fmt, (WEATHER.name,), tokens, grammar, ())
+    answer = parse(_answer(engine, forced, 64), fmt, forced.names)
+    assert answer.content is None and answer.calls[0][1] == "get_weather"
+    jsonschema.validate(json.loads(answer.calls[0][2]), WEATHER.schema())
+    lazy = ToolPlan(fmt, (WEATHER.name,), tokens, grammar, (fmt.trigger,))
+    assert _answer(engine, lazy, 8)  # free text until a call starts
