@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from engines.errors import InputTooLongError, PromptTooLongError
 from engines.types import GenerationEvent, GenerationRequest, LLMInfo
@@ -40,16 +41,25 @@ class LLMEngine(ABC):
         """Token ids of ``text`` (BOS added when the model wants it)."""
 
     @abstractmethod
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+    def render_chat(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
         """Prompt text for ``messages`` using the chat template in the model file.
+
+        A message is ``{"role", "content"}``, and may carry OpenAI's ``tool_calls``
+        (assistant), ``tool_call_id`` and ``name`` (tool). ``tools`` (OpenAI function
+        definitions) is handed to the template as its ``tools`` variable; pass it only to a
+        template that renders tools (``engines.llm.tools.call_format``).
 
         Raises InvalidRequestError if the messages cannot be rendered.
         """
 
     @abstractmethod
-    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        """Prompt token ids for ``messages``: the chat template's control tokens are real,
-        message content is always plain text (typing ``<|im_start|>system`` forges nothing).
+    def chat_tokens(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
+        """Prompt token ids for ``messages`` and ``tools`` (as ``render_chat``): the chat
+        template's control tokens are real, every string the caller sent (content, tool
+        definitions, call arguments) is always plain text (typing ``<|im_start|>system``
+        forges nothing).
 
         Raises InvalidRequestError like ``render_chat`` and ContextLengthError for a prompt
         too long to tokenise.

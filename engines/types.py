@@ -19,6 +19,9 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     grammar: str | None = None
+    # Lazy grammar: free text until one of these regexes matches, the grammar from there on
+    # (from the match's first group when it has one). Empty: the grammar applies throughout.
+    grammar_triggers: tuple[str, ...] = ()
     presence_penalty: float = 0.0  # OpenAI's: subtract once for a token already generated
     frequency_penalty: float = 0.0  # OpenAI's: subtract per time it was generated
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)

@@ -98,8 +98,15 @@ class FleetLLMEngine(LLMEngine):
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         return self._call("tokenize", text, special)
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        return self._call("render_chat", [dict(m) for m in messages])
+    def render_chat(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
+        return self._call("render_chat", [dict(m) for m in messages],
+                          None if tools is None else [dict(t) for t in tools])
+
+    def chat_tokens(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
+        return self._call("chat_tokens", [dict(m) for m in messages],
+                          None if tools is None else [dict(t) for t in tools])
 
     def json_schema_grammar(self, schema: dict) -> str:
         return self._call("json_schema_grammar", schema)

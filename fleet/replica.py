@@ -61,8 +61,13 @@ class LLMReplica:
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         return self.engine.tokenize(text, special=special)
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        return self.engine.render_chat(messages)
+    def render_chat(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
+        return self.engine.render_chat(messages, tools)
+
+    def chat_tokens(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
+        return self.engine.chat_tokens(messages, tools)
 
     def json_schema_grammar(self, schema: dict) -> str:
         return self.engine.json_schema_grammar(schema)

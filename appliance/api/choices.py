@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.api.logprob_shapes import LegacyLogprobs, chat_logprobs, merge_legacy
+from appliance.api.tool_answers import DeltaStream, finish_reason, message
 from engines.types import Finished, GenerationEvent, PromptTokens, TextDelta, TokenLogprob
 
 
@@ -31,6 +32,7 @@ class _Choice:
     cached_tokens: int = 0
     started: bool = False  # stream: the echo / role chunk was sent
     held: list[GenerationEvent] = field(default_factory=list)  # waiting for the echo
+    calls: DeltaStream | None = None  # reads tool calls out of a chat choice's text
 
 
 class _Choices:
@@ -80,13 +82,19 @@ class _Choices:
 
 
 class ChatChoices(_Choices):
-    """``chat.completion`` and its chunks for ``n`` choices of one conversation."""
+    """``chat.completion`` and its chunks for ``n`` choices of one conversation; with
+    ``calls`` (a reader per choice), tool calls in a choice's text become ``tool_calls``
+    (see appliance.api.tool_answers)."""
 
     object_name = "chat.completion"
     prefix = "chatcmpl"
 
-    def __init__(self, model: str, n: int, logprobs: bool) -> None:
+    def __init__(self, model: str, n: int, logprobs: bool,
+                 calls: Callable[[], DeltaStream] | None = None) -> None:
         super().__init__(model, 1, n, logprobs)
+        if calls is not None:
+            for c in self.choices:
+                c.calls = calls()
 
     def chunk(self, i: int, delta: dict[str, Any], finish: str | None = None,
               logprobs: Sequence[TokenLogprob] = ()) -> dict[str, Any]:
@@ -100,21 +108,37 @@ class ChatChoices(_Choices):
         c, out = self.choices[i], []
         if not c.started:
             c.started = True
-            out.append(self.chunk(i, {"role": "assistant", "content": ""}))
+            forced = c.calls is not None and c.calls.forced  # a call, no text: as OpenAI
+            out.append(self.chunk(i, {"role": "assistant", "content": None if forced else ""}))
         if isinstance(event, TextDelta) and event.text:
-            out.append(self.chunk(i, {"content": event.text}, logprobs=event.logprobs))
+            if c.calls is None:
+                out.append(self.chunk(i, {"content": event.text}, logprobs=event.logprobs))
+            else:  # text held back while a call may be starting still has its logprobs
+                deltas = c.calls.feed(event.text) or [{}]
+                out.append(self.chunk(i, deltas[0], logprobs=event.logprobs))
+                out += [self.chunk(i, d) for d in deltas[1:]]
         elif isinstance(event, Finished):
-            out.append(self.chunk(i, {}, c.finish))
+            if c.calls is not None:
+                out += [self.chunk(i, d) for d in c.calls.close()]
+            out.append(self.chunk(i, {}, self._finish(c)))
         return out
+
+    @staticmethod
+    def _finish(c: _Choice) -> str | None:
+        if c.calls is None or c.finish is None:
+            return c.finish
+        return finish_reason(c.finish, c.calls.called)
 
     def usage_chunk(self) -> dict[str, Any]:
         return self.head("chat.completion.chunk") | {"choices": [], "usage": self.usage()}
 
     def answer(self) -> dict[str, Any]:
+        """The whole answer, once every choice was fed (``feed`` reads the tool calls)."""
         return self.head() | {"choices": [
-            {"index": i, "message": {"role": "assistant", "content": "".join(c.text)},
+            {"index": i, "message": ({"role": "assistant", "content": "".join(c.text)}
+                                     if c.calls is None else message(c.calls.answer())),
              "logprobs": chat_logprobs(c.logprobs) if self.logprobs else None,
-             "finish_reason": c.finish} for i, c in enumerate(self.choices)],
+             "finish_reason": self._finish(c)} for i, c in enumerate(self.choices)],
             "usage": self.usage()}
 
 

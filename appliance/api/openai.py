@@ -17,6 +17,7 @@ from appliance.api.openai_schemas import (
     EmbeddingRequest,
     Prompt,
 )
+from appliance.api.tool_answers import ChatPrompt, chat_prompt
 from appliance.deps import CallDep, RegistryDep, SettingsDep
 from appliance.embeddings import (
     check_dimensions,
@@ -63,20 +64,24 @@ LANGUAGE_MODEL = "a language model; use the /v1/vision endpoints for it"
 async def chat_completions(body: ChatCompletionRequest, request: Request, call: CallDep) -> Any:
     """Chat completion (``n`` choices), streamed as server-sent events when ``stream``."""
     try:
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        messages = [m.rendered() for m in body.messages]
     except ValueError as exc:
         raise InvalidRequestError(str(exc)) from exc
     max_tokens = body.max_completion_tokens or body.max_tokens
+    prompts: list[ChatPrompt] = []
 
     def build(engine: LLMEngine) -> GenerationRequest:
-        tokens = engine.chat_tokens(messages)  # content never becomes control tokens
-        return GenerationRequest(tuple(tokens), _sampling(body, max_tokens, _grammar(engine, body)),
+        # content and tool definitions never become control tokens
+        prompt = chat_prompt(engine, body, messages, _grammar(engine, body))
+        prompts.append(prompt)
+        return GenerationRequest(tuple(prompt.tokens),
+                                 prompt.sampling(_sampling(body, max_tokens, None)),
                                  logprobs=body.logprob_count())
 
     engine = await call.lease(body.model, "chat", LLMEngine, LANGUAGE_MODEL)
     _check_choices(engine, body.n)
     gens = await _generate(call, engine, [await call.prepare(engine, build)], body.n)
-    shape = ChatChoices(body.model, body.n, body.logprobs)
+    shape = ChatChoices(body.model, body.n, body.logprobs, prompts[0].calls)
     if body.stream:
         return sse(call, gens, shape, _include_usage(body))
     await _collect(request, gens, shape)

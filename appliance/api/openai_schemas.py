@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+from engines.errors import InvalidRequestError
+from engines.llm.grammar import check_schema
+from engines.llm.tools import Tool, ToolChoice
 
 MAX_TOP_LOGPROBS = 20  # chat ``top_logprobs`` (OpenAI's bound; the engine's too)
 MAX_LEGACY_LOGPROBS = 5  # completions ``logprobs`` (OpenAI's bound)
 MAX_PROMPTS = 16  # prompts in one /v1/completions request
 MAX_N = 128  # OpenAI's bound on ``n``; the box also refuses more than the model's slots
+MAX_TOOLS = 128  # functions in one request (OpenAI's own limit)
+MAX_TOOLS_BYTES = 256 << 10  # all function definitions together, as JSON
+MAX_DESCRIPTION = 8192
 
 
 def _valid_unicode(value: Any, where: str = "body") -> None:
@@ -45,9 +53,44 @@ class ContentPart(_Body):
     text: str | None = None
 
 
+class CalledFunction(_Body):
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str = Field("", max_length=MAX_TOOLS_BYTES)
+
+
+class ToolCall(_Body):
+    """A call an assistant made earlier in the conversation."""
+
+    id: str = Field(min_length=1, max_length=128)
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(_Body):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCall] | None = Field(None, max_length=MAX_TOOLS)
+    tool_call_id: str | None = Field(None, max_length=128)
+    name: str | None = Field(None, max_length=64)
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry 'tool_calls'")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a 'tool' message needs the 'tool_call_id' it answers")
+        return self
+
+    def rendered(self) -> dict[str, Any]:
+        """The message as the engine renders it (content as text)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
     def text(self) -> str:
         if self.content is None:
@@ -60,6 +103,27 @@ class ChatMessage(_Body):
                 raise ValueError(f"content part type {p.type!r} is not supported; use 'text'")
             parts.append(p.text or "")
         return "".join(parts)
+
+
+class FunctionDef(_Body):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = Field(None, max_length=MAX_DESCRIPTION)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None  # calls the box forces always match the schema
+
+
+class ToolDef(_Body):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Body):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class JsonSchemaSpec(_Body):
@@ -79,15 +143,15 @@ class StreamOptions(_Body):
 
 # Parameters of OpenAI's request schemas that cannot change the answer: accepted, no effect.
 NO_EFFECT = frozenset({"user", "metadata", "store", "service_tier", "prompt_cache_key",
-                       "safety_identifier", "parallel_tool_calls"})
+                       "safety_identifier"})
 
 
 def _unsupported(name: str, value: Any) -> str | None:
     """Why the box refuses ``name`` with this value, or None when it may pass."""
-    if name in ("tools", "functions") and value:
-        return f"'{name}' (tool calling) is not supported by this box yet"
-    if name in ("tool_choice", "function_call") and value not in (None, "none"):
-        return f"'{name}' is not supported by this box yet"
+    if name == "functions" and value:
+        return "'functions' (deprecated by OpenAI) is not supported; send them as 'tools'"
+    if name == "function_call" and value not in (None, "none"):
+        return "'function_call' (deprecated by OpenAI) is not supported; use 'tool_choice'"
     if name in ("logprobs", "top_logprobs") and value is not None and value is not False:
         return f"'{name}' applies to /v1/chat/completions and /v1/completions only"
     if name == "echo" and value:
@@ -121,7 +185,7 @@ def _refuse_unknown(cls: type[BaseModel], data: Any) -> None:
         raise ValueError("; ".join(problems))
 
 
-REFUSABLE = frozenset({"tools", "functions", "tool_choice", "function_call", "logprobs",
+REFUSABLE = frozenset({"functions", "function_call", "logprobs",
                        "echo", "top_logprobs", "best_of", "suffix", "modalities", "audio",
                        "prediction", "web_search_options", "reasoning_effort", "verbosity"})
 
@@ -194,6 +258,9 @@ class ChatCompletionRequest(_Sampling):
     response_format: ResponseFormat | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[ToolDef] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> ChatCompletionRequest:
@@ -204,6 +271,51 @@ class ChatCompletionRequest(_Sampling):
     def logprob_count(self) -> int | None:
         """Alternatives per token for the engine; None when logprobs were not asked."""
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    @model_validator(mode="after")
+    def _tools(self) -> ChatCompletionRequest:
+        tools = self.tools or []
+        names = [t.function.name for t in tools]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: function names must be unique")
+        size = len(json.dumps([t.model_dump(exclude_none=True) for t in tools],
+                              ensure_ascii=False))
+        if size > MAX_TOOLS_BYTES:
+            raise ValueError(f"tools: the function definitions are {size} bytes; this box "
+                             f"accepts at most {MAX_TOOLS_BYTES}")
+        for i, t in enumerate(tools):
+            if t.function.parameters is not None:
+                try:
+                    check_schema(t.function.parameters)
+                except InvalidRequestError as exc:
+                    raise ValueError(f"tools[{i}].function.parameters "
+                                     f"({t.function.name}): {exc}") from None
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(f"tool_choice names function {choice.function.name!r}, which "
+                             "is not in tools")
+        if choice == "required" and not tools:
+            raise ValueError("tool_choice 'required' needs at least one function in tools")
+        rf = self.response_format
+        if (tools and rf is not None and rf.type != "text"
+                and self.choice().mode == "auto"):
+            raise ValueError("response_format with tools needs tool_choice 'none', "
+                             "'required' or a named function (under 'auto' the answer "
+                             "may be either a call or constrained text)")
+        return self
+
+    def choice(self) -> ToolChoice:
+        """The tool choice, OpenAI's defaults applied (auto with tools, else none)."""
+        c = self.tool_choice
+        if isinstance(c, NamedToolChoice):
+            return ToolChoice("required", c.function.name)
+        if c is None:
+            return ToolChoice("auto" if self.tools else "none")
+        return ToolChoice(c)
+
+    def tool_specs(self) -> list[Tool]:
+        return [Tool(t.function.name, t.function.description or "", t.function.parameters)
+                for t in self.tools or []]
 
 
 TokenId = Annotated[StrictInt, Field(ge=0)]

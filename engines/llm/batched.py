@@ -63,6 +63,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -298,8 +299,9 @@ class BatchedLlamaEngine(LLMEngine):
                 raise EngineClosedError("the model is unloaded")
             return self._model.tokenize(text, add_special=True, parse_special=special)
 
-    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        pieces = render_chat_segments(messages, self._chat_template,
+    def chat_tokens(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
+        pieces = render_chat_segments(messages, self._chat_template, tools=tools,
                                       bos_token=self._bos_text, eos_token=self._eos_text)
         self._check_length(sum(len(text) for text, _ in pieces))
         ids: list[int] = []
@@ -318,12 +320,14 @@ class BatchedLlamaEngine(LLMEngine):
         if chars > limit:
             raise PromptTooLongError(chars, self._n_ctx_slot)
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+    def render_chat(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
         return render_chat(
             messages,
             self._chat_template,
             bos_token=self._bos_text,
             eos_token=self._eos_text,
+            tools=tools,
         )
 
     def json_schema_grammar(self, schema: dict) -> str:
@@ -338,6 +342,14 @@ class BatchedLlamaEngine(LLMEngine):
             raise InvalidRequestError(f"unsupported JSON schema: {str(exc)[:300]}") from exc
         grammar = json_string_chars(grammar)
         check_grammar(grammar)
+        with self._life_lock:  # the converter can emit GBNF llama.cpp refuses (a quote in a
+            if self._model.ptr is None:  # property name): refuse it here, not at submit
+                raise EngineClosedError("the model is unloaded")
+            try:
+                Sampler(self._model, temperature=0, top_p=1, seed=None, grammar=grammar).close()
+            except InvalidRequestError as exc:
+                raise InvalidRequestError("unsupported JSON schema: it becomes a grammar "
+                                          "llama.cpp cannot parse") from exc
         return grammar
 
     def submit(self, request: GenerationRequest, sink: EventSink) -> GenerationHandle:
@@ -675,7 +687,8 @@ class BatchedLlamaEngine(LLMEngine):
         try:
             seq.sampler = Sampler(
                 self._model, temperature=s.temperature, top_p=s.top_p, seed=s.seed,
-                grammar=s.grammar, presence_penalty=s.presence_penalty,
+                grammar=s.grammar, grammar_triggers=s.grammar_triggers,
+                presence_penalty=s.presence_penalty,
                 frequency_penalty=s.frequency_penalty, logit_bias=s.logit_bias,
                 repetition_penalty=s.repetition_penalty,
             )

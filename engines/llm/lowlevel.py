@@ -302,8 +302,9 @@ _TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])  # llama
 
 
 class Sampler:
-    """A sampler chain: [grammar] [logit bias] [repetition/presence/frequency penalties]
-    then greedy, or top-p -> temperature -> seeded draw."""
+    """A sampler chain: [grammar, lazy when it has triggers] [logit bias]
+    [repetition/presence/frequency penalties] then greedy, or top-p -> temperature ->
+    seeded draw."""
 
     def __init__(
         self,
@@ -313,6 +314,7 @@ class Sampler:
         top_p: float,
         seed: int | None,
         grammar: str | None,
+        grammar_triggers: Sequence[str] = (),
         presence_penalty: float = 0.0,
         frequency_penalty: float = 0.0,
         logit_bias: Sequence[tuple[int, float]] = (),
@@ -324,9 +326,16 @@ class Sampler:
         try:
             if grammar:
                 check_grammar(grammar)  # llama.cpp's parser recurses per nested group
-                g = llama_cpp.llama_sampler_init_grammar(
-                    model.vocab, grammar.encode("utf-8"), b"root"
-                )
+                if grammar_triggers:
+                    patterns = (ctypes.c_char_p * len(grammar_triggers))(
+                        *[p.encode("utf-8") for p in grammar_triggers])
+                    g = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                        model.vocab, grammar.encode("utf-8"), b"root", patterns,
+                        len(grammar_triggers), None, 0)
+                else:
+                    g = llama_cpp.llama_sampler_init_grammar(
+                        model.vocab, grammar.encode("utf-8"), b"root"
+                    )
                 if not g:
                     raise InvalidRequestError("grammar could not be parsed (see GBNF rules)")
                 llama_cpp.llama_sampler_chain_add(self.ptr, g)

@@ -24,6 +24,10 @@ STATS_TIMEOUT_S = 2.0
 PREPARE_TIMEOUT_S = 60.0  # tokenising or compiling a grammar: bounded, never a hang
 
 
+def _tools(tools: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    return None if tools is None else [dict(t) for t in tools]
+
+
 class _WorkerBacked:
     """What both proxies share: the supervisor, its status and the worker's memory."""
 
@@ -83,11 +87,15 @@ class WorkerLLMEngine(_WorkerBacked, LLMEngine):
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         return self._call("tokenize", text, special=special, timeout=PREPARE_TIMEOUT_S)
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        return self._call("render_chat", [dict(m) for m in messages], timeout=PREPARE_TIMEOUT_S)
+    def render_chat(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
+        return self._call("render_chat", [dict(m) for m in messages], _tools(tools),
+                          timeout=PREPARE_TIMEOUT_S)
 
-    def chat_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        return self._call("chat_tokens", [dict(m) for m in messages], timeout=PREPARE_TIMEOUT_S)
+    def chat_tokens(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
+        return self._call("chat_tokens", [dict(m) for m in messages], _tools(tools),
+                          timeout=PREPARE_TIMEOUT_S)
 
     def json_schema_grammar(self, schema: dict) -> str:
         return self._call("json_schema_grammar", schema, timeout=PREPARE_TIMEOUT_S)

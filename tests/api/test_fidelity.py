@@ -62,8 +62,8 @@ def test_penalties_and_logit_bias_are_honoured(client) -> None:
 
 
 @pytest.mark.parametrize("extra,named", [
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-    ({"tool_choice": "required"}, "tool_choice"),
+    ({"functions": [{"name": "f", "parameters": {}}]}, "functions"),
+    ({"function_call": "auto"}, "function_call"),
     ({"n": 9}, "n"),  # more than the test model's 8 slots
     ({"top_logprobs": 3}, "top_logprobs"),
     ({"reasoning_effort": "high"}, "reasoning_effort"),
