@@ -35,7 +35,7 @@ from appliance.store import Store
 from engines.base import LLMEngine
 from engines.vision.base import VisionEngine
 from licensing.guard import LicenseGuard, bootstrap_evaluation
-from licensing.storage import share_lock
+from storage.db import share_lock
 
 log = logging.getLogger(__name__)
 # Which manifest engines make which kind of engine (a request for the wrong kind is a 400
