@@ -51,7 +51,7 @@ def test_migrate_applies_pending_steps_once_per_component(tmp_path) -> None:
 def test_a_failing_step_leaves_nothing_behind(tmp_path) -> None:
     db = open_db(tmp_path / "box.db")
     bad = [STEPS[0], sql_step("CREATE TABLE broken (")]
-    with pytest.raises(Exception, match="syntax|incomplete"):
+    with pytest.raises(Exception, match=r"syntax|incomplete"):
         migrate(db, "one", bad)
     assert "a" not in db.table_names()
     assert version(db, "one") == 0
