@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from engines.errors import EngineError, InputError, InvalidRequestError, ModelLoadError
-from engines.llm.lowlevel import Context, Model
+from engines.llm.lowlevel import Context, Model, route_native_log
 from engines.vision.image import ImageLimits, decode_image
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class Projector:
         from llama_cpp import mtmd_cpp as mtmd
 
         self._mtmd = mtmd
+        route_native_log(mtmd.mtmd_log_set, mtmd.mtmd_helper_log_set)
         if not Path(path).is_file():
             raise ModelLoadError(f"projector file not found: {path}")
         params = mtmd.mtmd_context_params_default()
