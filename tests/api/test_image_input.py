@@ -67,3 +67,53 @@ def test_text_parts_still_work(client) -> None:
     r = client.chat.completions.create(model=LLM, max_tokens=2, messages=[{
         "role": "user", "content": [{"type": "text", "text": "Hi"}]}])
     assert r.choices[0].finish_reason in ("stop", "length")
+
+
+VLM = "smollm2-colour-vlm"
+
+
+@pytest.fixture(scope="module")
+def vlm_box(model_store, gguf_path, tmp_path_factory, vendor_key):
+    """A box with a vision-language pack: SmolLM2 and the tests' colour projector."""
+    from tests.colour_projector import write_pack
+    from tests.conftest import Box, linked_models
+
+    tmp = tmp_path_factory.mktemp("vlm-box")
+    models = linked_models(model_store.root, tmp / "models")
+    write_pack(gguf_path, models, VLM)
+    server = Box(tmp / "data", models,
+                 env={"TEST_TRUSTED_KEYS_FILE": str(vendor_key.trusted_file),
+                      "APPLIANCE_LLM_SLOTS": "2"})
+    yield server
+    server.stop()
+
+
+def _image_question(colour: tuple[int, int, int]) -> list[dict]:
+    return [{"role": "user", "content": [
+        {"type": "text", "text": "What colour is this picture? "},
+        {"type": "image_url", "image_url": {"url": data_url(png(colour, 64))}}]}]
+
+
+def test_a_vision_language_model_answers_about_the_image(vlm_box) -> None:
+    client = openai.OpenAI(base_url=vlm_box.base_url + "/v1", api_key=vlm_box.api_key,
+                           max_retries=0)
+    r = client.chat.completions.create(model=VLM, messages=_image_question((0, 0, 255)),
+                                       temperature=0, max_tokens=12)
+    assert "red" in (r.choices[0].message.content or "").lower()
+    assert r.usage.prompt_tokens > 9  # the image's nine positions count as prompt
+    stream = client.chat.completions.create(model=VLM, messages=_image_question((255, 0, 0)),
+                                            temperature=0, max_tokens=12, stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "blue" in text.lower()
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_models_say_which_take_images(vlm_box) -> None:
+    auth = {"Authorization": f"Bearer {vlm_box.api_key}"}
+    listed = httpx.get(vlm_box.base_url + "/v1/models", params={"purpose": "vision-chat"},
+                       headers=auth, timeout=30).json()["data"]
+    assert [c["id"] for c in listed] == [VLM]
+    assert {"chat", "vision-chat"} <= set(listed[0]["capabilities"])
+    message = _message(_ask(vlm_box, data_url(png())))  # SmolLM2 alone takes no images
+    assert f"the models on this box that take images: {VLM}" in message
