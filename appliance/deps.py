@@ -11,6 +11,7 @@ from fastapi import Depends, Request, Response
 from appliance.lifecycle import Call, Lifecycle, status_of
 from appliance.metrics import Metrics
 from appliance.registry import ModelRegistry
+from appliance.runtime import Runtime
 from appliance.settings import Settings
 from appliance.store import Store
 from licensing.guard import LicenseGuard, SeatContext
@@ -34,6 +35,10 @@ def _settings(request: Request) -> Settings:
 
 def _guard(request: Request) -> LicenseGuard:
     return request.app.state.guard
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
 
 
 def _lifecycle(request: Request) -> Lifecycle:
@@ -82,5 +87,6 @@ StoreDep = Annotated[Store, Depends(_store)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 GuardDep = Annotated[LicenseGuard, Depends(_guard)]
 LifecycleDep = Annotated[Lifecycle, Depends(_lifecycle)]
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 CallDep = Annotated[Call, Depends(_call, scope="function")]
 AdminDep = Annotated[SeatContext, Depends(_admin)]
