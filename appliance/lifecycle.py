@@ -111,6 +111,23 @@ def status_of(exc: BaseException) -> int:
     return 499  # cancelled: the client went away
 
 
+def missing_capability(registry: ModelRegistry, model: str, needs: str) -> str:
+    """Why ``model`` cannot serve a request that needs ``needs``, naming the models of this
+    box that can (for ``vision-chat``: the vision-language models, which take images)."""
+    able = [n for n in registry.names() if needs in registry.entry(n).manifest.capabilities]
+    if needs == "vision-chat":
+        head = f"model {model!r} does not take images"
+        if not able:
+            return (f"{head}, and no vision-language model is installed on this box "
+                    "(a chat model pack with its projector); send text only, or ask the "
+                    "box's admin to install one")
+        return f"{head}; the models on this box that take images: {', '.join(able)}"
+    head = f"model {model!r} does not serve {needs}"
+    if not able:
+        return f"{head}, and no model on this box does"
+    return f"{head}; the models on this box that do: {', '.join(able)}"
+
+
 @dataclass(eq=False)
 class Call:
     """One admitted request: who calls, what it holds, what it used. Settled once."""
@@ -135,7 +152,8 @@ class Call:
         return self.ctx.seat_id
 
     # --- lease -------------------------------------------------------------------------
-    async def lease(self, model: str, feature: str, kind: type[E], what: str) -> E:
+    async def lease(self, model: str, feature: str, kind: type[E], what: str,
+                    needs: str | None = None) -> E:
         """The loaded engine for ``model``, held until the call is settled: 404 for a model
         the box lacks, 403 unless the licence covers ``model`` and ``feature``, 400 unless
         the engine is a ``kind`` (``what`` names it in the error) and the pack serves
@@ -151,6 +169,8 @@ class Call:
                 f"model {model!r} does not serve {feature}; it serves {', '.join(caps)}"
                 + (" (an embedding model: use /v1/embeddings)" if caps == ("embeddings",)
                    else ""))
+        if needs is not None and needs not in caps:  # before loading anything
+            raise InvalidRequestError(missing_capability(registry, model, needs))
         self.model = model
         engine = await self.stack.enter_async_context(registry.use(model))
         if not isinstance(engine, kind):

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -58,6 +59,13 @@ def _init_backend() -> None:
         llama_cpp.llama_backend_init()
         llama_cpp.llama_log_set(_route_native_log, ctypes.c_void_p(0))
         _backend_ready = True
+
+
+def route_native_log(*setters: Any) -> None:
+    """Send another native library's log (libmtmd's ``mtmd_log_set``, which take ggml's
+    log callback) to the same Python logger as llama.cpp's."""
+    for set_log in setters:
+        set_log(_route_native_log, ctypes.c_void_p(0))
 
 
 def gpu_offload_supported() -> bool:
