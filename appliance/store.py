@@ -32,7 +32,17 @@ def _v2(db: sqlite_utils.Database) -> None:
     db.execute("DROP TABLE IF EXISTS request_log")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    # /v1/responses with store: true (appliance.response_store): the conversation the
+    # model read and the Response object, per seat, until the retention setting expires it.
+    db["responses"].create(
+        {"id": str, "seat_id": int, "created_at": float, "context": str, "response": str},
+        pk="id", not_null={"seat_id", "created_at", "context", "response"},
+    )
+    db["responses"].create_index(["created_at"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 
 
 def open_db(path: Path) -> sqlite_utils.Database:
