@@ -189,11 +189,20 @@ def test_another_seat_cannot_read_or_continue_it(box, client: openai.OpenAI) -> 
     ({"text": {"format": {"type": "json_schema", "schema": {"type": "object"}}}},
      "'name' and 'schema'"),
     ({"previous_response_id": "resp_nope"}, "resp_nope"),
+    ({"input": "x" * (1 << 20)}, "responses_max_bytes"),  # the bound on what is stored
 ])
 def test_unsupported_parameters_are_refused_by_name(box, body: dict, named: str) -> None:
     r = _post(box, **body)
     assert r.status_code in (400, 404), r.text
     assert named in r.json()["error"]["message"]
+
+
+def test_reading_a_stored_response_takes_no_stream_or_include(box) -> None:
+    auth = {"Authorization": f"Bearer {box.api_key}"}
+    for query, named in (("stream=true", "'stream'"),
+                         ("include[]=message.output_text.logprobs", "'include'")):
+        r = httpx.get(f"{box.base_url}/v1/responses/resp_x?{query}", headers=auth, timeout=30)
+        assert r.status_code == 400 and named in r.json()["error"]["message"]
 
 
 def test_retention_cleanup_removes_an_expired_row(box, client: openai.OpenAI) -> None:
