@@ -31,13 +31,14 @@ from appliance.middleware import ObserveMiddleware
 from appliance.modelstore import ModelStore
 from appliance.registry import ModelRegistry
 from appliance.response_store import ResponseStore
+from appliance.runtime import Runtime
 from appliance.settings import Settings
 from appliance.stats import LogRing, StatsSampler
 from appliance.store import Store
 from engines.base import LLMEngine
 from engines.vision.base import VisionEngine
 from licensing.guard import LicenseGuard, bootstrap_evaluation
-from licensing.storage import share_lock
+from storage.db import share_lock
 
 log = logging.getLogger(__name__)
 # Which manifest engines make which kind of engine (a request for the wrong kind is a 400
@@ -82,14 +83,14 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
 
             fleet = await asyncio.to_thread(fleet_app.start, settings)
             engine_loaders["llama"] = fleet_app.llm_loader(settings, fleet)
-        app.state.fleet = fleet
         registry = ModelRegistry(model_store, engine_loaders,
                                  memory_budget=settings.memory_budget_mb << 20,
                                  idle_unload_s=settings.idle_unload_s)
         state = app.state
-        state.store, state.registry, state.guard, state.log_ring = store, registry, guard, ring
-        state.started_at = time.time()
+        state.store, state.registry, state.guard = store, registry, guard
         state.lifecycle = Lifecycle(guard, registry, state.metrics, ENGINE_KINDS)
+        state.runtime = Runtime(started_at=time.time(), sampler=sampler, log_ring=ring,
+                                trusted_keys=trusted_keys, fleet=fleet)
         state.responses = ResponseStore(store, settings.responses_retention_days)
         expired = await asyncio.to_thread(state.responses.expire)
         if expired:
@@ -121,11 +122,9 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
 
     app = FastAPI(title="Inference appliance", version=__version__, lifespan=lifespan)
     app.state.settings = settings
-    app.state.trusted_keys = trusted_keys
     app.state.metrics = Metrics(lambda: _loaded(app))
-    app.state.sampler = StatsSampler(app.state.metrics.registry)
+    sampler = StatsSampler(app.state.metrics.registry)
     errors.register()(app)
-    app.state.probe_nonces = set()  # update health probes answered (each nonce once)
     for router in (ops.router, probe.router, openai.router, responses.router, vision.router,
                    admin_models.router, admin_licence.router, admin_updates.router):
         app.include_router(router)

@@ -12,6 +12,7 @@ from appliance.lifecycle import Call, Lifecycle, status_of
 from appliance.metrics import Metrics
 from appliance.registry import ModelRegistry
 from appliance.response_store import ResponseStore
+from appliance.runtime import Runtime
 from appliance.settings import Settings
 from appliance.store import Store
 from licensing.guard import LicenseGuard, SeatContext
@@ -39,6 +40,10 @@ def _settings(request: Request) -> Settings:
 
 def _guard(request: Request) -> LicenseGuard:
     return request.app.state.guard
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
 
 
 def _lifecycle(request: Request) -> Lifecycle:
@@ -88,5 +93,6 @@ ResponsesDep = Annotated[ResponseStore, Depends(_responses)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 GuardDep = Annotated[LicenseGuard, Depends(_guard)]
 LifecycleDep = Annotated[Lifecycle, Depends(_lifecycle)]
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 CallDep = Annotated[Call, Depends(_call, scope="function")]
 AdminDep = Annotated[SeatContext, Depends(_admin)]

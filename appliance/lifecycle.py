@@ -323,6 +323,10 @@ async def merged(streams: Sequence[AsyncIterator[GenerationEvent]]
     """``(index, event)`` from several event streams as they come (lower index first
     among events ready together); the first stream that raises ends it all."""
     iters = list(streams)
+    if len(iters) == 1:  # the common case: no task per event
+        async for event in iters[0]:
+            yield 0, event
+        return
     pending = {asyncio.ensure_future(anext(it)): i for i, it in enumerate(iters)}
     try:
         while pending:

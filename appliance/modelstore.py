@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ModelStoreError
-from licensing.storage import atomic_write
+from storage.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +183,6 @@ def sha256_file(path: Path, progress: Progress | None = None) -> str:
             if progress:
                 progress(path.name, done, total)
     return h.hexdigest()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON via a temp file in the same directory, fsync, rename."""
-    atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), 0o644)
 
 
 class ModelStore:

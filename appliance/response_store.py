@@ -19,6 +19,7 @@ from typing import Any
 
 from appliance.errors import ResponseNotFoundError
 from appliance.store import Store
+from storage.db import immediate
 
 DAY_S = 86_400.0
 
@@ -58,12 +59,12 @@ class ResponseStore:
             ) -> None:
         """Store ``response`` (its ``id`` and ``created_at``) with the ``context`` it read;
         expired rows go first."""
-        row = {"id": response["id"], "seat_id": seat_id,
-               "created_at": float(response["created_at"]), "context": _dumps(context),
-               "response": _dumps(response)}
-        with self.store.lock:
+        row = [response["id"], seat_id, float(response["created_at"]), _dumps(context),
+               _dumps(response)]
+        with self.store.lock, immediate(self.store.db):
             self.expire()
-            self.store.db["responses"].insert(row)
+            self.store.db.execute("INSERT INTO responses (id, seat_id, created_at, context, "
+                                  "response) VALUES (?, ?, ?, ?, ?)", row)
 
     def get(self, seat_id: int, response_id: str, now: float | None = None) -> StoredResponse:
         """The seat's unexpired response; ResponseNotFoundError otherwise (another seat's
@@ -79,7 +80,7 @@ class ResponseStore:
 
     def delete(self, seat_id: int, response_id: str) -> None:
         """Delete the seat's response; ResponseNotFoundError if it has none of that id."""
-        with self.store.lock:
+        with self.store.lock, immediate(self.store.db):
             cur = self.store.db.execute(
                 "DELETE FROM responses WHERE id = ? AND seat_id = ? AND created_at >= ?",
                 [response_id, seat_id, self._cutoff(None)])
@@ -88,7 +89,7 @@ class ResponseStore:
 
     def expire(self, now: float | None = None) -> int:
         """Delete every response older than the retention period; return how many."""
-        with self.store.lock:
+        with self.store.lock, immediate(self.store.db):
             cur = self.store.db.execute("DELETE FROM responses WHERE created_at < ?",
                                         [self._cutoff(now)])
         return cur.rowcount

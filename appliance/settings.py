@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from appliance.errors import ConfigError
+from storage.db import DB_FILE
 
 CONFIG_ENV = "APPLIANCE_CONFIG"
 DEFAULT_CONFIG = Path("appliance.toml")
@@ -140,7 +141,7 @@ class Settings(BaseSettings):
 
     @property
     def db_path(self) -> Path:
-        return self.data_dir / "appliance.db"
+        return self.data_dir / DB_FILE
 
     @property
     def fleet_dir(self) -> Path:

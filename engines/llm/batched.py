@@ -72,7 +72,6 @@ from engines.errors import (
     ContextLengthError,
     EngineClosedError,
     EngineError,
-    InputTooLongError,
     InvalidRequestError,
     OverloadedError,
     PromptTooLongError,
@@ -399,17 +398,7 @@ class BatchedLlamaEngine(LLMEngine):
                 raise EngineClosedError("the model is unloaded")
             if self._embedder is None:
                 self._embedder = Embedder(self._model, n_ctx=EMBED_CTX, n_threads=self._threads)
-            limit = self._embedder.max_tokens
-            ids = []
-            for i, text in enumerate(texts):
-                if not text:
-                    raise InvalidRequestError(f"input[{i}] is empty")
-                if len(text) > limit * MAX_CHARS_PER_TOKEN:
-                    raise InputTooLongError(i, len(text), limit, "characters")
-                tokens = self._model.tokenize(text, add_special=True, parse_special=False)
-                if len(tokens) > limit:
-                    raise InputTooLongError(i, len(tokens), limit)
-                ids.append(tokens)
+            ids = self._embedder.input_ids(self._model, texts, MAX_CHARS_PER_TOKEN)
             return self._embedder.embed_ids(ids)
 
     def stats(self) -> dict[str, float]:

@@ -21,6 +21,7 @@ import numpy as np
 from engines.errors import (
     ContextLengthError,
     EngineError,
+    InputTooLongError,
     InvalidRequestError,
     ModelLoadError,
 )
@@ -428,6 +429,22 @@ class Embedder:
         if not ids:
             raise InvalidRequestError("cannot embed an empty input")
         return self.embed_ids([ids])[0]
+
+    def input_ids(self, model: Model, texts: Sequence[str], max_chars_per_token: int
+                  ) -> list[list[int]]:
+        """Token ids of each input; 400 naming an empty or over-long input by its index
+        (a text too long to be worth tokenising is refused by its length first)."""
+        limit, ids = self.max_tokens, []
+        for i, text in enumerate(texts):
+            if not text:
+                raise InvalidRequestError(f"input[{i}] is empty")
+            if len(text) > limit * max_chars_per_token:
+                raise InputTooLongError(i, len(text), limit, "characters")
+            tokens = model.tokenize(text, add_special=True, parse_special=False)
+            if len(tokens) > limit:
+                raise InputTooLongError(i, len(tokens), limit)
+            ids.append(tokens)
+        return ids
 
     def embed_ids(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         """One vector per token list (ids already checked; each within ``max_tokens``)."""

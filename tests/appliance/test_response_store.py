@@ -23,6 +23,7 @@ def response(ident: str, at: float) -> dict:
 def kept(tmp_path: Path):
     store = Store(tmp_path / "appliance.db")
     assert store.version == len(MIGRATIONS)
+    assert "responses" in store.db.table_names()
     yield ResponseStore(store, retention_days=30, clock=lambda: T0)
     store.close()
 
@@ -57,7 +58,7 @@ def test_expired_rows_are_absent_and_cleaned_up(kept: ResponseStore) -> None:
 def test_a_write_expires_old_rows_first(kept: ResponseStore) -> None:
     db = kept.store.db
     kept.put(1, response("resp_new", T0), [])
-    db["responses"].insert({"id": "resp_stale", "seat_id": 1, "created_at": T0 - 40 * DAY_S,
-                            "context": "[]", "response": "{}"})
+    db.execute("INSERT INTO responses VALUES ('resp_stale', 1, ?, '[]', '{}')",
+               [T0 - 40 * DAY_S])
     kept.put(1, response("resp_next", T0), [])
     assert sorted(r["id"] for r in db["responses"].rows) == ["resp_new", "resp_next"]
