@@ -64,7 +64,7 @@ def test_plain_text_and_instructions(client: openai.OpenAI) -> None:
 
 def test_streamed_events_assemble_into_the_final_text(client: openai.OpenAI) -> None:
     stream = client.responses.create(model=LLM, input="Say hello.", max_output_tokens=12,
-                                     temperature=0, stream=True, store=False)
+                                     temperature=0, stream=True)
     events = list(stream)
     kinds = [e.type for e in events]
     assert kinds[:4] == ["response.created", "response.in_progress",
@@ -76,6 +76,8 @@ def test_streamed_events_assemble_into_the_final_text(client: openai.OpenAI) -> 
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert text and text == events[-1].response.output_text
     assert events[-1].response.usage.output_tokens > 0
+    # stored before the last event was sent: readable at once
+    assert client.responses.retrieve(events[-1].response.id).output_text == text
 
 
 def test_structured_output_parses_streamed_or_not(client: openai.OpenAI) -> None:
