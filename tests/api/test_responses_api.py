@@ -80,6 +80,15 @@ def test_streamed_events_assemble_into_the_final_text(client: openai.OpenAI) -> 
     assert client.responses.retrieve(events[-1].response.id).output_text == text
 
 
+def test_each_streamed_event_is_named_and_no_done_follows(box) -> None:
+    r = _post(box, stream=True, store=False, max_output_tokens=2)
+    blocks = [b for b in r.text.split("\n\n") if b.strip()]
+    assert all(b.startswith("event: ") for b in blocks) and "[DONE]" not in r.text
+    for block in blocks:
+        name, data = block.split("\n", 1)
+        assert json.loads(data.removeprefix("data: "))["type"] == name.removeprefix("event: ")
+
+
 def test_structured_output_parses_streamed_or_not(client: openai.OpenAI) -> None:
     ask = "Pick a colour: red, green or blue. Answer in JSON."
     parsed = client.responses.parse(model=LLM, input=ask, text_format=Colour,
