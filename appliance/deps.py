@@ -11,6 +11,7 @@ from fastapi import Depends, Request, Response
 from appliance.lifecycle import Call, Lifecycle, status_of
 from appliance.metrics import Metrics
 from appliance.registry import ModelRegistry
+from appliance.response_store import ResponseStore
 from appliance.runtime import Runtime
 from appliance.settings import Settings
 from appliance.store import Store
@@ -27,6 +28,10 @@ def _metrics(request: Request) -> Metrics:
 
 def _store(request: Request) -> Store:
     return request.app.state.store
+
+
+def _responses(request: Request) -> ResponseStore:
+    return request.app.state.responses
 
 
 def _settings(request: Request) -> Settings:
@@ -84,6 +89,7 @@ async def _admin(request: Request) -> SeatContext:
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 StoreDep = Annotated[Store, Depends(_store)]
+ResponsesDep = Annotated[ResponseStore, Depends(_responses)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 GuardDep = Annotated[LicenseGuard, Depends(_guard)]
 LifecycleDep = Annotated[Lifecycle, Depends(_lifecycle)]

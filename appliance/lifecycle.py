@@ -30,7 +30,7 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -39,7 +39,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.datastructures import MutableHeaders
 
-from appliance.api.errors import mapped
+from appliance.api.errors import error_body, mapped
 from appliance.errors import ClientGoneError
 from appliance.metrics import Metrics
 from appliance.registry import ModelRegistry
@@ -401,35 +401,58 @@ class StreamShape(Protocol):
         """The usage chunk (``stream_options.include_usage``)."""
 
 
-def sse_bytes(obj: Any) -> bytes:
-    return (b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-            + b"\n\n")
+def sse_bytes(obj: Any, named: bool = False) -> bytes:
+    """One server-sent event; ``named``: an ``event:`` line names its ``type`` (``error``
+    for an error body), as the Responses API sends them."""
+    head = b""
+    if named:
+        head = b"event: " + str(obj.get("type") or ("error" if "error" in obj else "message")
+                                ).encode() + b"\n"
+    return (head + b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+            .encode() + b"\n\n")
 
 
-def sse(call: Call, gens: Sequence[Generation], shape: StreamShape, include_usage: bool
-        ) -> StreamingResponse:
+def sse(call: Call, gens: Sequence[Generation], shape: StreamShape, include_usage: bool,
+        *, close: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
+        named: bool = False) -> StreamingResponse:
     """Server-sent events of ``gens`` (their events interleaved as they come) in ``shape``;
     an engine failure after the 200 was sent (a worker crash) ends the stream with an
-    OpenAI error event, which clients raise."""
+    OpenAI error event, which clients raise.
+
+    ``close``: once every generation ended, the last events (awaited before the call is
+    settled, e.g. after storing the answer; a failure there ends the stream with an error
+    event too). ``named``: the Responses API's framing, an ``event:`` line per event and
+    no ``[DONE]``."""
     async def chunks() -> AsyncIterator[bytes]:
+        tail: list[dict[str, Any]] = []
         try:
             async for index, event in merged([gen.events() for gen in gens]):
                 for obj in shape.feed(index, event):
-                    yield sse_bytes(obj)
-        except EngineError as exc:
-            status, body = mapped(exc) or (500, {"error": {"message": str(exc)}})
-            log.error("stream of %s ended by %s (%d): %s", call.model, type(exc).__name__,
-                      status, exc)
+                    yield sse_bytes(obj, named)
+            if close is not None:
+                tail = await close()
+        except Exception as exc:
+            hit = mapped(exc)
+            status, body = hit or (500, error_body("internal error; see the box's log",
+                                                   "server_error"))
+            if isinstance(exc, EngineError):
+                log.error("stream of %s ended by %s (%d): %s", call.model,
+                          type(exc).__name__, status, exc)
+            else:  # a bug or a failed write, not the model: keep the traceback
+                log.exception("stream of %s failed", call.model)
             await call.life.settle(call, 200)  # the 200 was sent; the row says what ran
-            yield sse_bytes(body)
+            yield sse_bytes(body, named)
             return
         finally:
             for gen in gens:
                 gen.done()
         if include_usage:
-            yield sse_bytes(shape.usage_chunk())
-        await call.life.settle(call, 200)  # the client's [DONE] proves its usage row
-        yield b"data: [DONE]\n\n"
+            yield sse_bytes(shape.usage_chunk(), named)
+        await call.life.settle(call, 200)  # the client's last event proves its usage row
+        for obj in tail:
+            yield sse_bytes(obj, named)
+        if not named:
+            yield b"data: [DONE]\n\n"
 
     call.streaming = True
     headers = {**call.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -25,6 +25,12 @@ MIGRATIONS: list[Step] = [
     # Every request is metered once, in licensing's ``usage`` table; the request log
     # repeated it and nothing read it.
     sql_step("DROP TABLE IF EXISTS request_log"),
+    # /v1/responses with store: true (appliance.response_store): the conversation the
+    # model read and the Response object, per seat, until the retention setting expires it.
+    sql_step("CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, seat_id INTEGER "
+             "NOT NULL, created_at FLOAT NOT NULL, context TEXT NOT NULL, response TEXT "
+             "NOT NULL)",
+             "CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at)"),
 ]
 COMPONENT = "appliance"
 LEGACY_TABLE = "schema_version"  # where versions were kept before storage.db's scheme
