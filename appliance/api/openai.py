@@ -62,6 +62,24 @@ def _grammar(engine: LLMEngine, body: ChatCompletionRequest) -> str | None:
 LANGUAGE_MODEL = "a language model; use the /v1/vision endpoints for it"
 
 
+def chat_builder(body: ChatCompletionRequest, messages: list[dict[str, Any]],
+                 prompts: list[ChatPrompt], marker: str | None = None,
+                 images: tuple[bytes, ...] = ()) -> Callable[[LLMEngine], GenerationRequest]:
+    """What ``call.prepare`` runs for a chat request (chat completions and Responses):
+    render with the template (and tools), compile the grammars, tokenise; the prepared
+    prompt (with its tool-call reader) is appended to ``prompts``."""
+    def build(engine: LLMEngine) -> GenerationRequest:
+        # content and tool definitions never become control tokens
+        prompt = chat_prompt(engine, body, messages, _grammar(engine, body), marker)
+        prompts.append(prompt)
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        return GenerationRequest(tuple(prompt.tokens),
+                                 prompt.sampling(_sampling(body, max_tokens, None)),
+                                 logprobs=body.logprob_count(), images=images)
+
+    return build
+
+
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request, call: CallDep) -> Any:
     """Chat completion (``n`` choices), streamed as server-sent events when ``stream``;
@@ -74,17 +92,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, call: 
         messages = [m.rendered(marker) for m in body.messages]
     except ValueError as exc:
         raise InvalidRequestError(str(exc)) from exc
-    max_tokens = body.max_completion_tokens or body.max_tokens
     prompts: list[ChatPrompt] = []
-
-    def build(engine: LLMEngine) -> GenerationRequest:
-        # content and tool definitions never become control tokens
-        prompt = chat_prompt(engine, body, messages, _grammar(engine, body), marker)
-        prompts.append(prompt)
-        return GenerationRequest(tuple(prompt.tokens),
-                                 prompt.sampling(_sampling(body, max_tokens, None)),
-                                 logprobs=body.logprob_count(), images=images)
-
+    build = chat_builder(body, messages, prompts, marker, images)
     engine = await call.lease(body.model, "chat", LLMEngine, LANGUAGE_MODEL,
                               needs=VISION_CHAT if images else None)
     _check_choices(engine, body.n)

@@ -15,19 +15,18 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
-from appliance.api.openai import LANGUAGE_MODEL, _grammar, _sampling
+from appliance.api.openai import LANGUAGE_MODEL, chat_builder
 from appliance.api.response_shape import ResponseShape
 from appliance.api.responses_schemas import (
     ResponseRequest,
     dump_item,
     history_items,
 )
-from appliance.api.tool_answers import ChatPrompt, chat_prompt
+from appliance.api.tool_answers import ChatPrompt
 from appliance.deps import CallDep, ResponsesDep, SettingsDep
 from appliance.lifecycle import collect, sse
 from engines.base import LLMEngine
 from engines.errors import InvalidRequestError
-from engines.types import GenerationRequest
 
 router = APIRouter(prefix="/v1", tags=["responses"])
 
@@ -51,14 +50,7 @@ async def create_response(body: ResponseRequest, request: Request, call: CallDep
     chat = await call.run(lambda: body.chat_request(history_items(history)))
     messages = [m.rendered() for m in chat.messages]
     prompts: list[ChatPrompt] = []
-
-    def build(engine: LLMEngine) -> GenerationRequest:
-        prompt = chat_prompt(engine, chat, messages, _grammar(engine, chat))
-        prompts.append(prompt)
-        return GenerationRequest(
-            tuple(prompt.tokens),
-            prompt.sampling(_sampling(chat, chat.max_completion_tokens, None)))
-
+    build = chat_builder(chat, messages, prompts)
     engine = await call.lease(body.model, "chat", LLMEngine, LANGUAGE_MODEL)
     gen = await call.generate(engine, await call.prepare(engine, build))
     calls = prompts[0].calls
