@@ -88,7 +88,8 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
                                  idle_unload_s=settings.idle_unload_s)
         state = app.state
         state.store, state.registry, state.guard = store, registry, guard
-        state.lifecycle = Lifecycle(guard, registry, state.metrics, ENGINE_KINDS)
+        state.lifecycle = Lifecycle(guard, registry, state.metrics, ENGINE_KINDS,
+                                    box=settings.box_name)
         state.runtime = Runtime(started_at=time.time(), sampler=sampler, log_ring=ring,
                                 trusted_keys=trusted_keys, fleet=fleet)
         state.responses = ResponseStore(store, settings.responses_retention_days)

@@ -88,6 +88,18 @@ def licence_headers(ctx: SeatContext) -> dict[str, str]:
     return headers
 
 
+NODE_HEADER = "x-appliance-node"
+
+
+def note_box(box: str) -> None:
+    """Record that the request being served in this context runs on ``box``: its answer
+    says so in ``X-Appliance-Node`` and its usage row names the box (no-op outside one)."""
+    call = _current.get()
+    if call is not None:
+        call.box = box
+        call.headers[NODE_HEADER] = box
+
+
 def note_header(name: str, value: str) -> None:
     """Add a response header to the request being served in this context (no-op outside
     one); e.g. the fleet names the box a generation runs on before its first event."""
@@ -140,6 +152,7 @@ class Call:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     images: int = 0
+    box: str = ""  # the box that served it, when not this one (a fleet replica's)
     reservations: list[Reservation] = field(default_factory=list)
     stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack,
                                              repr=False)
@@ -463,9 +476,10 @@ class Lifecycle:
     """Admission and settlement of inference requests (see the module docstring)."""
 
     def __init__(self, guard: LicenseGuard, registry: ModelRegistry, metrics: Metrics,
-                 engines: dict[type, tuple[str, ...]], lines: SeatLines | None = None
-                 ) -> None:
+                 engines: dict[type, tuple[str, ...]], lines: SeatLines | None = None,
+                 box: str = "") -> None:
         self.guard = guard
+        self.box = box  # this box's name: usage rows of requests served here name it
         self.registry = registry
         self.metrics = metrics
         self.engines = engines  # which manifest engines make which engine type
@@ -540,6 +554,7 @@ class Lifecycle:
             self.guard.record_usage(
                 call.ctx, route=call.route, model=call.model, status=status,
                 tokens_in=call.prompt_tokens, tokens_out=call.completion_tokens,
-                images=call.images, reservations=tuple(call.reservations))
+                images=call.images, reservations=tuple(call.reservations),
+                box=call.box or self.box)
         except Exception:
             log.exception("metering %s for seat %s failed", call.route, call.ctx.name)

@@ -7,6 +7,7 @@ the defaults below. Nothing reads settings at import time: call ``load_settings`
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,11 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / DB_FILE
+
+    @property
+    def box_name(self) -> str:
+        """This box's name: in a fleet, in usage rows and in ``X-Appliance-Node``."""
+        return self.fleet_box or socket.gethostname()
 
     @property
     def fleet_dir(self) -> Path:

@@ -7,7 +7,6 @@ and only when ``fleet_enabled`` is set; this module imports Ray only inside ``st
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ router = APIRouter(prefix="/admin", tags=["fleet"])
 
 
 def box_name(settings: Settings) -> str:
-    return settings.fleet_box or socket.gethostname()
+    return settings.box_name
 
 
 def head_address(settings: Settings) -> str:

@@ -1,17 +1,18 @@
 """Say in the response which box served a request: ``X-Appliance-Node: <box>``.
 
 An engine that learns where a request runs calls ``note_placement``; the request lifecycle
-(``appliance.lifecycle.note_header``) adds it to the answer. Streams learn their box
-before their first event, so the header is always in time. No Ray.
+(``appliance.lifecycle.note_box``) adds it to the answer and to the usage row. Streams learn
+their box before their first event, so the header is always in time. No Ray.
 """
 
 from __future__ import annotations
 
-from appliance.lifecycle import note_header
+from appliance.lifecycle import NODE_HEADER, note_box
 
-NODE_HEADER = "x-appliance-node"
+__all__ = ["NODE_HEADER", "note_placement"]
 
 
 def note_placement(box: str) -> None:
-    """Record that the current request runs on ``box`` (no-op outside a request)."""
-    note_header(NODE_HEADER, box)
+    """Record that the current request runs on ``box``: the response header and the usage
+    row name it (no-op outside a request)."""
+    note_box(box)

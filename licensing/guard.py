@@ -279,9 +279,10 @@ class LicenseGuard:
     def record_usage(
         self, ctx: SeatContext, *, route: str, model: str, status: int,
         tokens_in: int = 0, tokens_out: int = 0, images: int = 0,
-        reservations: tuple[Reservation, ...] = (),
+        reservations: tuple[Reservation, ...] = (), box: str = "",
     ) -> None:  # fmt: skip
-        """Meter one finished request for the caller's seat, settling its reservations."""
+        """Meter one finished request for the caller's seat, settling its reservations;
+        ``box`` names the box that served it."""
         ts = self._clock()
         used = tokens_in + tokens_out
         for res in reservations:
@@ -291,7 +292,7 @@ class LicenseGuard:
             self.limiter.add_tokens(ctx.seat_id, used, ts)
         self.seats.record_usage(
             ctx.seat_id, route=route, model=model, status=status, tokens_in=tokens_in,
-            tokens_out=tokens_out, images=images, ts=ts,
+            tokens_out=tokens_out, images=images, ts=ts, box=box,
         )  # fmt: skip
 
     # admin ---------------------------------------------------------------------------

@@ -59,7 +59,12 @@ V3 = [
     "ALTER TABLE seats ADD COLUMN priority TEXT NOT NULL DEFAULT 'interactive'",
 ]
 
-MIGRATIONS: list[list[str]] = [V1, V2, V3]
+V4 = [
+    # the box that served each request (a fleet meters every box's requests on the head)
+    "ALTER TABLE usage ADD COLUMN box TEXT NOT NULL DEFAULT ''",
+]
+
+MIGRATIONS: list[list[str]] = [V1, V2, V3, V4]
 VERSION = len(MIGRATIONS)
 COMPONENT = "licensing"
 LEGACY_TABLE = "licensing_schema"  # where versions were kept before storage.db's scheme

@@ -143,7 +143,8 @@ SEAT_COLS = (
     "id, name, contact, role, max_concurrent, requests_per_minute, tokens_per_day, created_at,"
     " share, priority"
 )
-USAGE_COLS = ("ts", "day", "route", "model", "status", "tokens_in", "tokens_out", "images")
+USAGE_COLS = ("ts", "day", "route", "model", "status", "tokens_in", "tokens_out", "images",
+              "box")
 
 
 def _seat(row: Iterable[Any]) -> Seat:
@@ -339,17 +340,18 @@ class SeatStore:
         tokens_out: int = 0,
         images: int = 0,
         ts: float | None = None,
+        box: str = "",
     ) -> None:
-        """Meter one request for ``seat_id``."""
+        """Meter one request for ``seat_id``, served on ``box`` (the fleet box's name)."""
         ts = self._clock() if ts is None else ts
         day = utc_day(ts)
-        route, model = route[:200], model[:200]
+        route, model, box = route[:200], model[:200], box[:200]
         with immediate(self.db):
             self.db.execute(
                 "INSERT INTO usage (seat_id, ts, day, month, route, model, status, tokens_in,"
-                " tokens_out, images) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " tokens_out, images, box) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [seat_id, int(ts), day, day[:7], route, model, int(status), int(tokens_in),
-                 int(tokens_out), int(images)],
+                 int(tokens_out), int(images), box],
             )  # fmt: skip
 
     def tokens_on(self, seat_id: int, day: str) -> int:

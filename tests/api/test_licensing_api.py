@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import time
+from csv import DictReader
+from io import StringIO
 
 import httpx
 import openai
@@ -84,6 +87,9 @@ def test_usage_is_metered_per_seat_and_private(box) -> None:
         csv = admin(box, "GET", "/admin/usage.csv", params={"seat_id": a_id})
         assert csv.headers["content-type"].startswith("text/csv")
         assert csv.text.count("\n") == 4  # header + 3 rows
+        # each row names the box that served it: this single box, by its host name
+        served = {row["box"] for row in DictReader(StringIO(csv.text))}
+        assert served == {socket.gethostname()}
     finally:
         admin(box, "DELETE", f"/admin/seats/{a_id}")
         admin(box, "DELETE", f"/admin/seats/{b_id}")

@@ -164,3 +164,27 @@ def test_csv_export_neutralises_formulas(store) -> None:
     store.record_usage(seat.id, route="/v1/x", model='=HYPERLINK("http://evil")', status=200)
     rows = list(csv.DictReader(io.StringIO(store.usage_csv(seat.id))))
     assert rows[0]["model"].startswith("'=")
+
+
+def test_usage_rows_name_the_box_that_served_them(store) -> None:
+    seat = store.create_seat("carol", max_seats=5)
+    store.record_usage(seat.id, route="/v1/x", model="m", status=200, box="box-a")
+    store.record_usage(seat.id, route="/v1/x", model="m", status=200, box="box-b")
+    assert [r["box"] for r in store.usage_rows(seat.id)] == ["box-a", "box-b"]
+    rows = list(csv.DictReader(io.StringIO(store.usage_csv_all_seats())))
+    assert [r["box"] for r in rows] == ["box-a", "box-b"]
+
+
+def test_v3_usage_rows_survive_the_box_column_migration(tmp_path) -> None:
+    from storage.db import migrate as db_migrate
+    from storage.db import sql_step
+    from tests.licensing.support import open_box_db
+
+    db = open_box_db(tmp_path / "old.db")
+    db_migrate(db, schema.COMPONENT, [sql_step(*m) for m in schema.MIGRATIONS[:3]])
+    db.execute("INSERT INTO usage (seat_id, ts, day, month, route, model, status, tokens_in,"
+               " tokens_out, images) VALUES (1, 5, '1970-01-01', '1970-01', '/v1/x', 'm',"
+               " 200, 1, 2, 0)")
+    assert schema.migrate(db) == schema.VERSION == 4
+    assert db.execute("SELECT tokens_out, box FROM usage").fetchall() == [(2, "")]
+    db.conn.close()
