@@ -11,16 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 
-from appliance.deps import AdminDep, RuntimeDep
+from appliance.deps import AdminDep, GuardDep, RuntimeDep, SettingsDep
 from appliance.modelstore import Manifest
 from appliance.registry import Loader
 from appliance.settings import Settings
+from fleet import admission
 from fleet.errors import FleetUnavailableError
 
 TOKEN_FILE = "join.token"
 router = APIRouter(prefix="/admin", tags=["fleet"])
+join_router = APIRouter(tags=["fleet"])
 
 
 def box_name(settings: Settings) -> str:
@@ -46,9 +48,21 @@ async def fleet_status(runtime: RuntimeDep, admin: AdminDep) -> dict[str, Any]:
     return await anyio.to_thread.run_sync(client.status)
 
 
+@join_router.post(admission.JOIN_PATH)
+async def fleet_join(request: Request, guard: GuardDep, settings: SettingsDep
+                     ) -> dict[str, Any]:
+    """A box asks to join (``appliance fleet join``): the join token as bearer, the body a
+    join request signed by the box. 403 ``fleet_join_refused`` naming why not."""
+    body = await request.body()
+    return await anyio.to_thread.run_sync(
+        admission.admit, guard, token_path(settings),
+        request.headers.get("authorization", ""), body)
+
+
 def install(app: FastAPI) -> None:
     """Routes of fleet mode (at app creation; nothing connects yet)."""
     app.include_router(router)
+    app.include_router(join_router)
 
 
 def start(settings: Settings) -> Any:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.settings import Settings
+from fleet.admission import ask_head, make_join_request
 from fleet.app import TOKEN_FILE, box_name
 from fleet.errors import FleetError, JoinRefusedError, NodeError
 from fleet.node import BOX_ENV, NodePlan, NodeProcess, is_loopback, own_ports
@@ -34,6 +35,8 @@ def add_parser(sub: Any) -> None:
     j.add_argument("head", help="HEAD_IP:PORT")
     j.add_argument("--token", type=Path, help="the head's join token file (0600)")
     j.add_argument("--address", help="this box's IP on the fleet network")
+    j.add_argument("--api", help="the head's API, which checks the fleet licence "
+                                 "(default: http://HEAD_IP:<port in the config>)")
     fsub.add_parser("status", help="nodes, their health and replicas (asks the head's API)")
     lv = fsub.add_parser("leave", help="drain this box's node, then stop it")
     lv.add_argument("--timeout", type=float, default=120.0,
@@ -117,8 +120,13 @@ def _init(args: argparse.Namespace, settings: Settings, echo: Any) -> int:
 def _join(args: argparse.Namespace, settings: Settings, echo: Any) -> int:
     secret = read_token(args.token)
     address = _check_address(args.address or settings.fleet_address)
-    token = write_token(settings.fleet_dir / TOKEN_FILE, secret)
     box = args.box or box_name(settings)
+    # the licence first: the head's API admits this box (signed by its own key) or says why not
+    api = args.api or f"http://{args.head.rsplit(':', 1)[0]}:{settings.port}"
+    answer = ask_head(api, secret, make_join_request(settings.data_dir, box))
+    echo(f"the head admits {box} under licence {answer['licence_id']} "
+         f"({answer['admitted']}; fingerprint: {answer['fingerprint']})")
+    token = write_token(settings.fleet_dir / TOKEN_FILE, secret)
     plan = NodePlan(box, address, head=args.head, num_cpus=args.cpus, num_gpus=args.gpus,
                     object_store_bytes=settings.fleet_object_store_mb << 20,
                     **_local(args, address))

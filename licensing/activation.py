@@ -39,7 +39,17 @@ from licensing.fingerprint import (
     match,
     new_salt,
 )
-from licensing.model import DAY, RECEIPT_FORMAT, REQUEST_FORMAT, Entitlements, Licence, Limits
+from licensing.issuer import parse_any_request
+from licensing.model import (
+    DAY,
+    FLEET_REQUEST_FORMAT,
+    RECEIPT_FORMAT,
+    REQUEST_FORMAT,
+    Entitlements,
+    Licence,
+    Limits,
+    load_json,
+)
 from licensing.trust import TrustRecord, TrustStore, default_state_dir
 from licensing.verify import (
     LicenceStatus,
@@ -159,6 +169,14 @@ class Activation:
             "created_at": self.now(),
             "evaluation_started_at": self.trust.load().evaluation_started_at,
         }
+
+    def make_fleet_request(self, others: list[bytes]) -> dict[str, Any]:
+        """One request file naming every box of a fleet: this box (the head) and the
+        requests ``appliance-license request`` wrote on each other box."""
+        doc = {"format": FLEET_REQUEST_FORMAT, "head": self.make_request(),
+               "boxes": [load_json(data, self.limits, "activation request") for data in others]}
+        parse_any_request(crypto.canonical_json(doc), self.limits)  # what the vendor will check
+        return doc
 
     # installed licence ---------------------------------------------------------------
     def verify(self, data: bytes, *, allow_expired: bool = False) -> VerifiedLicence:

@@ -1,8 +1,10 @@
 """``appliance-license``: offline activation on the box and licence issuing for the vendor.
 
-Box:    request > req.json · import activation.json · status [--json] · deactivate --yes
+Box:    request > req.json · request --fleet b.json c.json > fleet.json (on the head)
+        import activation.json · status [--json] · deactivate --yes
         ack-clock · admin-key (recovery: a new admin API key in <data-dir>/admin.key)
-Vendor: keygen --out DIR · issue --request req.json ... --key vendor.pem · inspect FILE
+Vendor: keygen --out DIR · issue --request req.json ... --key vendor.pem [--boxes N]
+        inspect FILE
 
 Every failure prints one ``error: ...`` line on stderr and exits non-zero (2 for a bad
 file or argument, 1 for a local I/O problem); never a traceback.
@@ -28,7 +30,14 @@ from licensing.activation import Activation, default_data_dir, read_document, ve
 from licensing.errors import LicenseError
 from licensing.fingerprint import collect_facts
 from licensing.guard import GuardStatus, LicenseGuard
-from licensing.issuer import inspect, issue, keygen, load_signing_key, parse_request
+from licensing.issuer import (
+    FleetRequest,
+    inspect,
+    issue,
+    keygen,
+    load_signing_key,
+    parse_any_request,
+)
 from storage.db import DB_FILE
 from storage.db import open_db as storage_open_db
 from storage.files import atomic_write, ensure_dir
@@ -107,19 +116,22 @@ class Context:
 
 def cmd_request(ctx: Context) -> int:
     act = Activation(ctx.data_dir, ctx.trusted, clock=ctx.clock, facts=ctx.facts)
-    req = act.make_request()
+    fleet = ctx.args.fleet
+    req = (act.make_fleet_request([read_document(Path(f)) for f in fleet]) if fleet
+           else act.make_request())
     _emit(json.dumps(req, indent=2, sort_keys=True) + "\n", ctx.args.out)
     return 0
 
 
 def cmd_issue(ctx: Context) -> int:
     a = ctx.args
-    request = parse_request(read_document(Path(a.request)))
+    request = parse_any_request(read_document(Path(a.request)))
+    fleet = request if isinstance(request, FleetRequest) else FleetRequest(request, ())
     key = load_signing_key(Path(a.key))
     data = issue(
-        request, key, customer=a.customer, seats=a.seats, days=a.days, models=a.models,
+        fleet.head, key, customer=a.customer, seats=a.seats, days=a.days, models=a.models,
         features=a.features, grace_days=a.grace_days, licence_id=a.licence_id,
-        now=int(ctx.clock()),
+        now=int(ctx.clock()), boxes=fleet.boxes, max_boxes=a.boxes,
     )  # fmt: skip
     _emit(data, a.out)
     return 0
@@ -220,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("request", help="write this box's activation request (to stdout)")
     s.add_argument("--out", help="write to FILE instead of stdout")
+    s.add_argument("--fleet", nargs="+", metavar="REQUEST",
+                   help="on a fleet's head: one request naming this box and the boxes "
+                        "whose request files follow")
     s.set_defaults(func=cmd_request)
 
     s = sub.add_parser("issue", help="vendor: sign a licence for an activation request")
@@ -232,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--features", default="*", help="comma-separated features, or *")
     s.add_argument("--grace-days", type=int, default=14)
     s.add_argument("--licence-id", help="default: random lic-<hex>")
+    s.add_argument("--boxes", type=int, default=0,
+                   help="a fleet licence: boxes in all, head included (default: the boxes "
+                        "the request names); extra ones are bound as they join")
     s.add_argument("--out", help="write to FILE instead of stdout")
     s.set_defaults(func=cmd_issue)
 

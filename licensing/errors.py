@@ -100,3 +100,8 @@ class RateLimited(LicenseError):
 
 class SeatBusy(RateLimited):
     """The seat already runs ``max_concurrent`` requests (a caller may wait its turn)."""
+
+
+class BoxNotLicensed(Forbidden):
+    """A box may not join the fleet: the licence does not list it, or every box it allows
+    is bound to another machine, or it covers one box only."""

@@ -36,6 +36,7 @@ from licensing.activation import Activation, Installed
 from licensing.audit import AuditLog
 from licensing.clock import DEFAULT_TOLERANCE, ClockGuard, ClockState
 from licensing.errors import (
+    BoxNotLicensed,
     ClockTampered,
     Forbidden,
     LicenceExpired,
@@ -43,6 +44,8 @@ from licensing.errors import (
     NotEntitled,
 )
 from licensing.fingerprint import collect_facts
+from licensing.fleet import Admission, JoinClaim, verify_join
+from licensing.fleet_boxes import FleetBoxes
 from licensing.limits import Reservation, SeatLimiter
 from licensing.model import Licence
 from licensing.seats import IssuedKey, KeyInfo, Seat, SeatLimits, SeatStore
@@ -125,6 +128,7 @@ class LicenseGuard:
         self.activation = Activation(self.data_dir, trusted_keys, clock=self.trusted_now,
                                      facts=facts, trust=self.trust)
         self.audit = AuditLog.keyed(db, self.trust, clock)
+        self.fleet_boxes = FleetBoxes(db)
         self.limiter = SeatLimiter(self.seats.tokens_on, clock)
         self._lock = threading.Lock()
         self._keys: dict[bytes, tuple[Seat, str, float]] = {}
@@ -294,6 +298,31 @@ class LicenseGuard:
             ctx.seat_id, route=route, model=model, status=status, tokens_in=tokens_in,
             tokens_out=tokens_out, images=images, ts=ts, box=box,
         )  # fmt: skip
+
+    # fleet ---------------------------------------------------------------------------
+    def admit_box(self, join_request: bytes) -> tuple[JoinClaim, Admission]:
+        """Let the box that signed ``join_request`` join this head's fleet, if the licence
+        lists it or has a place left (then it is bound); audited. BoxNotLicensed (403)
+        naming why not; FormatError/SignatureError for a malformed or forged request."""
+        self.refresh()
+        verified = self._installed.verified
+        if verified is None:
+            raise BoxNotLicensed("the head has no licence: "
+                                 + (self._installed.error or "import a fleet licence"))
+        lic = verified.licence
+        if not self.status().licence.serves_inference:
+            raise BoxNotLicensed(f"the head's licence {lic.licence_id} is not valid now")
+        now = int(self.trusted_now())
+        claim = verify_join(join_request, now)
+        try:
+            admission = self.fleet_boxes.admit(lic, claim, now)
+        except BoxNotLicensed as exc:
+            self.audit.append(f"box:{claim.box}", "fleet.join_refused", {"reason": str(exc)})
+            raise
+        self.audit.append(f"box:{claim.box}", "fleet.join",
+                          {"licence_id": lic.licence_id, "how": admission.how,
+                           "fingerprint": admission.fingerprint.describe()})
+        return claim, admission
 
     # admin ---------------------------------------------------------------------------
     def seat_capacity(self) -> int:

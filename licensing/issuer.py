@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,16 @@ from typing import Any
 from licensing import crypto
 from licensing.errors import FormatError, InvalidInput, LicenseError
 from licensing.fingerprint import Fingerprint, check_strength
-from licensing.model import DAY, ID_RE, LICENCE_FORMAT, REQUEST_FORMAT, Licence, Limits, load_json
+from licensing.model import (
+    DAY,
+    FLEET_REQUEST_FORMAT,
+    ID_RE,
+    LICENCE_FORMAT,
+    REQUEST_FORMAT,
+    Licence,
+    Limits,
+    load_json,
+)
 from licensing.verify import check_signature, sign_document, split_signed, verify_receipt
 from storage.files import atomic_write, ensure_dir
 
@@ -33,6 +42,14 @@ class ActivationRequest:
     nonce: str
     created_at: int
     evaluation_started_at: int = 0  # when this machine's evaluation began (0: never)
+
+
+@dataclass(frozen=True)
+class FleetRequest:
+    """One request file naming every box of a fleet: the head's request and the others'."""
+
+    head: ActivationRequest
+    boxes: tuple[ActivationRequest, ...]
 
 
 def keygen(out_dir: Path) -> tuple[Path, Path, str]:
@@ -56,7 +73,34 @@ def load_signing_key(path: Path) -> crypto.SigningKey:
 
 def parse_request(data: bytes, limits: Limits = Limits()) -> ActivationRequest:
     """Parse and check an activation request; FormatError if anything is off."""
+    return request_from_json(load_json(data, limits, what="activation request"))
+
+
+def parse_any_request(data: bytes, limits: Limits = Limits()
+                      ) -> ActivationRequest | FleetRequest:
+    """A single box's activation request, or a fleet's (``appliance-license request
+    --fleet``): the head's request plus each other box's, checked like one."""
     doc = load_json(data, limits, what="activation request")
+    if doc.get("format") != FLEET_REQUEST_FORMAT:
+        return request_from_json(doc)
+    if set(doc) != {"format", "head", "boxes"}:
+        raise FormatError("fleet activation request needs exactly format, head and boxes")
+    boxes = doc["boxes"]
+    if not isinstance(boxes, list) or not 1 <= len(boxes) < limits.max_boxes:
+        raise FormatError(f"fleet activation request: boxes lists 1..{limits.max_boxes - 1} "
+                          "box requests")
+    head = request_from_json(doc["head"])
+    others = tuple(request_from_json(b) for b in boxes)
+    keys = [head.box_key, *(b.box_key for b in others)]
+    if len(set(keys)) != len(keys):
+        raise FormatError("fleet activation request names one box twice")
+    return FleetRequest(head, others)
+
+
+def request_from_json(doc: Any) -> ActivationRequest:
+    """One box's activation request from its parsed JSON object."""
+    if not isinstance(doc, dict):
+        raise FormatError("an activation request must be a JSON object")
     if doc.get("format") != REQUEST_FORMAT:
         raise FormatError(f"not an activation request (format is not {REQUEST_FORMAT!r})")
     required = {"format", "fingerprint", "box_key", "nonce", "created_at"}
@@ -101,6 +145,8 @@ def issue(
     licence_id: str | None = None,
     evaluation: bool = False,
     serial: int | None = None,
+    boxes: Sequence[ActivationRequest] = (),
+    max_boxes: int = 0,
 ) -> bytes:
     """Sign a licence bound to ``request``'s fingerprint; returns the activation file bytes.
 
@@ -108,6 +154,10 @@ def issue(
     machine. ``serial`` orders licences issued in the same second (default: the vendor
     machine's clock in microseconds, so a later issue is newer); the box refuses any licence
     older than the newest it has installed.
+
+    A fleet licence: ``request`` is the head's, ``boxes`` the other boxes' requests (from a
+    fleet request), ``max_boxes`` how many boxes in all (head included; 0: those named),
+    the extra ones bound to the first machines that join. ``seats`` is the fleet's total.
     """
     check_strength(request.fingerprint)
     if not customer.strip() or len(customer) > 200:
@@ -138,6 +188,16 @@ def issue(
         "request_nonce": request.nonce,
         "serial": time.time_ns() // 1000 if serial is None else serial,
     }
+    for box in boxes:
+        check_strength(box.fingerprint)
+    if boxes:
+        body["boxes"] = [{"fingerprint": b.fingerprint.to_json(), "box_key": b.box_key}
+                         for b in boxes]
+    if max_boxes:
+        if not 1 + len(boxes) <= max_boxes <= Limits().max_boxes:
+            raise InvalidInput(f"boxes must be {1 + len(boxes)}..{Limits().max_boxes}: the "
+                               "head and every box in the request count")
+        body["max_boxes"] = max_boxes
     Licence.from_json(body)  # the issuer never signs what the box would refuse to parse
     return sign_document(body, "licence", key)
 
@@ -158,6 +218,11 @@ def inspect(data: bytes, trusted: Mapping[str, bytes], limits: Limits = Limits()
         except LicenseError as exc:
             body, _ = split_signed(data, "receipt", limits)
             return {"kind": "deactivation receipt", **body, "signature": f"INVALID: {exc}"}
+    if doc.get("format") == FLEET_REQUEST_FORMAT:
+        fleet = parse_any_request(data, limits)
+        assert isinstance(fleet, FleetRequest)
+        return {"kind": "fleet activation request", "boxes": 1 + len(fleet.boxes),
+                "box_keys": [fleet.head.box_key, *(b.box_key for b in fleet.boxes)]}
     if doc.get("format") == REQUEST_FORMAT:
         req = parse_request(data, limits)
         return {

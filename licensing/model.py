@@ -18,6 +18,7 @@ from licensing.errors import FormatError
 
 LICENCE_FORMAT = "appliance-licence/1"
 REQUEST_FORMAT = "appliance-activation-request/1"
+FLEET_REQUEST_FORMAT = "appliance-fleet-activation-request/1"
 RECEIPT_FORMAT = "appliance-deactivation/1"
 DAY = 86_400
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -31,6 +32,7 @@ class Limits:
     max_depth: int = 8
     max_globs: int = 256
     max_seats: int = 100_000
+    max_boxes: int = 64  # boxes in one fleet licence
     eval_max_seats: int = 3
     eval_max_days: int = 30
 
@@ -140,6 +142,17 @@ class Licence:
     box_key: str = ""
     request_nonce: str = ""
     serial: int = 0  # the vendor's issue counter; with issued_at it orders renewals
+    #: a fleet licence: the other boxes it may run on, each ``{"fingerprint", "box_key"}``
+    #: from their activation requests (the head is ``fingerprint``/``box_key`` above) ...
+    boxes: tuple[dict[str, Any], ...] = field(default=(), compare=False)
+    #: ... and how many boxes the fleet may have in all, head included (0: the head plus
+    #: those listed). Boxes beyond those listed are bound when they first join.
+    max_boxes: int = 0
+
+    @property
+    def fleet_size(self) -> int:
+        """How many boxes, head included, this licence may run on (1: a single box)."""
+        return self.max_boxes or 1 + len(self.boxes)
 
     @property
     def order(self) -> tuple[int, int]:
@@ -168,7 +181,9 @@ class Licence:
             "evaluation": self.evaluation,
             "box_key": self.box_key,
             "request_nonce": self.request_nonce,
-        } | ({"serial": self.serial} if self.serial else {})
+        } | ({"serial": self.serial} if self.serial else {}) \
+          | ({"boxes": list(self.boxes)} if self.boxes else {}) \
+          | ({"max_boxes": self.max_boxes} if self.max_boxes else {})
 
     @classmethod
     def from_json(cls, d: dict[str, Any], limits: Limits = Limits()) -> Licence:
@@ -193,6 +208,7 @@ class Licence:
         serial = _get(d, "serial", int, what) if "serial" in d else 0
         if not 0 <= serial < 2**63:
             raise FormatError("licence: serial must be a non-negative 64-bit integer")
+        boxes, max_boxes = _fleet(d, limits, what)
         return cls(
             licence_id=licence_id,
             customer=_get(d, "customer", str, what),
@@ -211,6 +227,8 @@ class Licence:
             box_key=_get(d, "box_key", str, what),
             request_nonce=_get(d, "request_nonce", str, what),
             serial=serial,
+            boxes=boxes,
+            max_boxes=max_boxes,
         )
 
     @staticmethod
@@ -218,5 +236,26 @@ class Licence:
         return (
             "format", "licence_id", "customer", "seats", "models", "features", "valid_from",
             "expires_at", "grace_days", "issued_at", "kid", "fingerprint", "evaluation",
-            "box_key", "request_nonce", "serial",
+            "box_key", "request_nonce", "serial", "boxes", "max_boxes",
         )  # fmt: skip
+
+
+def _fleet(d: dict[str, Any], limits: Limits, what: str
+           ) -> tuple[tuple[dict[str, Any], ...], int]:
+    """The optional fleet fields: ``boxes`` (each ``{"fingerprint": {...}, "box_key": str}``;
+    the fingerprints are checked in ``licensing.fleet``) and ``max_boxes``."""
+    boxes = _get(d, "boxes", list, what) if "boxes" in d else []
+    if not boxes and "boxes" in d:
+        raise FormatError("licence: boxes, when present, lists at least one box")
+    if len(boxes) >= limits.max_boxes:
+        raise FormatError(f"licence: a fleet has at most {limits.max_boxes} boxes")
+    for box in boxes:
+        if not isinstance(box, dict) or set(box) != {"fingerprint", "box_key"} \
+                or not isinstance(box["fingerprint"], dict) \
+                or not isinstance(box["box_key"], str):
+            raise FormatError("licence: each of boxes must be {fingerprint, box_key}")
+    max_boxes = _get(d, "max_boxes", int, what) if "max_boxes" in d else 0
+    if "max_boxes" in d and not 1 + len(boxes) <= max_boxes <= limits.max_boxes:
+        raise FormatError(f"licence: max_boxes must be {1 + len(boxes)}..{limits.max_boxes} "
+                          "(the head and every box listed count)")
+    return tuple(boxes), max_boxes

@@ -62,6 +62,11 @@ V3 = [
 V4 = [
     # the box that served each request (a fleet meters every box's requests on the head)
     "ALTER TABLE usage ADD COLUMN box TEXT NOT NULL DEFAULT ''",
+    # boxes bound to a fleet licence's max_boxes as they first joined (licensing.fleet)
+    """CREATE TABLE IF NOT EXISTS fleet_boxes (
+        licence_id TEXT NOT NULL, box_key TEXT NOT NULL, box TEXT NOT NULL,
+        fingerprint TEXT NOT NULL, bound_at INTEGER NOT NULL,
+        PRIMARY KEY (licence_id, box_key))""",
 ]
 
 MIGRATIONS: list[list[str]] = [V1, V2, V3, V4]

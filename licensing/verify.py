@@ -2,7 +2,8 @@
 
 Nothing here touches disk or clocks. Order of checks (first failure wins):
 format (size, depth, JSON, fields) -> signature (algorithm, trusted key id, signature
-bytes) -> evaluation limits -> fingerprint strength -> machine fingerprint -> time window.
+bytes) -> evaluation limits -> fingerprint strength -> machine fingerprint -> a fleet
+licence's boxes (strong fingerprints, distinct keys) -> time window.
 ``check_current`` then compares a verified licence with the trusted record (newest seen,
 deactivated here); the caller passes that record in.
 """
@@ -106,6 +107,7 @@ def verify_licence(
     if kid not in trusted:
         check_evaluation(licence, limits)
     fp = require_match(check_strength(Fingerprint.from_json(licence.fingerprint)), facts)
+    check_fleet(licence)
     status = licence_state(licence, now)
     if status == NOT_YET_VALID and not allow_expired:
         raise LicenceNotYetValid(
@@ -132,10 +134,25 @@ def check_current(
         )
 
 
+def check_fleet(licence: Licence) -> None:
+    """Every box a fleet licence lists has a strong fingerprint and an Ed25519 box key,
+    and no box is listed twice (nor the head among them)."""
+    keys = {licence.box_key}
+    for box in licence.boxes:
+        check_strength(Fingerprint.from_json(box["fingerprint"]))
+        if len(crypto.unb64(box["box_key"])) != 32:
+            raise FormatError("licence: a box_key in boxes is not an Ed25519 public key")
+        if box["box_key"] in keys:
+            raise FormatError("licence: a box is listed twice in boxes (or is the head)")
+        keys.add(box["box_key"])
+
+
 def check_evaluation(licence: Licence, limits: Limits) -> None:
     """A box-signed licence must be an evaluation within the evaluation limits."""
     if not licence.evaluation:
         raise SignatureError("the local evaluation key may only sign evaluation licences")
+    if licence.fleet_size > 1:
+        raise SignatureError("evaluation licences cover one box, never a fleet")
     if licence.seats > limits.eval_max_seats:
         raise SignatureError(f"evaluation licences allow at most {limits.eval_max_seats} seats")
     if licence.grace_ends_at - licence.valid_from > limits.eval_max_days * DAY:
