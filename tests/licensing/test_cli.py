@@ -160,3 +160,32 @@ def test_issue_with_bad_arguments(tmp_path, vendor) -> None:
 def test_ack_clock_command(tmp_path) -> None:
     proc = run(["ack-clock"], tmp_path / "box")
     assert proc.returncode == 0 and b"clock acknowledged" in proc.stdout
+
+
+# (every command runs this checkout's code: the fleet options are newer than the script)
+def test_fleet_round_trip_one_request_names_every_box(tmp_path, vendor) -> None:
+    pem, pub = vendor
+    head, other = tmp_path / "head", tmp_path / "b"
+    req_b = run(["request", "--out", str(tmp_path / "b.json")], other, pub)
+    assert req_b.returncode == 0, req_b.stderr
+    fleet = run(["request", "--fleet", str(tmp_path / "b.json"), "--out",
+                 str(tmp_path / "fleet.json")], head, pub)
+    assert fleet.returncode == 0, fleet.stderr
+    shown = run(["inspect", str(tmp_path / "fleet.json")], tmp_path, pub)
+    assert b'"kind": "fleet activation request"' in shown.stdout
+    assert b'"boxes": 2' in shown.stdout
+    too_few = run(["issue", "--request", str(tmp_path / "fleet.json"), "--seats", "8",
+                   "--customer", "ACME", "--days", "30", "--key", str(pem), "--boxes", "1"],
+                  tmp_path, pub)
+    assert too_few.returncode == 2 and b"boxes must be 2.." in too_few.stderr
+    issued = run(["issue", "--request", str(tmp_path / "fleet.json"), "--seats", "8",
+                  "--customer", "ACME", "--days", "30", "--key", str(pem), "--boxes", "3",
+                  "--out", str(tmp_path / "fleet-activation.json")], tmp_path, pub)
+    assert issued.returncode == 0, issued.stderr
+    imported = run(["import", str(tmp_path / "fleet-activation.json")], head, pub)
+    assert imported.returncode == 0, imported.stderr
+    licence = json.loads(run(["inspect", str(tmp_path / "fleet-activation.json")],
+                             tmp_path, pub).stdout)
+    assert licence["max_boxes"] == 3 and licence["seats"] == 8
+    b_key = json.loads((tmp_path / "b.json").read_bytes())["box_key"]
+    assert [b["box_key"] for b in licence["boxes"]] == [b_key]
