@@ -8,15 +8,21 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("ray", reason="fleet tests need the fleet extra: pip install '.[fleet]'")
 
+import httpx
+
 from fleet.node import free_ports
 from fleet.token import new_token, write_token
-from tests.conftest import ROOT
+from licensing import crypto
+from licensing.activation import Activation
+from licensing.issuer import issue, parse_request
+from tests.conftest import ROOT, Box
 
 pytestmark = [pytest.mark.fleet, pytest.mark.timeout(600)]
 HEAD, BOX = "127.0.0.2", "127.0.0.6"
@@ -54,7 +60,27 @@ def test_init_writes_a_private_token_and_refuses_wildcard_and_loopback(tmp_path:
         assert r.returncode == 2 and "error" in r.stdout + r.stderr
 
 
-def test_join_is_refused_without_the_token_and_with_a_wrong_one(tmp_path: Path, head) -> None:
+@pytest.fixture
+def head_api(head, tmp_path: Path, vendor_key):
+    """The head's API (``appliance serve`` in fleet mode), which admits boxes by licence."""
+    data, address, _ = head
+    ip, port = address.split(":")
+    (tmp_path / "models").mkdir()
+    box = Box(data, tmp_path / "models", env={
+        "TEST_TRUSTED_KEYS_FILE": str(vendor_key.trusted_file),
+        "APPLIANCE_FLEET_ENABLED": "1", "APPLIANCE_FLEET_ADDRESS": ip,
+        "APPLIANCE_FLEET_PORT": port})
+    yield box
+    box.stop()
+
+
+def box_request(data: Path) -> dict:
+    """``appliance-license request`` on a joining box (its box key and salt)."""
+    return Activation(data, {}).make_request()
+
+
+def test_join_is_refused_without_the_token_and_with_a_wrong_one(tmp_path: Path, head,
+                                                                head_api) -> None:
     data, address, short = head
     box = tmp_path / "box"
     r = appliance(box, "join", address, "--address", BOX)
@@ -64,20 +90,49 @@ def test_join_is_refused_without_the_token_and_with_a_wrong_one(tmp_path: Path, 
     readable.chmod(0o644)
     r = appliance(box, "join", address, "--token", str(readable), "--address", BOX)
     assert r.returncode == 2 and "readable by others" in r.stdout + r.stderr
+    box_request(box)
     wrong = write_token(tmp_path / "wrong.token", new_token())
     r = appliance(box, "join", address, "--token", str(wrong), "--address", BOX,
-                  "--own-ports", "--temp-dir", str(short / "w"), "--cpus", "1")
-    assert r.returncode == 2, r.stdout + r.stderr
+                  "--own-ports", "--temp-dir", str(short / "w"), "--cpus", "1",
+                  "--api", head_api.base_url)
+    assert r.returncode == 2 and "wrong fleet token" in r.stdout + r.stderr
     assert not (box / "fleet" / "node.json").exists()
 
 
-def test_join_with_the_token_then_leave(tmp_path: Path, head) -> None:
+def test_a_box_joins_only_under_a_fleet_licence_that_names_it(tmp_path: Path, head,
+                                                              head_api, vendor_key) -> None:
     data, address, short = head
     box = tmp_path / "box"
-    r = appliance(box, "join", address, "--token", str(data / "fleet" / "join.token"),
-                  "--address", BOX, "--box", "b1", "--own-ports", "--temp-dir",
-                  str(short / "b"), "--cpus", "1")
+    join = ("join", address, "--token", str(data / "fleet" / "join.token"), "--address", BOX,
+            "--box", "b1", "--own-ports", "--temp-dir", str(short / "b"), "--cpus", "1",
+            "--api", head_api.base_url)
+    b_request = box_request(box)
+    r = appliance(box, *join)  # the head runs on its evaluation licence: one box only
+    assert r.returncode == 2 and "evaluation licence covers one box" in r.stdout + r.stderr
+    assert not (box / "fleet" / "node.json").exists()
+    auth = {"Authorization": f"Bearer {head_api.api_key}"}
+    head_request = httpx.post(head_api.base_url + "/admin/licence/request", headers=auth,
+                              timeout=30).json()
+    other = Activation(tmp_path / "other", {}).make_request()
+    licence = issue(parse_request(crypto.canonical_json(head_request)), vendor_key.key,
+                    customer="ACME", seats=5, days=30, models="*", features="*",
+                    now=int(time.time()),
+                    boxes=[parse_request(crypto.canonical_json(other))])
+    r = httpx.post(head_api.base_url + "/admin/licence/import", headers=auth, content=licence,
+                   timeout=30)
+    assert r.status_code == 200, r.text
+    r = appliance(box, *join)  # a fleet licence, but it names another box
+    assert r.returncode == 2 and "does not list b1" in r.stdout + r.stderr
+    licence = issue(parse_request(crypto.canonical_json(head_request)), vendor_key.key,
+                    customer="ACME", seats=5, days=30, models="*", features="*",
+                    now=int(time.time()),
+                    boxes=[parse_request(crypto.canonical_json(b_request))])
+    r = httpx.post(head_api.base_url + "/admin/licence/import", headers=auth, content=licence,
+                   timeout=30)
+    assert r.status_code == 200, r.text
+    r = appliance(box, *join)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "the head admits b1" in r.stdout
     assert (box / "fleet" / "node.json").exists()
     r = appliance(box, "leave", "--timeout", "5")
     assert r.returncode == 0, r.stdout + r.stderr
