@@ -18,7 +18,7 @@ from appliance.modelstore import Manifest
 from appliance.registry import Loader
 from appliance.settings import Settings
 from fleet import admission
-from fleet.errors import FleetUnavailableError
+from fleet.errors import FleetUnavailableError, JoinRefusedError
 
 TOKEN_FILE = "join.token"
 router = APIRouter(prefix="/admin", tags=["fleet"])
@@ -53,10 +53,15 @@ async def fleet_join(request: Request, guard: GuardDep, settings: SettingsDep
                      ) -> dict[str, Any]:
     """A box asks to join (``appliance fleet join``): the join token as bearer, the body a
     join request signed by the box. 403 ``fleet_join_refused`` naming why not."""
-    body = await request.body()
+    chunks, size = [], 0
+    async for chunk in request.stream():  # a join request is small: stop reading early
+        size += len(chunk)
+        if size > admission.MAX_JOIN_BYTES:
+            raise JoinRefusedError("the join request is too large")
+        chunks.append(chunk)
     return await anyio.to_thread.run_sync(
         admission.admit, guard, token_path(settings),
-        request.headers.get("authorization", ""), body)
+        request.headers.get("authorization", ""), b"".join(chunks))
 
 
 def install(app: FastAPI) -> None:

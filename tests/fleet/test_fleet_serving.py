@@ -158,4 +158,7 @@ def test_node_death_costs_only_its_streams_then_recovers(fleet: LoopbackFleet,
     time.sleep(1.0)
     rows = usage_rows(head_box.data_dir / "appliance.db")[before:]
     assert len(rows) == sent, (len(rows), sent)
+    # each row names the box whose replica served it (the head's own name when none did)
+    served = {r["box"] for r in rows if r["status"] == 200}
+    assert served == {"a", "b"}, served
     print(f"recovered in {recovery_s:.1f}s")
