@@ -40,8 +40,9 @@ def edit_distance(a: str, b: str) -> int:
 
 @pytest.fixture(scope="module")
 def reference():
-    rapidocr = pytest.importorskip("rapidocr_onnxruntime")
-    return rapidocr.RapidOCR()
+    from rapidocr_onnxruntime import RapidOCR  # make setup installs it (--no-deps)
+
+    return RapidOCR()
 
 
 def test_line_texts_match_the_reference_pipeline(ocr_engine, reference) -> None:
