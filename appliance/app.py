@@ -21,6 +21,7 @@ from appliance.api import (
     openai,
     ops,
     probe,
+    responses,
     vision,
 )
 from appliance.lifecycle import Lifecycle
@@ -29,13 +30,15 @@ from appliance.metrics import Metrics
 from appliance.middleware import ObserveMiddleware
 from appliance.modelstore import ModelStore
 from appliance.registry import ModelRegistry
+from appliance.response_store import ResponseStore
+from appliance.runtime import Runtime
 from appliance.settings import Settings
 from appliance.stats import LogRing, StatsSampler
 from appliance.store import Store
 from engines.base import LLMEngine
 from engines.vision.base import VisionEngine
 from licensing.guard import LicenseGuard, bootstrap_evaluation
-from licensing.storage import share_lock
+from storage.db import share_lock
 
 log = logging.getLogger(__name__)
 # Which manifest engines make which kind of engine (a request for the wrong kind is a 400
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 ENGINE_KINDS: dict[type, tuple[str, ...]] = {LLMEngine: ("llama",),
                                              VisionEngine: ("ocr", "yolo", "onnx")}
 REAP_EVERY_S = 30.0
+EXPIRE_EVERY_S = 3600.0  # stored /v1/responses past their retention (also before each write)
 CLOCK_TICK_S = 300.0
 
 
@@ -79,21 +83,27 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
 
             fleet = await asyncio.to_thread(fleet_app.start, settings)
             engine_loaders["llama"] = fleet_app.llm_loader(settings, fleet)
-        app.state.fleet = fleet
         registry = ModelRegistry(model_store, engine_loaders,
                                  memory_budget=settings.memory_budget_mb << 20,
                                  idle_unload_s=settings.idle_unload_s)
         state = app.state
-        state.store, state.registry, state.guard, state.log_ring = store, registry, guard, ring
-        state.started_at = time.time()
+        state.store, state.registry, state.guard = store, registry, guard
         state.lifecycle = Lifecycle(guard, registry, state.metrics, ENGINE_KINDS)
+        state.runtime = Runtime(started_at=time.time(), sampler=sampler, log_ring=ring,
+                                trusted_keys=trusted_keys, fleet=fleet)
+        state.responses = ResponseStore(store, settings.responses_retention_days)
+        expired = await asyncio.to_thread(state.responses.expire)
+        if expired:
+            log.info("deleted %d stored responses past their retention", expired)
         status = guard.status()
         if status.licence.evaluation:
             log.warning("running on an EVALUATION licence (%s)", status.licence.message)
         elif not status.licence.serves_inference or status.clock_locked:
             log.warning("inference is refused: %s", status.clock_locked or status.licence.message)
         tasks = [asyncio.create_task(_every(REAP_EVERY_S, registry.unload_idle), name="reaper"),
-                 asyncio.create_task(_every(CLOCK_TICK_S, _tick(guard)), name="clock")]
+                 asyncio.create_task(_every(CLOCK_TICK_S, _tick(guard)), name="clock"),
+                 asyncio.create_task(_every(EXPIRE_EVERY_S, _expire(state.responses)),
+                                     name="responses-retention")]
         log.info("appliance %s ready on %s:%d with %d models; licence %s", __version__,
                  settings.host, settings.port, len(registry.names()), status.label)
         try:
@@ -112,13 +122,11 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
 
     app = FastAPI(title="Inference appliance", version=__version__, lifespan=lifespan)
     app.state.settings = settings
-    app.state.trusted_keys = trusted_keys
     app.state.metrics = Metrics(lambda: _loaded(app))
-    app.state.sampler = StatsSampler(app.state.metrics.registry)
+    sampler = StatsSampler(app.state.metrics.registry)
     errors.register()(app)
-    app.state.probe_nonces = set()  # update health probes answered (each nonce once)
-    for router in (ops.router, probe.router, openai.router, vision.router, admin_models.router,
-                   admin_licence.router, admin_updates.router):
+    for router in (ops.router, probe.router, openai.router, responses.router, vision.router,
+                   admin_models.router, admin_licence.router, admin_updates.router):
         app.include_router(router)
     if settings.fleet_enabled:
         from fleet import app as fleet_app
@@ -151,6 +159,13 @@ def _tick(guard: LicenseGuard) -> Any:
         await asyncio.to_thread(guard.refresh, True)
 
     return tick
+
+
+def _expire(responses: ResponseStore) -> Any:
+    async def expire() -> None:  # a DELETE on the store's lock: never on the event loop
+        await asyncio.to_thread(responses.expire)
+
+    return expire
 
 
 async def _every(seconds: float, job: Any) -> None:

@@ -11,6 +11,8 @@ from fastapi import Depends, Request, Response
 from appliance.lifecycle import Call, Lifecycle, status_of
 from appliance.metrics import Metrics
 from appliance.registry import ModelRegistry
+from appliance.response_store import ResponseStore
+from appliance.runtime import Runtime
 from appliance.settings import Settings
 from appliance.store import Store
 from licensing.guard import LicenseGuard, SeatContext
@@ -28,12 +30,20 @@ def _store(request: Request) -> Store:
     return request.app.state.store
 
 
+def _responses(request: Request) -> ResponseStore:
+    return request.app.state.responses
+
+
 def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 def _guard(request: Request) -> LicenseGuard:
     return request.app.state.guard
+
+
+def _runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
 
 
 def _lifecycle(request: Request) -> Lifecycle:
@@ -79,8 +89,10 @@ async def _admin(request: Request) -> SeatContext:
 RegistryDep = Annotated[ModelRegistry, Depends(_registry)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 StoreDep = Annotated[Store, Depends(_store)]
+ResponsesDep = Annotated[ResponseStore, Depends(_responses)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 GuardDep = Annotated[LicenseGuard, Depends(_guard)]
 LifecycleDep = Annotated[Lifecycle, Depends(_lifecycle)]
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 CallDep = Annotated[Call, Depends(_call, scope="function")]
 AdminDep = Annotated[SeatContext, Depends(_admin)]

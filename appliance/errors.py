@@ -26,3 +26,11 @@ class ConfigError(ApplianceError):
 
 class ClientGoneError(ApplianceError):
     """The client closed the connection before its answer was ready (metered as 499)."""
+
+
+class ResponseNotFoundError(ApplianceError):
+    """No stored response of that id for this seat (absent, expired or another seat's)."""
+
+    def __init__(self, response_id: str) -> None:
+        self.response_id = response_id
+        super().__init__(f"Response with id '{response_id}' not found.")

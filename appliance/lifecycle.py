@@ -30,7 +30,7 @@ import contextvars
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
@@ -39,7 +39,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.datastructures import MutableHeaders
 
-from appliance.api.errors import mapped
+from appliance.api.errors import error_body, mapped
 from appliance.errors import ClientGoneError
 from appliance.metrics import Metrics
 from appliance.registry import ModelRegistry
@@ -111,6 +111,23 @@ def status_of(exc: BaseException) -> int:
     return 499  # cancelled: the client went away
 
 
+def missing_capability(registry: ModelRegistry, model: str, needs: str) -> str:
+    """Why ``model`` cannot serve a request that needs ``needs``, naming the models of this
+    box that can (for ``vision-chat``: the vision-language models, which take images)."""
+    able = [n for n in registry.names() if needs in registry.entry(n).manifest.capabilities]
+    if needs == "vision-chat":
+        head = f"model {model!r} does not take images"
+        if not able:
+            return (f"{head}, and no vision-language model is installed on this box "
+                    "(a chat model pack with its projector); send text only, or ask the "
+                    "box's admin to install one")
+        return f"{head}; the models on this box that take images: {', '.join(able)}"
+    head = f"model {model!r} does not serve {needs}"
+    if not able:
+        return f"{head}, and no model on this box does"
+    return f"{head}; the models on this box that do: {', '.join(able)}"
+
+
 @dataclass(eq=False)
 class Call:
     """One admitted request: who calls, what it holds, what it used. Settled once."""
@@ -135,7 +152,8 @@ class Call:
         return self.ctx.seat_id
 
     # --- lease -------------------------------------------------------------------------
-    async def lease(self, model: str, feature: str, kind: type[E], what: str) -> E:
+    async def lease(self, model: str, feature: str, kind: type[E], what: str,
+                    needs: str | None = None) -> E:
         """The loaded engine for ``model``, held until the call is settled: 404 for a model
         the box lacks, 403 unless the licence covers ``model`` and ``feature``, 400 unless
         the engine is a ``kind`` (``what`` names it in the error) and the pack serves
@@ -151,6 +169,8 @@ class Call:
                 f"model {model!r} does not serve {feature}; it serves {', '.join(caps)}"
                 + (" (an embedding model: use /v1/embeddings)" if caps == ("embeddings",)
                    else ""))
+        if needs is not None and needs not in caps:  # before loading anything
+            raise InvalidRequestError(missing_capability(registry, model, needs))
         self.model = model
         engine = await self.stack.enter_async_context(registry.use(model))
         if not isinstance(engine, kind):
@@ -323,6 +343,10 @@ async def merged(streams: Sequence[AsyncIterator[GenerationEvent]]
     """``(index, event)`` from several event streams as they come (lower index first
     among events ready together); the first stream that raises ends it all."""
     iters = list(streams)
+    if len(iters) == 1:  # the common case: no task per event
+        async for event in iters[0]:
+            yield 0, event
+        return
     pending = {asyncio.ensure_future(anext(it)): i for i, it in enumerate(iters)}
     try:
         while pending:
@@ -377,35 +401,58 @@ class StreamShape(Protocol):
         """The usage chunk (``stream_options.include_usage``)."""
 
 
-def sse_bytes(obj: Any) -> bytes:
-    return (b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-            + b"\n\n")
+def sse_bytes(obj: Any, named: bool = False) -> bytes:
+    """One server-sent event; ``named``: an ``event:`` line names its ``type`` (``error``
+    for an error body), as the Responses API sends them."""
+    head = b""
+    if named:
+        head = b"event: " + str(obj.get("type") or ("error" if "error" in obj else "message")
+                                ).encode() + b"\n"
+    return (head + b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+            .encode() + b"\n\n")
 
 
-def sse(call: Call, gens: Sequence[Generation], shape: StreamShape, include_usage: bool
-        ) -> StreamingResponse:
+def sse(call: Call, gens: Sequence[Generation], shape: StreamShape, include_usage: bool,
+        *, close: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
+        named: bool = False) -> StreamingResponse:
     """Server-sent events of ``gens`` (their events interleaved as they come) in ``shape``;
     an engine failure after the 200 was sent (a worker crash) ends the stream with an
-    OpenAI error event, which clients raise."""
+    OpenAI error event, which clients raise.
+
+    ``close``: once every generation ended, the last events (awaited before the call is
+    settled, e.g. after storing the answer; a failure there ends the stream with an error
+    event too). ``named``: the Responses API's framing, an ``event:`` line per event and
+    no ``[DONE]``."""
     async def chunks() -> AsyncIterator[bytes]:
+        tail: list[dict[str, Any]] = []
         try:
             async for index, event in merged([gen.events() for gen in gens]):
                 for obj in shape.feed(index, event):
-                    yield sse_bytes(obj)
-        except EngineError as exc:
-            status, body = mapped(exc) or (500, {"error": {"message": str(exc)}})
-            log.error("stream of %s ended by %s (%d): %s", call.model, type(exc).__name__,
-                      status, exc)
+                    yield sse_bytes(obj, named)
+            if close is not None:
+                tail = await close()
+        except Exception as exc:
+            hit = mapped(exc)
+            status, body = hit or (500, error_body("internal error; see the box's log",
+                                                   "server_error"))
+            if isinstance(exc, EngineError):
+                log.error("stream of %s ended by %s (%d): %s", call.model,
+                          type(exc).__name__, status, exc)
+            else:  # a bug or a failed write, not the model: keep the traceback
+                log.exception("stream of %s failed", call.model)
             await call.life.settle(call, 200)  # the 200 was sent; the row says what ran
-            yield sse_bytes(body)
+            yield sse_bytes(body, named)
             return
         finally:
             for gen in gens:
                 gen.done()
         if include_usage:
-            yield sse_bytes(shape.usage_chunk())
-        await call.life.settle(call, 200)  # the client's [DONE] proves its usage row
-        yield b"data: [DONE]\n\n"
+            yield sse_bytes(shape.usage_chunk(), named)
+        await call.life.settle(call, 200)  # the client's last event proves its usage row
+        for obj in tail:
+            yield sse_bytes(obj, named)
+        if not named:
+            yield b"data: [DONE]\n\n"
 
     call.streaming = True
     headers = {**call.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -50,6 +50,8 @@ def llm_spec(settings: Settings, manifest: Manifest, directory: Path,
         "prefix_cache_bytes": settings.prefix_cache_bytes,
         "prefix_reuse": settings.llm_prefix_reuse,
     }
+    if manifest.has_projector:  # a vision-language model: its projector reads images
+        params["projector_path"] = str(directory / manifest.file("projector").path)
     return EngineSpec("llm", manifest.name, params, _identity(manifest), LLAMA_CONFIGS)
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ModelStoreError
-from licensing.storage import atomic_write
+from storage.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ PURPOSES = ("chat", "embeddings")
 #: these as ``capabilities`` and the request lifecycle refuses the rest with a 400.
 CAPABILITIES = {"chat": ("chat", "completions", "embeddings"), "embeddings": ("embeddings",),
                 "ocr": ("ocr",), "yolo": ("detection",), "onnx": ("vision",)}
+VISION_CHAT = "vision-chat"  # chat whose messages may hold images
 CHUNK = 1 << 20
 Progress = Callable[[str, int, int], None]  # (label, done_bytes, total_bytes)
 
@@ -88,9 +89,18 @@ class Manifest:
         return str(self.extra.get("purpose", "chat"))
 
     @property
+    def has_projector(self) -> bool:
+        """A llama chat pack that ships a multimodal projector (file role ``projector``,
+        an ``mmproj`` GGUF): a vision-language model."""
+        return (self.engine == "llama" and self.purpose == "chat"
+                and any(f.role == "projector" for f in self.files))
+
+    @property
     def capabilities(self) -> tuple[str, ...]:
-        """What the pack serves (see CAPABILITIES)."""
-        return CAPABILITIES.get(self.purpose, ())
+        """What the pack serves (see CAPABILITIES); ``vision-chat`` (chat with image
+        input) for a chat pack with a projector."""
+        caps = CAPABILITIES.get(self.purpose, ())
+        return (*caps, VISION_CHAT) if self.has_projector else caps
 
     def file(self, role: str) -> ModelFile:
         for f in self.files:
@@ -183,11 +193,6 @@ def sha256_file(path: Path, progress: Progress | None = None) -> str:
             if progress:
                 progress(path.name, done, total)
     return h.hexdigest()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON via a temp file in the same directory, fsync, rename."""
-    atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode(), 0o644)
 
 
 class ModelStore:

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from appliance.errors import ConfigError
+from storage.db import DB_FILE
 
 CONFIG_ENV = "APPLIANCE_CONFIG"
 DEFAULT_CONFIG = Path("appliance.toml")
@@ -64,6 +65,12 @@ class Settings(BaseSettings):
     embed_max_request_tokens: int = Field(
         300_000, ge=1, description="Tokens per /v1/embeddings request, all inputs together "
         "(OpenAI's limit is 300,000).")
+    responses_retention_days: float = Field(
+        30.0, gt=0, le=3650, description="Days a stored /v1/responses answer (store: true) "
+        "is kept for previous_response_id and GET; older rows are deleted.")
+    responses_max_bytes: int = Field(
+        1 << 20, ge=1024, le=64 << 20, description="Largest conversation (input items as "
+        "JSON) one stored response may hold; a longer one with store: true is a 400.")
     vision_max_batch: int = Field(1, ge=1, le=64, description="Images per vision batch.")
     vision_max_wait_ms: float = Field(2.0, ge=0, description="Wait this long to fill a batch.")
     vision_max_queue: int = Field(64, ge=1, description="Waiting images per model before 503.")
@@ -134,7 +141,7 @@ class Settings(BaseSettings):
 
     @property
     def db_path(self) -> Path:
-        return self.data_dir / "appliance.db"
+        return self.data_dir / DB_FILE
 
     @property
     def fleet_dir(self) -> Path:

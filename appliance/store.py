@@ -1,7 +1,7 @@
-"""The box's embedded SQLite database (one file, WAL) and its versioned migrations.
+"""The appliance's own tables in the box's one SQLite database (``storage.db``).
 
-Other packages (licensing, firmware) own their tables and migrate them themselves on the
-same ``sqlite_utils.Database``; this module owns the connection.
+Other packages (licensing, firmware) own their tables and migrate them the same way on the
+same ``sqlite_utils.Database``; ``Store`` owns the connection the API process uses.
 """
 
 from __future__ import annotations
@@ -9,69 +9,41 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import sqlite_utils
 
+from storage.db import Step, migrate, open_db, sql_step
+
 log = logging.getLogger(__name__)
 
-
-def _v1(db: sqlite_utils.Database) -> None:
-    db["request_log"].create(
-        {"id": int, "ts": float, "route": str, "model": str, "status": int,
-         "prompt_tokens": int, "completion_tokens": int, "latency_ms": float, "seat_id": int},
-        pk="id", not_null={"ts", "route", "status"},
-    )
-    db["request_log"].create_index(["ts"])
-
-
-def _v2(db: sqlite_utils.Database) -> None:
+MIGRATIONS: list[Step] = [
+    sql_step("CREATE TABLE IF NOT EXISTS request_log (id INTEGER PRIMARY KEY, ts FLOAT "
+             "NOT NULL, route TEXT NOT NULL, model TEXT, status INTEGER NOT NULL, "
+             "prompt_tokens INTEGER, completion_tokens INTEGER, latency_ms FLOAT, "
+             "seat_id INTEGER)"),
     # Every request is metered once, in licensing's ``usage`` table; the request log
     # repeated it and nothing read it.
-    db.execute("DROP TABLE IF EXISTS request_log")
-
-
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
-
-
-def open_db(path: Path) -> sqlite_utils.Database:
-    """Open (creating) the database with WAL, durable-enough sync and a busy timeout."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
-                           timeout=10.0)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    path.chmod(0o600)
-    return sqlite_utils.Database(conn)
-
-
-def migrate(db: sqlite_utils.Database) -> int:
-    """Apply pending migrations in one transaction each; return the schema version."""
-    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
-    current = row[0] or 0
-    for version, step in enumerate(MIGRATIONS, start=1):
-        if version <= current:
-            continue
-        with db.conn:
-            db.conn.execute("BEGIN")
-            step(db)
-            db.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
-        log.info("database migrated to schema version %d", version)
-        current = version
-    return current
+    sql_step("DROP TABLE IF EXISTS request_log"),
+    # /v1/responses with store: true (appliance.response_store): the conversation the
+    # model read and the Response object, per seat, until the retention setting expires it.
+    sql_step("CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, seat_id INTEGER "
+             "NOT NULL, created_at FLOAT NOT NULL, context TEXT NOT NULL, response TEXT "
+             "NOT NULL)",
+             "CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at)"),
+]
+COMPONENT = "appliance"
+LEGACY_TABLE = "schema_version"  # where versions were kept before storage.db's scheme
 
 
 class Store:
-    """The open database plus the box's own writes. Thread-safe through one lock."""
+    """The open database of the API process. Thread-safe through one lock."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.db = open_db(path)
+        self.db: sqlite_utils.Database = open_db(path)
         self.lock = threading.RLock()
-        self.version = migrate(self.db)
+        self.version = migrate(self.db, COMPONENT, MIGRATIONS, LEGACY_TABLE)
 
     def healthy(self) -> bool:
         try:

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from licensing.storage import atomic_write
+from storage.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Retrieval quality (one run): recall@1 on the fixed set in tests/data/retrieval.json, for
+"""Retrieval quality (one run): recall@1 on the fixed set in tests/fixtures/retrieval.json, for
 the all-MiniLM-L6-v2 embedding pack and for mean pooling of the SmolLM2 chat model.
 
 In-process engines by default (llama.cpp on this machine's CPU); with --url the same

@@ -65,6 +65,18 @@ class LLMEngine(ABC):
         too long to tokenise.
         """
 
+    def vision_chat_tokens(self, messages: Sequence[dict[str, Any]],
+                           tools: Sequence[dict[str, Any]] | None, marker: str) -> list[int]:
+        """``chat_tokens`` for messages with images: each ``marker`` (a string the caller
+        chose at random for this request) in message content becomes one
+        ``engines.types.IMAGE_TOKEN``, whose image goes in ``GenerationRequest.images``.
+
+        Raises InvalidRequestError unless the model was loaded with a projector
+        (``info.images``)."""
+        from engines.errors import InvalidRequestError
+
+        raise InvalidRequestError("this engine does not take images")
+
     @abstractmethod
     def json_schema_grammar(self, schema: dict) -> str:
         """GBNF grammar constraining output to ``schema``; InvalidRequestError if unsupported."""

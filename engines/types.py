@@ -7,6 +7,9 @@ from typing import Literal
 
 FinishReason = Literal["stop", "length", "cancelled"]
 MAX_TOP_LOGPROBS = 20  # alternatives per token a request may ask for (OpenAI's bound)
+#: Where one image goes in a prompt's token ids (``GenerationRequest.images``, in order).
+IMAGE_TOKEN = -1
+MAX_IMAGES = 8  # images in one request
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,9 @@ class GenerationRequest:
     background: bool = False
     logprobs: int | None = None  # report each token's logprob and this many alternatives
     echo: bool = False  # send the prompt's tokens first (``PromptTokens``)
+    # Encoded images (JPEG, PNG or WebP bytes), one per IMAGE_TOKEN in the prompt, in
+    # order; decoded by the engine (in its worker), for a model loaded with a projector.
+    images: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,3 +121,4 @@ class LLMInfo:
     slots: int  # how many sequences decode concurrently
     chat_template: str | None
     purpose: str = "chat"  # "embeddings": a sentence-embedding model that cannot generate
+    images: bool = False  # loaded with a projector: prompts may hold images

@@ -58,6 +58,8 @@ from firmware.service import ServiceManager
 from firmware.slots import Slots, SlotStatus
 from firmware.state import HistoryEntry, UpdateState
 from firmware.verify import BoxState, verify_manifest
+from storage.db import DB_FILE
+from storage.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +179,7 @@ class Updater:
         self.packs = packs
         self.step_hook = step_hook if step_hook is not None else pause_hook_from_env()
         self.max_boot_attempts = max_boot_attempts
-        self.state = UpdateState(self.data_dir / "appliance.db")
+        self.state = UpdateState(self.data_dir / DB_FILE)
         self.slots = Slots(self.root, python=python)
 
     # --- helpers ----------------------------------------------------------------------
@@ -403,8 +405,8 @@ class Updater:
             cfg = self.config_path
             cfg.parent.mkdir(parents=True, exist_ok=True)
             if cfg.is_file():
-                _write_atomic(self._config_backup(), cfg.read_bytes())
-            _write_atomic(cfg, new)
+                atomic_write(self._config_backup(), cfg.read_bytes(), 0o644)
+            atomic_write(cfg, new, 0o644)
         self._step("commit", row)
         self.state.set_installed("config", m.version)
         self.state.finish(row, "success", f"replaced {cfg}")
@@ -456,8 +458,8 @@ class Updater:
             raise SlotError(f"no previous configuration ({backup}) to roll back to")
         row = self.state.start("config", "previous", backup.name, None, "install")
         old, cur = backup.read_bytes(), self.config_path.read_bytes()
-        _write_atomic(self.config_path, old)
-        _write_atomic(backup, cur)
+        atomic_write(self.config_path, old, 0o644)
+        atomic_write(backup, cur, 0o644)
         reason = f"restored {self.config_path} from {backup.name}"
         self.state.finish(row, "rollback", reason)
         self._emit("update.rollback", {"id": row, "type": "config", "reason": reason})
@@ -503,17 +505,3 @@ class Updater:
         for line in done:
             log.info("recovery: %s", line)
         return done
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    try:
-        with tmp.open("wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    boot.fsync_dir(path.parent)

@@ -53,7 +53,11 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Temp file in the same directory, fsync, os.replace, fsync the directory."""
+    """Temp file in the same directory, fsync, os.replace, fsync the directory.
+
+    A standard-library copy of ``storage.files.write_json_atomic`` on purpose: this module
+    runs at boot to choose a slot, before the box's packages in that slot can be trusted,
+    so it imports nothing but the standard library."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     try:

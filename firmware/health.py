@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 from firmware.errors import HealthCheckError
-from licensing.storage import atomic_write
+from storage.files import atomic_write
 
 log = logging.getLogger(__name__)
 

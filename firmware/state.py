@@ -24,6 +24,7 @@ import sqlite_utils
 
 from firmware.bundle import parse_version
 from firmware.errors import UpdateError
+from storage.db import Step, migrate, open_db
 
 HISTORY = "update_history"
 VERSIONS = "update_versions"
@@ -31,6 +32,22 @@ HISTORY_COLUMNS: dict[str, type] = {
     "id": int, "bundle_version": str, "type": str, "bundle": str, "key_id": str,
     "started": str, "finished": str, "outcome": str, "reason": str, "step": str,
 }
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    """The two tables; a database from before this scheme may lack newer history columns."""
+    columns = ", ".join(f"{n} {'INTEGER PRIMARY KEY' if n == 'id' else 'TEXT'}"
+                        for n in HISTORY_COLUMNS)
+    db.execute(f"CREATE TABLE IF NOT EXISTS {HISTORY} ({columns})")
+    have = {row[1] for row in db.execute(f"PRAGMA table_info({HISTORY})").fetchall()}
+    for name in HISTORY_COLUMNS:
+        if name not in have:
+            db.execute(f"ALTER TABLE {HISTORY} ADD COLUMN {name} TEXT")
+    db.execute(f"CREATE TABLE IF NOT EXISTS {VERSIONS} (type TEXT PRIMARY KEY, installed TEXT,"
+               " floor TEXT, updated TEXT)")
+
+
+MIGRATIONS: list[Step] = [_v1]
 
 
 def utcnow() -> str:
@@ -63,25 +80,9 @@ class UpdateState:
         self.db_path = Path(db_path)
 
     def _db(self) -> sqlite_utils.Database:
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite_utils.Database(self.db_path)
-        self._migrate(db)
+        db = open_db(self.db_path)
+        migrate(db, "firmware", MIGRATIONS)
         return db
-
-    @staticmethod
-    def _migrate(db: sqlite_utils.Database) -> None:
-        hist = db.table(HISTORY)
-        if not hist.exists():
-            hist.create(HISTORY_COLUMNS, pk="id")
-        else:
-            have = set(hist.columns_dict)
-            for name, kind in HISTORY_COLUMNS.items():
-                if name not in have:
-                    hist.add_column(name, kind)
-        ver = db.table(VERSIONS)
-        if not ver.exists():
-            ver.create({"type": str, "installed": str, "floor": str, "updated": str},
-                       pk="type")
 
     def _read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         """A query that never creates the database; [] when it or the table is missing.

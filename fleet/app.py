@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 
-from appliance.deps import AdminDep
+from appliance.deps import AdminDep, RuntimeDep
 from appliance.modelstore import Manifest
 from appliance.registry import Loader
 from appliance.settings import Settings
@@ -39,9 +39,9 @@ def token_path(settings: Settings) -> Path:
 
 
 @router.get("/fleet")
-async def fleet_status(request: Request, admin: AdminDep) -> dict[str, Any]:
+async def fleet_status(runtime: RuntimeDep, admin: AdminDep) -> dict[str, Any]:
     """Nodes, their health, the replicas on each and their load."""
-    client = getattr(request.app.state, "fleet", None)
+    client = runtime.fleet
     if client is None:
         raise FleetUnavailableError("this box is not a fleet head")
     return await anyio.to_thread.run_sync(client.status)

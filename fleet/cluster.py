@@ -1,7 +1,7 @@
 """The head box's connection to its fleet: Ray driver, Serve, one deployment per model.
 
 ``FleetClient`` is created by the app's lifespan when fleet mode is on and hung on
-``app.state.fleet``; it is the only place that calls ``ray.init`` (Ray keeps one driver
+``Runtime.fleet``; it is the only place that calls ``ray.init`` (Ray keeps one driver
 per process: that is Ray's global, not ours) and ``serve.run``. The box's FastAPI app
 stays the ingress: it serves the API on its own port and reaches replicas through Serve
 handles, so seats, keys, licence, usage ledger and audit stay in the head's store and no

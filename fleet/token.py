@@ -7,12 +7,12 @@ box over SSH and keep it 0600. Plain Python; no Ray.
 
 from __future__ import annotations
 
-import os
 import secrets
 import stat
 from pathlib import Path
 
 from fleet.errors import JoinRefusedError
+from storage.files import atomic_write
 
 TOKEN_BYTES = 32
 
@@ -24,19 +24,7 @@ def new_token() -> str:
 
 def write_token(path: Path, token: str) -> Path:
     """Write ``token`` to ``path`` with mode 0600, atomically (temp file, fsync, replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(token)  # no newline: Ray compares the bytes
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, token, 0o600)  # no newline: Ray compares the bytes
     return path
 
 

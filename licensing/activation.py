@@ -40,7 +40,6 @@ from licensing.fingerprint import (
     new_salt,
 )
 from licensing.model import DAY, RECEIPT_FORMAT, REQUEST_FORMAT, Entitlements, Licence, Limits
-from licensing.storage import atomic_write, ensure_dir, read_limited
 from licensing.trust import TrustRecord, TrustStore, default_state_dir
 from licensing.verify import (
     LicenceStatus,
@@ -50,6 +49,7 @@ from licensing.verify import (
     status_of,
     verify_licence,
 )
+from storage.files import atomic_write, ensure_dir, read_limited
 
 log = logging.getLogger(__name__)
 

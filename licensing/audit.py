@@ -25,8 +25,8 @@ import sqlite_utils
 
 from licensing import crypto, schema
 from licensing.errors import InvalidInput
-from licensing.storage import immediate
 from licensing.trust import TrustStore
+from storage.db import immediate
 
 GENESIS = "0" * 64
 MAX_DETAILS = 16 * 1024

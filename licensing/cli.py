@@ -27,21 +27,19 @@ import sqlite_utils
 from licensing.activation import Activation, default_data_dir, read_document, vendor_keys
 from licensing.errors import LicenseError
 from licensing.fingerprint import collect_facts
-from licensing.guard import DB_FILE, GuardStatus, LicenseGuard
+from licensing.guard import GuardStatus, LicenseGuard
 from licensing.issuer import inspect, issue, keygen, load_signing_key, parse_request
-from licensing.storage import atomic_write, ensure_dir
+from storage.db import DB_FILE
+from storage.db import open_db as storage_open_db
+from storage.files import atomic_write, ensure_dir
 
 log = logging.getLogger(__name__)
 
 
 def open_db(data_dir: Path) -> sqlite_utils.Database:
-    """Open ``<data_dir>/appliance.db`` the way the box does (WAL, autocommit, 0600)."""
+    """Open ``<data_dir>/appliance.db`` the way the box does (``storage.db.open_db``)."""
     ensure_dir(data_dir)
-    path = data_dir / DB_FILE
-    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
-    conn.execute("PRAGMA journal_mode=WAL")
-    path.chmod(0o600)
-    return sqlite_utils.Database(conn)
+    return storage_open_db(data_dir / DB_FILE)
 
 
 def _when(ts: int) -> str:

@@ -48,8 +48,9 @@ import sqlite_utils
 
 from licensing import schema
 from licensing.errors import StateError
-from licensing.storage import atomic_write, immediate
 from licensing.trust import TrustStore
+from storage.db import immediate
+from storage.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -46,13 +46,13 @@ from licensing.fingerprint import collect_facts
 from licensing.limits import Reservation, SeatLimiter
 from licensing.model import Licence
 from licensing.seats import IssuedKey, KeyInfo, Seat, SeatLimits, SeatStore
-from licensing.storage import atomic_write, immediate
 from licensing.trust import TrustStore, default_state_dir
 from licensing.verify import EXPIRED, MISSING, LicenceStatus, expired_message, status_of
+from storage.db import immediate
+from storage.files import atomic_write
 
 log = logging.getLogger(__name__)
 
-DB_FILE = "appliance.db"
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from licensing import crypto
 from licensing.errors import FormatError, InvalidInput, LicenseError
 from licensing.fingerprint import Fingerprint, check_strength
 from licensing.model import DAY, ID_RE, LICENCE_FORMAT, REQUEST_FORMAT, Licence, Limits, load_json
-from licensing.storage import atomic_write, ensure_dir
 from licensing.verify import check_signature, sign_document, split_signed, verify_receipt
+from storage.files import atomic_write, ensure_dir
 
 FEATURE_RE = re.compile(r"^(\*|[a-z][a-z0-9_.-]{0,31})$")
 

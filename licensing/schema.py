@@ -1,8 +1,9 @@
 """The licensing tables in the box's database and their versioned migrations.
 
-Licensing owns its tables; ``migrate(db)`` creates or upgrades them and records the version
-in ``licensing_schema``. Every class that uses them (SeatStore, AuditLog, ClockGuard)
-calls it, so the order of construction does not matter. Idempotent and cheap once done.
+Licensing owns its tables; ``migrate(db)`` creates or upgrades them through the box's one
+migration scheme (``storage.db.migrate``, component ``licensing``). Every class that uses
+them (SeatStore, AuditLog, ClockGuard) calls it, so the order of construction does not
+matter. Idempotent and cheap once done.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import logging
 
 import sqlite_utils
 
-from licensing.storage import immediate
+from storage.db import migrate as db_migrate
+from storage.db import sql_step
+from storage.db import version as db_version
 
 log = logging.getLogger(__name__)
 
@@ -58,28 +61,15 @@ V3 = [
 
 MIGRATIONS: list[list[str]] = [V1, V2, V3]
 VERSION = len(MIGRATIONS)
+COMPONENT = "licensing"
+LEGACY_TABLE = "licensing_schema"  # where versions were kept before storage.db's scheme
 
 
 def version(db: sqlite_utils.Database) -> int:
     """Schema version recorded in the database (0 when never migrated)."""
-    if "licensing_schema" not in db.table_names():
-        return 0
-    row = db.execute("SELECT MAX(version) FROM licensing_schema").fetchone()
-    return int(row[0] or 0)
+    return db_version(db, COMPONENT, LEGACY_TABLE)
 
 
 def migrate(db: sqlite_utils.Database) -> int:
     """Create or upgrade the licensing tables; return the schema version."""
-    if version(db) >= VERSION:
-        return VERSION
-    with immediate(db):
-        db.execute("CREATE TABLE IF NOT EXISTS licensing_schema (version INTEGER NOT NULL)")
-        current = int(db.execute("SELECT MAX(version) FROM licensing_schema").fetchone()[0] or 0)
-        for number, statements in enumerate(MIGRATIONS, start=1):
-            if number <= current:
-                continue
-            for sql in statements:
-                db.execute(sql)
-            db.execute("INSERT INTO licensing_schema (version) VALUES (?)", [number])
-            log.info("licensing schema migrated to version %d", number)
-    return VERSION
+    return db_migrate(db, COMPONENT, [sql_step(*m) for m in MIGRATIONS], LEGACY_TABLE)

@@ -35,7 +35,7 @@ from licensing.errors import (
     SeatLimitReached,
     Unauthenticated,
 )
-from licensing.storage import immediate
+from storage.db import immediate
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,8 @@ import sqlite_utils
 
 from licensing import schema
 from licensing.errors import StateError
-from licensing.storage import atomic_write, ensure_dir, immediate
+from storage.db import immediate
+from storage.files import atomic_write, ensure_dir
 
 log = logging.getLogger(__name__)
 

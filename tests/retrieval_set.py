@@ -1,4 +1,4 @@
-"""The fixed retrieval set in ``tests/data/retrieval.json`` and its score (recall@1):
+"""The fixed retrieval set in ``tests/fixtures/retrieval.json`` and its score (recall@1):
 shared by the retrieval test and ``bench/embeddings.py``."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-SET = Path(__file__).resolve().parent / "data" / "retrieval.json"
+SET = Path(__file__).resolve().parent / "fixtures" / "retrieval.json"
 Embed = Callable[[Sequence[str]], Sequence[Sequence[float]]]
 
 

@@ -11,6 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN = {
+    # The bottom layer: files and the database, imported by every package, importing none.
+    "storage": ("fastapi", "starlette", "textual", "appliance", "engines", "licensing",
+                "firmware", "tui", "fleet", "llama_cpp", "onnxruntime", "ray"),
     "engines": ("fastapi", "starlette", "textual", "appliance", "tui"),
     "licensing": ("fastapi", "starlette", "textual", "appliance", "tui", "engines"),
     "firmware": ("fastapi", "starlette", "textual", "tui", "engines"),

@@ -6,11 +6,11 @@ import time
 from typing import Any
 
 import anyio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 
 from appliance import __version__
 from appliance.api.admin_licence import licence_json
-from appliance.deps import AdminDep, GuardDep, RegistryDep
+from appliance.deps import AdminDep, GuardDep, RegistryDep, RuntimeDep
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -24,16 +24,15 @@ def _model(registry: Any, name: str) -> dict[str, Any]:
 
 
 @router.get("/status")
-async def status(request: Request, registry: RegistryDep, guard: GuardDep,
+async def status(registry: RegistryDep, guard: GuardDep, runtime: RuntimeDep,
                  admin: AdminDep) -> dict[str, Any]:
     """Everything the dashboard shows, in one call."""
-    state = request.app.state
-    return {"version": __version__, "uptime_s": time.time() - state.started_at,
+    return {"version": __version__, "uptime_s": time.time() - runtime.started_at,
             "licence": await anyio.to_thread.run_sync(licence_json, guard),
             "models": registry.status(),
             "queues": await anyio.to_thread.run_sync(_queues, registry),
             # engine gauges (worker round trips) and nvidia-smi: never on the event loop
-            "stats": await anyio.to_thread.run_sync(state.sampler.sample)}
+            "stats": await anyio.to_thread.run_sync(runtime.sampler.sample)}
 
 
 def _queues(registry: Any) -> dict[str, dict[str, int]]:
@@ -84,7 +83,7 @@ async def remove(name: str, registry: RegistryDep, guard: GuardDep,
 
 
 @router.get("/logs")
-async def logs(request: Request, admin: AdminDep, limit: int = Query(100, ge=1, le=500),
+async def logs(runtime: RuntimeDep, admin: AdminDep, limit: int = Query(100, ge=1, le=500),
                q: str | None = Query(None, max_length=200)) -> list[dict[str, Any]]:
     """Recent warnings and errors of this process."""
-    return request.app.state.log_ring.tail(limit, q)
+    return runtime.log_ring.tail(limit, q)

@@ -20,8 +20,9 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from appliance.deps import AdminDep, GuardDep, RegistryDep, SettingsDep
+from appliance.deps import AdminDep, GuardDep, RegistryDep, RuntimeDep, SettingsDep
 from appliance.modelstore import ModelStorePacks
+from appliance.runtime import Runtime
 from appliance.settings import Settings
 from firmware.apply import Updater
 from firmware.bundle import Limits
@@ -30,12 +31,12 @@ from firmware.errors import BundleError, LimitError
 router = APIRouter(prefix="/admin/updates", tags=["admin"])
 
 
-def _updater(request: Request, settings: Settings, guard: Any, actor: str) -> Updater:
+def _updater(runtime: Runtime, settings: Settings, guard: Any, actor: str) -> Updater:
     def audit(action: str, details: dict[str, Any]) -> None:
         guard.audit.append(actor, action, details)
 
     return Updater(settings.data_dir, audit=audit, packs=ModelStorePacks(settings.model_root),
-                   trusted=request.app.state.trusted_keys,
+                   trusted=runtime.trusted_keys,
                    config_path=settings.data_dir / "appliance.toml")
 
 
@@ -63,26 +64,26 @@ async def _receive(request: Request, settings: Settings) -> Path:
 
 
 @router.get("")
-async def status(request: Request, settings: SettingsDep, guard: GuardDep,
+async def status(settings: SettingsDep, guard: GuardDep, runtime: RuntimeDep,
                  admin: AdminDep) -> dict[str, Any]:
-    up = _updater(request, settings, guard, admin.name)
+    up = _updater(runtime, settings, guard, admin.name)
     return (await anyio.to_thread.run_sync(up.status)).to_json()
 
 
 @router.get("/history")
-async def history(request: Request, settings: SettingsDep, guard: GuardDep, admin: AdminDep,
-                  limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
-    up = _updater(request, settings, guard, admin.name)
+async def history(settings: SettingsDep, guard: GuardDep, runtime: RuntimeDep,
+                  admin: AdminDep, limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
+    up = _updater(runtime, settings, guard, admin.name)
     return [h.to_json() for h in await anyio.to_thread.run_sync(up.history, limit)]
 
 
 @router.post("/inspect")
-async def inspect(request: Request, settings: SettingsDep, guard: GuardDep,
+async def inspect(request: Request, settings: SettingsDep, guard: GuardDep, runtime: RuntimeDep,
                   admin: AdminDep) -> dict[str, Any]:
     """Signature, manifest and what applying would change; installs nothing."""
     path = await _receive(request, settings)
     try:
-        up = _updater(request, settings, guard, admin.name)
+        up = _updater(runtime, settings, guard, admin.name)
         found = await anyio.to_thread.run_sync(up.inspect, path)
     finally:
         path.unlink(missing_ok=True)
@@ -93,11 +94,11 @@ async def inspect(request: Request, settings: SettingsDep, guard: GuardDep,
 
 
 @router.post("/apply")
-async def apply(request: Request, settings: SettingsDep, guard: GuardDep,
+async def apply(request: Request, settings: SettingsDep, guard: GuardDep, runtime: RuntimeDep,
                 registry: RegistryDep, admin: AdminDep) -> Any:
     """Verify and apply a bundle; 202 for a release (finishes in a detached process)."""
     path = await _receive(request, settings)
-    up = _updater(request, settings, guard, admin.name)
+    up = _updater(runtime, settings, guard, admin.name)
     detached = False
     try:
         found = await anyio.to_thread.run_sync(up.inspect, path)
@@ -129,7 +130,7 @@ def _detach_release(path: Path, settings: Settings) -> None:
 
 
 @router.post("/rollback")
-async def rollback(request: Request, settings: SettingsDep, guard: GuardDep,
+async def rollback(settings: SettingsDep, guard: GuardDep, runtime: RuntimeDep,
                    admin: AdminDep) -> dict[str, Any]:
-    up = _updater(request, settings, guard, admin.name)
+    up = _updater(runtime, settings, guard, admin.name)
     return (await anyio.to_thread.run_sync(up.rollback, "release")).to_json()

@@ -19,6 +19,7 @@ from appliance.errors import (
     ConfigError,
     ModelNotFoundError,
     ModelStoreError,
+    ResponseNotFoundError,
 )
 from engines.errors import (
     ContextLengthError,
@@ -53,6 +54,7 @@ ERROR_MAP: list[tuple[type[Exception], int, str, str | None]] = [
     (fw.ApplyError, 500, "server_error", "update_failed"),
     (fw.UpdateError, 400, "invalid_request_error", "update"),
     (ModelNotFoundError, 404, "invalid_request_error", "model_not_found"),
+    (ResponseNotFoundError, 404, "invalid_request_error", "response_not_found"),
     (ContextLengthError, 400, "invalid_request_error", "context_length_exceeded"),
     (InvalidRequestError, 400, "invalid_request_error", None),
     (InputError, 400, "invalid_request_error", "invalid_input"),

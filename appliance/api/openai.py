@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Literal
@@ -29,6 +30,7 @@ from appliance.embeddings import (
 )
 from appliance.errors import ApplianceError
 from appliance.lifecycle import Call, Generation, StreamShape, collect, sse
+from appliance.modelstore import VISION_CHAT
 from engines.base import LLMEngine
 from engines.errors import InvalidRequestError
 from engines.types import GenerationRequest, Sampling
@@ -62,9 +64,14 @@ LANGUAGE_MODEL = "a language model; use the /v1/vision endpoints for it"
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request, call: CallDep) -> Any:
-    """Chat completion (``n`` choices), streamed as server-sent events when ``stream``."""
+    """Chat completion (``n`` choices), streamed as server-sent events when ``stream``;
+    messages may hold images for a model that takes them (``vision-chat``)."""
+    images = tuple(body.images())
+    # Where an image goes in the rendered text: random per request, so that no typed text
+    # can claim an image place.
+    marker = f"<image-{secrets.token_hex(12)}>" if images else None
     try:
-        messages = [m.rendered() for m in body.messages]
+        messages = [m.rendered(marker) for m in body.messages]
     except ValueError as exc:
         raise InvalidRequestError(str(exc)) from exc
     max_tokens = body.max_completion_tokens or body.max_tokens
@@ -72,13 +79,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, call: 
 
     def build(engine: LLMEngine) -> GenerationRequest:
         # content and tool definitions never become control tokens
-        prompt = chat_prompt(engine, body, messages, _grammar(engine, body))
+        prompt = chat_prompt(engine, body, messages, _grammar(engine, body), marker)
         prompts.append(prompt)
         return GenerationRequest(tuple(prompt.tokens),
                                  prompt.sampling(_sampling(body, max_tokens, None)),
-                                 logprobs=body.logprob_count())
+                                 logprobs=body.logprob_count(), images=images)
 
-    engine = await call.lease(body.model, "chat", LLMEngine, LANGUAGE_MODEL)
+    engine = await call.lease(body.model, "chat", LLMEngine, LANGUAGE_MODEL,
+                              needs=VISION_CHAT if images else None)
     _check_choices(engine, body.n)
     gens = await _generate(call, engine, [await call.prepare(engine, build)], body.n)
     shape = ChatChoices(body.model, body.n, body.logprobs, prompts[0].calls)
@@ -180,7 +188,8 @@ async def embeddings(body: EmbeddingRequest, call: CallDep, registry: RegistryDe
                               "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}})
 
 
-Purpose = Literal["chat", "completions", "embeddings", "ocr", "detection", "vision", "all"]
+Purpose = Literal["chat", "completions", "embeddings", "ocr", "detection", "vision",
+                  "vision-chat", "all"]
 
 
 @router.get("/models")

@@ -5,11 +5,21 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
+from appliance.api.image_parts import MAX_DATA_URL, image_from_url
 from engines.errors import InvalidRequestError
 from engines.llm.grammar import check_schema
 from engines.llm.tools import Tool, ToolChoice
+from engines.types import MAX_IMAGES
 
 MAX_TOP_LOGPROBS = 20  # chat ``top_logprobs`` (OpenAI's bound; the engine's too)
 MAX_LEGACY_LOGPROBS = 5  # completions ``logprobs`` (OpenAI's bound)
@@ -48,9 +58,42 @@ class _Body(BaseModel):
         return data
 
 
+class ImageURL(_Body):
+    """``image_url`` of a content part: a data URL (``data:image/png;base64,...``); the box
+    fetches nothing, so a remote URL is refused. ``detail`` other than ``auto`` would change
+    how the image is read, which the box does not do: refused."""
+
+    url: str = Field(max_length=MAX_DATA_URL)
+    detail: Literal["auto", "low", "high"] | None = None
+    _data: bytes = PrivateAttr(b"")
+
+    @model_validator(mode="after")
+    def _decode(self) -> ImageURL:
+        if self.detail not in (None, "auto"):
+            raise ValueError(f"image_url.detail {self.detail!r} is not supported: this box "
+                             "reads every image at its model's own resolution; send 'auto' "
+                             "or leave it out")
+        self._data = image_from_url(self.url)
+        return self
+
+    @property
+    def data(self) -> bytes:
+        """The image's encoded bytes (JPEG, PNG or WebP), header already checked."""
+        return self._data
+
+
 class ContentPart(_Body):
-    type: str
+    type: Literal["text", "image_url"]
     text: str | None = None
+    image_url: ImageURL | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a 'text' content part needs 'text'")
+        if self.type == "image_url" and self.image_url is None:
+            raise ValueError("an 'image_url' content part needs 'image_url': {'url': ...}")
+        return self
 
 
 class CalledFunction(_Body):
@@ -75,15 +118,25 @@ class ChatMessage(_Body):
 
     @model_validator(mode="after")
     def _tool_fields(self) -> ChatMessage:
+        if self.role != "user" and self.images():
+            raise ValueError(f"only user messages may hold images, not {self.role!r} ones")
         if self.tool_calls and self.role != "assistant":
             raise ValueError("only assistant messages carry 'tool_calls'")
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a 'tool' message needs the 'tool_call_id' it answers")
         return self
 
-    def rendered(self) -> dict[str, Any]:
-        """The message as the engine renders it (content as text)."""
-        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+    def images(self) -> list[bytes]:
+        """The images of this message's content, in order."""
+        if not isinstance(self.content, list):
+            return []
+        return [p.image_url.data for p in self.content
+                if p.type == "image_url" and p.image_url is not None]
+
+    def rendered(self, image_marker: str | None = None) -> dict[str, Any]:
+        """The message as the engine renders it: content as text, each image as
+        ``image_marker`` (``ValueError`` for an image without one)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.text(image_marker)}
         if self.tool_calls:
             out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
         if self.tool_call_id is not None:
@@ -92,16 +145,19 @@ class ChatMessage(_Body):
             out["name"] = self.name
         return out
 
-    def text(self) -> str:
+    def text(self, image_marker: str | None = None) -> str:
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
         parts = []
         for p in self.content:
-            if p.type != "text":
-                raise ValueError(f"content part type {p.type!r} is not supported; use 'text'")
-            parts.append(p.text or "")
+            if p.type == "image_url":
+                if image_marker is None:
+                    raise ValueError("image content needs a model that takes images")
+                parts.append(image_marker)
+            else:
+                parts.append(p.text or "")
         return "".join(parts)
 
 
@@ -270,6 +326,18 @@ class ChatCompletionRequest(_Sampling):
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("'top_logprobs' needs 'logprobs': true")
         return self
+
+    @model_validator(mode="after")
+    def _image_count(self) -> ChatCompletionRequest:
+        n = len(self.images())
+        if n > MAX_IMAGES:
+            raise ValueError(f"the messages hold {n} images; this box reads at most "
+                             f"{MAX_IMAGES} per request")
+        return self
+
+    def images(self) -> list[bytes]:
+        """Every image of the conversation, in order."""
+        return [data for m in self.messages for data in m.images()]
 
     def logprob_count(self) -> int | None:
         """Alternatives per token for the engine; None when logprobs were not asked."""

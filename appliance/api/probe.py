@@ -12,10 +12,10 @@ import os
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from appliance.deps import LifecycleDep, SettingsDep
+from appliance.deps import LifecycleDep, RuntimeDep, SettingsDep
 from firmware.health import PROBE_PATH, probe_answer, probe_proof, read_token
 from licensing.errors import Unauthenticated
 
@@ -31,11 +31,11 @@ class ProbeIn(BaseModel):
 
 
 @router.post(PROBE_PATH, include_in_schema=False)
-async def probe(body: ProbeIn, request: Request, settings: SettingsDep,
+async def probe(body: ProbeIn, settings: SettingsDep, runtime: RuntimeDep,
                 life: LifecycleDep) -> dict[str, Any]:
     """401 unless ``proof`` matches the current probe token; then one token of inference."""
     token = read_token(settings.data_dir, time.time())
-    seen: set[str] = request.app.state.probe_nonces
+    seen = runtime.probe_nonces
     if (token is None or body.nonce in seen
             or not hmac.compare_digest(probe_proof(token, body.nonce), body.proof)):
         raise Unauthenticated("no valid update probe token for this request")

@@ -105,16 +105,20 @@ def uses_tools(body: ChatCompletionRequest) -> bool:
 
 
 def chat_prompt(engine: LLMEngine, body: ChatCompletionRequest,
-                messages: list[dict[str, Any]], response_grammar: str | None) -> ChatPrompt:
+                messages: list[dict[str, Any]], response_grammar: str | None,
+                image_marker: str | None = None) -> ChatPrompt:
     """Tokens, grammar and call reader of a chat request (blocking: call off the loop).
 
     Without tools this is the plain chat prompt with ``response_format``'s grammar. With
     tools, a forced call's grammar wins (a call has no text to shape); under ``none`` the
-    text is shaped by ``response_format``; under ``auto`` the schema refused the pair."""
+    text is shaped by ``response_format``; under ``auto`` the schema refused the pair.
+    ``image_marker``: where the messages hold images (``LLMEngine.vision_chat_tokens``)."""
     if not uses_tools(body):
-        return ChatPrompt(engine.chat_tokens(messages), response_grammar, (), None)
+        tokens = (engine.chat_tokens(messages) if image_marker is None
+                  else engine.vision_chat_tokens(messages, None, image_marker))
+        return ChatPrompt(tokens, response_grammar, (), None)
     plan = plan_tools(engine, messages, body.tool_specs(), body.choice(),
-                      parallel=body.parallel_tool_calls is not False)
+                      parallel=body.parallel_tool_calls is not False, image_marker=image_marker)
     forced = plan.grammar is not None and not plan.triggers
 
     def reader() -> DeltaStream:

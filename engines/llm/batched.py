@@ -44,6 +44,18 @@ grammar and temperature (see ``TokenLogprob``). ``echo`` sends the prompt's toke
 with logprobs as well, the request reads its whole prompt itself (no reuse) and asks
 llama.cpp for the logits of every prompt position.
 
+Images (a model loaded with its projector, ``projector_path``): a request's prompt holds
+one ``IMAGE_TOKEN`` where each of its ``images`` goes. Such a request does not share the
+batch while its prompt is read: when it takes its slot (an empty one, nothing reused or
+forked) the scheduler decodes its image bytes (``multimodal.Projector``), then evaluates
+the whole prompt into the slot by itself, text in the same chunks a solo prefill uses and
+each image through libmtmd, and samples its first token from the last prompt token's
+logits; from then on it decodes one token per step with the others. The image's cells are
+never offered to another request (each ``IMAGE_TOKEN`` in the prompt stands for as many
+positions as the image takes, and no prefix match passes one), so greedy output depends
+only on the request. Reading an image stalls the other sequences for that time (the
+image encoder runs on the scheduler thread), as a long prefill would.
+
 Fair share: waiting requests queue per seat (``fairqueue.FairQueue``, deficit round
 robin by seat weight, background seats last), so one seat's batch job does not hold
 every slot while others wait; and while another seat has been seen in the last
@@ -72,7 +84,6 @@ from engines.errors import (
     ContextLengthError,
     EngineClosedError,
     EngineError,
-    InputTooLongError,
     InvalidRequestError,
     OverloadedError,
     PromptTooLongError,
@@ -91,9 +102,11 @@ from engines.llm.lowlevel import (
     gpu_offload_supported,
     prompt_ids,
 )
+from engines.llm.multimodal import ImageChunks, Projector
 from engines.llm.prefix import MIN_REUSE, HostPrefixCache, Saved, common_prefix
 from engines.llm.textstream import TextStream
 from engines.types import (
+    IMAGE_TOKEN,
     MAX_TOP_LOGPROBS,
     Failed,
     Finished,
@@ -164,6 +177,10 @@ class _Seq:
     done: bool = False
 
     @property
+    def has_images(self) -> bool:
+        return bool(self.request.images)
+
+    @property
     def prefilling(self) -> bool:
         return self.n_past < len(self.prompt)
 
@@ -180,6 +197,8 @@ class _Seq:
         """Length of the common start of ``prompt`` and this sequence's prompt followed by
         what it generated (without building that list)."""
         n = common_prefix(prompt, self.prompt)
+        if self.has_images:  # the cells up to the first image only (see _release)
+            return min(n, self.prompt.index(IMAGE_TOKEN))
         if n == len(self.prompt) and self.generated:
             n += common_prefix(prompt[n:], self.generated)
         return n
@@ -210,6 +229,7 @@ class BatchedLlamaEngine(LLMEngine):
         prefix_reuse: bool = True,
         flash_attn: bool | None = None,
         step_tokens: int | None = None,
+        projector_path: Path | str | None = None,
     ) -> None:
         if slots < 1 or max_queue < 0 or prefill_chunk < 1 or n_ctx < slots:
             raise ValueError("need slots >= 1, max_queue >= 0, prefill_chunk >= 1, n_ctx >= slots")
@@ -235,6 +255,9 @@ class BatchedLlamaEngine(LLMEngine):
                 flash_attn=flash_attn,
             ))
             self._batch = Batch(step_tokens)
+            self._projector = (None if projector_path is None else Projector(
+                Path(projector_path), self._model, n_threads=self._threads,
+                use_gpu=n_gpu_layers != 0 and gpu_offload_supported()))
         except BaseException:
             self._model.close()
             raise
@@ -250,6 +273,7 @@ class BatchedLlamaEngine(LLMEngine):
             n_gpu_layers=n_gpu_layers,
             slots=slots,
             chat_template=self._chat_template,
+            images=self._projector is not None,
         )
         self._cond = threading.Condition()
         self._queue: FairQueue[_Seq] = FairQueue()  # guarded by _cond
@@ -314,6 +338,30 @@ class BatchedLlamaEngine(LLMEngine):
                                                 parse_special=not is_content)
         return ids
 
+    def vision_chat_tokens(self, messages: Sequence[dict[str, Any]],
+                           tools: Sequence[dict[str, Any]] | None, marker: str) -> list[int]:
+        """``chat_tokens`` where each ``marker`` in message content becomes ``IMAGE_TOKEN``
+        (the marker is the caller's, random per request, so typed text cannot forge one)."""
+        if self._projector is None:
+            raise InvalidRequestError(f"model {self._model.path.stem!r} does not take images "
+                                      "(it has no projector)")
+        pieces = render_chat_segments(messages, self._chat_template, tools=tools,
+                                      bos_token=self._bos_text, eos_token=self._eos_text)
+        self._check_length(sum(len(text) for text, _ in pieces))
+        ids: list[int] = []
+        with self._life_lock:
+            if self._model.ptr is None:
+                raise EngineClosedError("the model is unloaded")
+            for i, (text, is_content) in enumerate(pieces):
+                parts = text.split(marker) if is_content else [text]
+                for j, part in enumerate(parts):
+                    if j:
+                        ids.append(IMAGE_TOKEN)
+                    if part or i == 0:
+                        ids += self._model.tokenize(part, add_special=i == 0 and j == 0,
+                                                    parse_special=not is_content)
+        return ids
+
     def _check_length(self, chars: int) -> None:
         """Refuse, before tokenising, text that cannot fit the context whatever its tokens."""
         limit = max(self._n_ctx_slot, EMBED_CTX) * MAX_CHARS_PER_TOKEN
@@ -353,7 +401,19 @@ class BatchedLlamaEngine(LLMEngine):
         return grammar
 
     def submit(self, request: GenerationRequest, sink: EventSink) -> GenerationHandle:
-        prompt = prompt_ids(self._model, request.prompt_tokens)
+        if request.images:
+            if self._projector is None:
+                raise InvalidRequestError("this model does not take images")
+            if request.echo:
+                raise InvalidRequestError("'echo' cannot repeat a prompt that holds images")
+            places = sum(1 for t in request.prompt_tokens if t == IMAGE_TOKEN)
+            if places != len(request.images):
+                raise InvalidRequestError(f"the prompt has {places} image places for "
+                                          f"{len(request.images)} images")
+            prompt_ids(self._model, [t for t in request.prompt_tokens if t != IMAGE_TOKEN])
+            prompt = list(request.prompt_tokens)
+        else:
+            prompt = prompt_ids(self._model, request.prompt_tokens)
         if not prompt:
             raise InvalidRequestError("the prompt is empty")
         s = request.sampling
@@ -399,17 +459,7 @@ class BatchedLlamaEngine(LLMEngine):
                 raise EngineClosedError("the model is unloaded")
             if self._embedder is None:
                 self._embedder = Embedder(self._model, n_ctx=EMBED_CTX, n_threads=self._threads)
-            limit = self._embedder.max_tokens
-            ids = []
-            for i, text in enumerate(texts):
-                if not text:
-                    raise InvalidRequestError(f"input[{i}] is empty")
-                if len(text) > limit * MAX_CHARS_PER_TOKEN:
-                    raise InputTooLongError(i, len(text), limit, "characters")
-                tokens = self._model.tokenize(text, add_special=True, parse_special=False)
-                if len(tokens) > limit:
-                    raise InputTooLongError(i, len(tokens), limit)
-                ids.append(tokens)
+            ids = self._embedder.input_ids(self._model, texts, MAX_CHARS_PER_TOKEN)
             return self._embedder.embed_ids(ids)
 
     def stats(self) -> dict[str, float]:
@@ -520,6 +570,9 @@ class BatchedLlamaEngine(LLMEngine):
         """
         prompt, chunk = seq.prompt, self._reuse_block
         cold = [i for i in free if not self._cached[i]]
+        if seq.has_images:  # read alone into an empty slot (see the module docstring)
+            seq.slot, seq.reuse = (cold[0] if cold else free[0]), ()
+            return
         if not self._reuse or seq.reads_prompt_logits:  # the latter needs every position
             seq.slot, seq.reuse = (cold[0] if cold and self._reuse else free[0]), ()
             return
@@ -582,7 +635,8 @@ class BatchedLlamaEngine(LLMEngine):
         """A running request with exactly this prompt that has read it or is reading it
         (not one still waiting for a leader itself): a new request forks from it."""
         for other in self._running.values():
-            if (not other.done and len(other.prompt) == len(prompt) and other.prompt == prompt
+            if (not other.done and not other.has_images and len(other.prompt) == len(prompt)
+                    and other.prompt == prompt
                     and (other.last_logits is not None or not other.follows)):
                 return other
         return None
@@ -698,6 +752,9 @@ class BatchedLlamaEngine(LLMEngine):
         seq.n_past = seq.cached = self._load_prefix(seq)
         if not seq.follows:  # a follower is counted when it joins its leader
             self._count_reuse(seq)
+        if seq.has_images:
+            self._read_with_images(seq)
+            return
         if seq.request.echo and seq.request.logprobs is None:
             self._emit(seq, PromptTokens(tuple(
                 TokenLogprob(t, self._prompt_piece(seq, i)) for i, t in enumerate(seq.prompt))))
@@ -706,6 +763,60 @@ class BatchedLlamaEngine(LLMEngine):
         if not seq.prefilling and not seq.follows:  # a fork: sample from the twin's logits
             self._stats["prefix_forks"] += 1
             self._advance(seq, None)
+
+    def _read_with_images(self, seq: _Seq) -> None:
+        """Prepare ``seq``'s images, read its whole prompt into its slot alone and sample
+        its first token (see the module docstring)."""
+        assert self._projector is not None
+        images: list[ImageChunks] = []
+        try:
+            for data in seq.request.images:
+                images.append(self._projector.prepare(data))
+            parts = _split_images(seq.prompt)
+            expanded: list[int] = []
+            at = 0
+            for part in parts:
+                if part is None:
+                    expanded += [IMAGE_TOKEN] * images[at].n_pos
+                    at += 1
+                else:
+                    expanded += part
+            s = seq.request.sampling
+            room = self._n_ctx_slot - len(expanded)
+            if room < 1 or (s.max_tokens is not None and s.max_tokens > room):
+                raise ContextLengthError(len(expanded), self._n_ctx_slot, s.max_tokens)
+            if expanded[-1] == IMAGE_TOKEN:
+                raise InvalidRequestError("a prompt cannot end with an image")
+            seq.prompt = expanded
+            seq.max_tokens = s.max_tokens if s.max_tokens is not None else room
+            t0 = time.perf_counter()
+            pos, at, last = 0, 0, -1
+            for part in parts:
+                if part is None:
+                    pos = self._projector.evaluate(self._ctx, images[at], pos, seq.slot)
+                    at += 1
+                    continue
+                start = pos
+                while pos < start + len(part):  # the chunks a solo prefill would read
+                    end = min(start + len(part), (pos // self._prefill_chunk + 1)
+                              * self._prefill_chunk)
+                    self._batch.clear()
+                    for p in range(pos, end):
+                        last = self._batch.add(part[p - start], p, seq.slot,
+                                               p == len(expanded) - 1)
+                    self._ctx.decode(self._batch)
+                    pos = end
+            self._stats["decode_seconds"] += time.perf_counter() - t0
+            self._stats["prompt_tokens_total"] += len(expanded)
+            seq.n_past = len(expanded)
+            seq.last_logits = self._ctx.logits(last).copy()
+        except EngineError as exc:
+            self._fail(seq, exc)
+            return
+        finally:
+            for image in images:
+                self._projector.release(image)
+        self._advance(seq, None)
 
     def _prompt_piece(self, seq: _Seq, i: int) -> bytes:
         """The bytes an echoed prompt token stands for; a BOS the tokenizer put first
@@ -836,7 +947,10 @@ class BatchedLlamaEngine(LLMEngine):
         if seq.slot >= 0 and self._running.get(seq.slot) is seq:
             del self._running[seq.slot]
             self._last[seq.slot] = None
-            if keep_cells:  # the cells stay for a later request with the same start
+            if keep_cells and seq.has_images:  # the text before the first image only
+                self._cached[seq.slot] = seq.prompt[:seq.prompt.index(IMAGE_TOKEN)]
+                self._ctx.trim(seq.slot, len(self._cached[seq.slot]))
+            elif keep_cells:  # the cells stay for a later request with the same start
                 self._cached[seq.slot] = seq.kv_tokens()
                 if seq.last_logits is not None and seq.n_past >= len(seq.prompt):
                     self._last[seq.slot] = (seq.prompt, seq.last_logits)
@@ -888,6 +1002,8 @@ class BatchedLlamaEngine(LLMEngine):
         for seq in [*self._running.values(), *queued]:
             self._fail(seq, closed)
         self._batch.close()
+        if self._projector is not None:
+            self._projector.close()
         self._ctx.close()
         with self._embed_lock:
             if self._embedder is not None:
@@ -896,3 +1012,16 @@ class BatchedLlamaEngine(LLMEngine):
             with self._life_lock:
                 self._model.close()
         log.info("unloaded %s", self._model.path.name)
+
+
+def _split_images(prompt: list[int]) -> list[list[int] | None]:
+    """The prompt's text runs, with None for each ``IMAGE_TOKEN`` (one image each)."""
+    out: list[list[int] | None] = []
+    for token in prompt:
+        if token == IMAGE_TOKEN:
+            out.append(None)
+        elif out and out[-1] is not None:
+            out[-1].append(token)  # type: ignore[union-attr]
+        else:
+            out.append([token])
+    return out

@@ -18,7 +18,6 @@ from pathlib import Path
 from engines.base import EventSink, GenerationHandle, LLMEngine
 from engines.errors import (
     EngineClosedError,
-    InputTooLongError,
     InvalidRequestError,
     PromptTooLongError,
 )
@@ -72,20 +71,10 @@ class LlamaEmbeddingEngine(LLMEngine):
             return self._model.tokenize(text, add_special=True, parse_special=special)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        limit = self._info.n_ctx
         with self._lock:
             if self._model.ptr is None:
                 raise EngineClosedError("the model is unloaded")
-            ids = []
-            for i, text in enumerate(texts):
-                if not text:
-                    raise InvalidRequestError(f"input[{i}] is empty")
-                if len(text) > limit * MAX_CHARS_PER_TOKEN:
-                    raise InputTooLongError(i, len(text), limit, "characters")
-                tokens = self._model.tokenize(text, add_special=True, parse_special=False)
-                if len(tokens) > limit:
-                    raise InputTooLongError(i, len(tokens), limit)
-                ids.append(tokens)
+            ids = self._embedder.input_ids(self._model, texts, MAX_CHARS_PER_TOKEN)
             vectors = self._embedder.embed_ids(ids)
             self._stats["embed_requests_total"] += 1
             self._stats["embed_inputs_total"] += len(ids)

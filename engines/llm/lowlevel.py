@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -21,6 +22,7 @@ import numpy as np
 from engines.errors import (
     ContextLengthError,
     EngineError,
+    InputTooLongError,
     InvalidRequestError,
     ModelLoadError,
 )
@@ -57,6 +59,13 @@ def _init_backend() -> None:
         llama_cpp.llama_backend_init()
         llama_cpp.llama_log_set(_route_native_log, ctypes.c_void_p(0))
         _backend_ready = True
+
+
+def route_native_log(*setters: Any) -> None:
+    """Send another native library's log (libmtmd's ``mtmd_log_set``, which take ggml's
+    log callback) to the same Python logger as llama.cpp's."""
+    for set_log in setters:
+        set_log(_route_native_log, ctypes.c_void_p(0))
 
 
 def gpu_offload_supported() -> bool:
@@ -428,6 +437,22 @@ class Embedder:
         if not ids:
             raise InvalidRequestError("cannot embed an empty input")
         return self.embed_ids([ids])[0]
+
+    def input_ids(self, model: Model, texts: Sequence[str], max_chars_per_token: int
+                  ) -> list[list[int]]:
+        """Token ids of each input; 400 naming an empty or over-long input by its index
+        (a text too long to be worth tokenising is refused by its length first)."""
+        limit, ids = self.max_tokens, []
+        for i, text in enumerate(texts):
+            if not text:
+                raise InvalidRequestError(f"input[{i}] is empty")
+            if len(text) > limit * max_chars_per_token:
+                raise InputTooLongError(i, len(text), limit, "characters")
+            tokens = model.tokenize(text, add_special=True, parse_special=False)
+            if len(tokens) > limit:
+                raise InputTooLongError(i, len(tokens), limit)
+            ids.append(tokens)
+        return ids
 
     def embed_ids(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
         """One vector per token list (ids already checked; each within ``max_tokens``)."""

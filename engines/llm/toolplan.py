@@ -35,20 +35,28 @@ class ToolPlan:
 
 
 def plan_tools(engine: LLMEngine, messages: Sequence[dict[str, Any]], tools: Sequence[Tool],
-               choice: ToolChoice, *, parallel: bool = True) -> ToolPlan:
+               choice: ToolChoice, *, parallel: bool = True,
+               image_marker: str | None = None) -> ToolPlan:
     """Prompt tokens, grammar and call names for ``messages`` with ``tools`` offered.
 
     ``required`` (or a named function) forces a call: the grammar admits nothing else, and
     arguments always match the function's schema. ``auto`` leaves the model free until it
     starts a call, then holds the call to the grammar. ``parallel=False``: at most one call.
+    ``image_marker``: the messages hold images there (``LLMEngine.vision_chat_tokens``).
     Raises InvalidRequestError naming the tool whose schema cannot become a grammar."""
     fmt = call_format(engine.info.chat_template)
+
+    def tokens(rendered: Sequence[dict[str, Any]], offered: Any) -> list[int]:
+        if image_marker is None:
+            return engine.chat_tokens(rendered, offered)
+        return engine.vision_chat_tokens(rendered, offered, image_marker)
+
     if choice.name is not None and choice.name not in {t.name for t in tools}:
         raise InvalidRequestError(f"tool_choice names function {choice.name!r}, which is "
                                   "not in tools")
     rendered, offered = prepare(messages, tools, choice, fmt)
     if not tools or choice.mode == "none":
-        return ToolPlan(fmt, (), engine.chat_tokens(rendered, offered), None, ())
+        return ToolPlan(fmt, (), tokens(rendered, offered), None, ())
     callable_ = [(i, t) for i, t in enumerate(tools) if choice.name in (None, t.name)]
     arguments = []
     for i, tool in callable_:
@@ -61,4 +69,4 @@ def plan_tools(engine: LLMEngine, messages: Sequence[dict[str, Any]], tools: Seq
     check_grammar(grammar)
     triggers = (fmt.trigger,) if choice.mode == "auto" else ()
     return ToolPlan(fmt, tuple(t.name for _, t in callable_),
-                    engine.chat_tokens(rendered, offered), grammar, triggers)
+                    tokens(rendered, offered), grammar, triggers)

@@ -18,10 +18,8 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -31,6 +29,7 @@ import numpy as np
 
 from engines.errors import ProviderUnavailableError
 from engines.vision.providers import CPU, TRT
+from storage.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 Shape = tuple[int, ...]
@@ -187,14 +186,9 @@ def build_trt_engine(model: Path, cache_root: Path, *, fp16: bool = True,
         feeds[inp.name] = np.zeros(shape, np.float32)
     sess.run(None, feeds)  # builds the engine and writes it into the cache
     seconds = time.perf_counter() - started
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump({**common, "model": str(model), "seconds": seconds,
-                   "shapes": {k: [list(x) for x in v] for k, v in (shapes or {}).items()}},
-                  fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, meta_path)
+    write_json_atomic(meta_path, {
+        **common, "model": str(model), "seconds": seconds,
+        "shapes": {k: [list(x) for x in v] for k, v in (shapes or {}).items()}})
     log.info("built TensorRT %s engine for %s in %.1fs (%s)", precision, model.name, seconds,
              key)
     return TrtBuild(cache_dir=cache_dir, seconds=seconds, cached=False, **common)

@@ -97,6 +97,11 @@ class WorkerLLMEngine(_WorkerBacked, LLMEngine):
         return self._call("chat_tokens", [dict(m) for m in messages], _tools(tools),
                           timeout=PREPARE_TIMEOUT_S)
 
+    def vision_chat_tokens(self, messages: Sequence[dict[str, Any]],
+                           tools: Sequence[dict[str, Any]] | None, marker: str) -> list[int]:
+        return self._call("vision_chat_tokens", [dict(m) for m in messages], _tools(tools),
+                          marker, timeout=PREPARE_TIMEOUT_S)
+
     def json_schema_grammar(self, schema: dict) -> str:
         return self._call("json_schema_grammar", schema, timeout=PREPARE_TIMEOUT_S)
 

@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 FD_ENV = "APPLIANCE_WORKER_FD"
 #: What the box may call on an engine in a worker (nothing else crosses the pipe).
 CALLS = {
-    "llm": {"tokenize", "chat_tokens", "render_chat", "json_schema_grammar", "embed",
-            "count_tokens", "stats", "waiting"},
+    "llm": {"tokenize", "chat_tokens", "vision_chat_tokens", "render_chat",
+            "json_schema_grammar", "embed", "count_tokens", "stats", "waiting"},
     "vision": {"ocr", "detect", "stats"},
 }
 SELFTEST_PROMPT = "The sky is"

@@ -25,7 +25,7 @@ def store(db, clock) -> SeatStore:
 def test_migrate_is_idempotent_and_versioned(store, db) -> None:
     assert store.migrate() == schema.VERSION
     assert schema.version(db) == schema.VERSION
-    assert {"seats", "api_keys", "usage", "audit_log", "licensing_schema"} <= set(db.table_names())
+    assert {"seats", "api_keys", "usage", "audit_log", "schema_versions"} <= set(db.table_names())
 
 
 def test_seat_n_plus_one_refused(store) -> None:

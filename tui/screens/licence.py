@@ -10,12 +10,12 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import Label, Static
 
+from storage.files import atomic_write
 from tui import format as fmt
 from tui.client import Licence, dump_json
 from tui.screens.base import BoxScreen
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.path_prompt import PathPrompt
-from tui.screens.seats import write_atomic
 
 
 def describe(lic: Licence) -> str:
@@ -90,7 +90,7 @@ class LicenceScreen(BoxScreen):
             return
 
         def call() -> Path:
-            write_atomic(path, dump_json(self.client.licence_request()))
+            atomic_write(path, dump_json(self.client.licence_request()), 0o600)
             return path
 
         self.call_box(call, lambda p: self.notify(

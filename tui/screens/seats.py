@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -11,6 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Label
 
+from storage.files import atomic_write
 from tui import format as fmt
 from tui.client import ApiKey, NewApiKey, Seat
 from tui.screens.base import BoxScreen
@@ -18,21 +17,6 @@ from tui.screens.confirm import ConfirmScreen
 from tui.screens.key_shown import KeyShownScreen
 from tui.screens.new_seat import NewSeatScreen, SeatForm
 from tui.screens.path_prompt import PathPrompt
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class SeatsScreen(BoxScreen):
@@ -214,7 +198,7 @@ class SeatsScreen(BoxScreen):
 
         def call() -> int:
             text = self.client.usage_csv()
-            write_atomic(path, text)
+            atomic_write(path, text, 0o600)
             return max(0, len(text.strip().splitlines()) - 1)
 
         self.call_box(call, lambda rows: self.notify(f"Wrote {rows} usage rows to {path}."))
