@@ -38,6 +38,8 @@ $(STAMP): pyproject.toml Makefile $(LLAMA_WHEEL)
 	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
 	$(BIN)/python -m pip install --force-reinstall --no-deps $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	$(BIN)/python -m pip install -e '.[dev]'
+	# the OCR parity test's reference pipeline, without its opencv-python (see pyproject)
+	$(BIN)/python -m pip install --no-deps rapidocr-onnxruntime==1.4.4
 	echo "$(LLAMA_VARIANT)" > $(STAMP)
 
 setup: $(STAMP)

@@ -198,7 +198,9 @@ class StreamOptions(_Body):
 
 
 # Parameters of OpenAI's request schemas that cannot change the answer: accepted, no effect.
+# The README's parameter table lists them; tests/api/test_parameter_table.py checks it.
 NO_EFFECT = frozenset({"user", "metadata", "store", "service_tier", "prompt_cache_key",
+                       "prompt_cache_retention", "prompt_cache_options",
                        "safety_identifier"})
 
 
@@ -217,9 +219,9 @@ def _unsupported(name: str, value: Any) -> str | None:
     if name == "suffix" and value:
         return "'suffix' (insertion) is not supported by this box"
     if name == "modalities" and value not in (None, ["text"]):
-        return "only the 'text' modality is supported"
+        return "'modalities' other than [\"text\"] are not supported by this box"
     if name in ("audio", "prediction", "web_search_options", "reasoning_effort",
-                "verbosity") and value is not None:
+                "verbosity", "moderation") and value is not None:
         return f"'{name}' is not supported by this box"
     return None
 
@@ -243,7 +245,8 @@ def _refuse_unknown(cls: type[BaseModel], data: Any) -> None:
 
 REFUSABLE = frozenset({"functions", "function_call", "logprobs",
                        "echo", "top_logprobs", "best_of", "suffix", "modalities", "audio",
-                       "prediction", "web_search_options", "reasoning_effort", "verbosity"})
+                       "prediction", "web_search_options", "reasoning_effort", "verbosity",
+                       "moderation"})
 
 
 class _Sampling(_Body):

@@ -1,20 +1,23 @@
 """PP-OCR (v4) text detection, direction classification and recognition.
 
-Pipeline, after PaddleOCR/RapidOCR (our own code; parameters from rapidocr's config):
-1. det: resize so the short side is >= 736 (long side <= 2000), multiples of 32,
+Pipeline, after PaddleOCR/RapidOCR (our own code; parameters from rapidocr's config; the
+parity test in tests/engines/vision/test_ocr_parity.py compares line texts with RapidOCR):
+0. the page is resized into 30..2000 px sides (multiples of 32); a thin or very wide
+   page (height <= 30 or width > 8x height) gets black bands above and below.
+1. det: resize so the short side is >= 736 (long side <= 3200), multiples of 32,
    ``(x/255 - 0.5)/0.5`` BGR; the model gives a probability map.
-2. DB post-processing: threshold 0.3, contours, min-area rectangles scored by the mean
-   probability inside (>= 0.5), each expanded ("unclipped") by
-   ``area * 1.6 / perimeter`` with a round-joined polygon offset, back to image pixels.
+2. DB post-processing: threshold 0.3, a 2x2 dilation, contours, min-area rectangles
+   scored by the mean probability inside (>= 0.5), each expanded ("unclipped") by
+   ``area * 1.6 / perimeter`` with pyclipper's round-joined offset, back to image pixels.
 3. each box is cropped with a perspective warp (tall crops turned 90°); cls (48x192)
-   flips crops it reads as upside-down with score >= 0.9.
+   flips crops it reads as upside-down with score > 0.9.
 4. rec (48 px high, width by aspect ratio) then greedy CTC decoding against the
    character list in the model's metadata (blank at 0, a space appended).
 
 Each session runs behind its own DynamicBatcher: det requests are grouped by input
 shape (sides are multiples of 32, so same-size pages share a bucket), cls/rec chunks
-by (height, width). Known limit: PP-OCRv4 (a Chinese+English model) sometimes drops the
-space between Latin words on clean synthetic text.
+by (height, width). Word spaces are fragile in PP-OCRv4 (a Chinese+English model): a
+box a pixel narrower or wider changes them, so boxes follow the reference exactly.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pyclipper
 
 from engines.errors import ModelLoadError
 from engines.vision.base import ImageInput, VisionEngine, VisionOptions, rss_bytes
@@ -39,7 +43,7 @@ from engines.vision.types import OcrLine, OcrResult
 log = logging.getLogger(__name__)
 
 DET_LIMIT_SIDE = 736
-DET_MAX_SIDE = 2000
+DET_MAX_SIDE = 3200  # det input long side; thin pages upscale past 2000 (as the reference)
 DET_THRESH = 0.3
 BOX_THRESH = 0.5
 UNCLIP_RATIO = 1.6
@@ -50,6 +54,8 @@ CLS_THRESH = 0.9
 REC_HEIGHT, REC_WIDTH = 48, 320
 REC_MAX_WIDTH = 2048  # widest rec input (TensorRT profile); longer lines are squeezed
 TEXT_SCORE = 0.5
+MIN_HEIGHT, WIDE_RATIO = 30, 8  # thinner or wider images are letterboxed for det
+PAGE_MIN_SIDE, PAGE_MAX_SIDE = 30, 2000  # images are first resized into these bounds
 BATCH = 6
 
 
@@ -73,7 +79,9 @@ def det_size(h: int, w: int, limit_side: int = DET_LIMIT_SIDE,
     ratio = limit_side / min(h, w) if min(h, w) < limit_side else 1.0
     if max(h, w) * ratio > max_side:
         ratio = max_side / max(h, w)
-    return (max(32, round(h * ratio / 32) * 32), max(32, round(w * ratio / 32) * 32))
+    # truncate, then round to a multiple of 32, as the reference does (a pixel of
+    # difference in the map moves box edges, and word spaces with them)
+    return (max(32, round(int(h * ratio) / 32) * 32), max(32, round(int(w * ratio) / 32) * 32))
 
 
 def det_preprocess(img: np.ndarray, limit_side: int = DET_LIMIT_SIDE) -> np.ndarray:
@@ -103,28 +111,22 @@ def box_score(prob: np.ndarray, box: np.ndarray) -> float:
     ymin = int(np.clip(np.floor(box[:, 1].min()), 0, h - 1))
     ymax = int(np.clip(np.ceil(box[:, 1].max()), 0, h - 1))
     mask = np.zeros((ymax - ymin + 1, xmax - xmin + 1), np.uint8)
-    cv2.fillPoly(mask, [(box - [xmin, ymin]).round().astype(np.int32)], 1)
+    cv2.fillPoly(mask, [(box - [xmin, ymin]).astype(np.int32)], 1)
     return float(cv2.mean(prob[ymin:ymax + 1, xmin:xmax + 1], mask)[0])
 
 
-def offset_polygon(poly: np.ndarray, distance: float, arc_points: int = 16) -> np.ndarray:
-    """Outward offset of a convex polygon with round joins (Minkowski sum with a disc).
-
-    For a convex polygon the sum is the convex hull of every vertex moved around a circle
-    of radius ``distance``; this is what pyclipper's JT_ROUND offset gives, up to the
-    arc sampling.
-    """
-    ang = np.linspace(0, 2 * np.pi, arc_points, endpoint=False)
-    circle = np.stack([np.cos(ang), np.sin(ang)], axis=1) * distance
-    pts = (poly.reshape(-1, 1, 2) + circle[None]).reshape(-1, 2).astype(np.float32)
-    return cv2.convexHull(pts).reshape(-1, 2)
-
-
 def unclip(box: np.ndarray, ratio: float = UNCLIP_RATIO) -> np.ndarray:
-    """Expand a text box by ``area * ratio / perimeter`` (the DB paper's D)."""
+    """Expand a text box by ``area * ratio / perimeter`` (the DB paper's D).
+
+    pyclipper's round-joined offset on integer coordinates, as the reference pipeline
+    does: our own float Minkowski sum moved box edges by a pixel, which was enough for
+    the recogniser to drop word spaces ("Coffeebeans12.50").
+    """
     area = cv2.contourArea(box.astype(np.float32))
     length = cv2.arcLength(box.astype(np.float32), True)
-    return offset_polygon(box, area * ratio / length if length else 0.0)
+    offset = pyclipper.PyclipperOffset()
+    offset.AddPath(box, pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
+    return np.array(offset.Execute(area * ratio / length if length else 0.0)).reshape(-1, 2)
 
 
 DILATION = np.ones((2, 2), np.uint8)
@@ -148,13 +150,43 @@ def db_boxes(prob: np.ndarray, width: int, height: int, thresh: float = DET_THRE
         box, sside = mini_box(unclip(box, unclip_ratio))
         if sside < MIN_BOX_SIDE + 2:
             continue
-        box[:, 0] = np.clip(np.round(box[:, 0] * width / pw), 0, width)
-        box[:, 1] = np.clip(np.round(box[:, 1] * height / ph), 0, height)
-        if (np.linalg.norm(box[0] - box[1]) <= MIN_BOX_SIDE
-                or np.linalg.norm(box[0] - box[3]) <= MIN_BOX_SIDE):
+        box[:, 0] = np.clip(np.round(box[:, 0] * width / pw), 0, width - 1)
+        box[:, 1] = np.clip(np.round(box[:, 1] * height / ph), 0, height - 1)
+        if (int(np.linalg.norm(box[0] - box[1])) <= MIN_BOX_SIDE
+                or int(np.linalg.norm(box[0] - box[3])) <= MIN_BOX_SIDE):
             continue
         out.append(box)
     return out
+
+
+def fit_sides(img: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """The image resized so its long side is at most ``PAGE_MAX_SIDE`` and its short side
+    at least ``PAGE_MIN_SIDE`` (sides then rounded to multiples of 32, as the reference
+    pipeline does), and the (y, x) factors that map its pixels back."""
+    out, sy, sx = img, 1.0, 1.0
+    for limit, too_big in ((PAGE_MAX_SIDE, True), (PAGE_MIN_SIDE, False)):
+        h, w = out.shape[:2]
+        side = max(h, w) if too_big else min(h, w)
+        if (side > limit) if too_big else (side < limit):
+            nh = max(32, round(int(h * limit / side) / 32) * 32)
+            nw = max(32, round(int(w * limit / side) / 32) * 32)
+            out = cv2.resize(out, (nw, nh))
+            sy, sx = sy * h / nh, sx * w / nw
+    return out, sy, sx
+
+
+def pad_thin(img: np.ndarray) -> tuple[np.ndarray, int]:
+    """A thin or very wide image with black bands above and below, and the band's height.
+
+    The detector misreads a strip of text that fills its image (it was trained on
+    pages): images at most ``MIN_HEIGHT`` high or wider than ``WIDE_RATIO`` times their
+    height get bands that make them ``WIDE_RATIO``:2 (the reference pipeline's rule).
+    """
+    h, w = img.shape[:2]
+    if h > MIN_HEIGHT and w / h <= WIDE_RATIO:
+        return img, 0
+    pad = abs(max(int(w / WIDE_RATIO), MIN_HEIGHT) * 2 - h) // 2
+    return cv2.copyMakeBorder(img, pad, pad, 0, 0, cv2.BORDER_CONSTANT, value=(0, 0, 0)), pad
 
 
 def reading_order(boxes: list[np.ndarray]) -> list[np.ndarray]:
@@ -293,7 +325,7 @@ class OcrEngine(VisionEngine):
             x = np.stack([resize_norm(c, *CLS_SHAPE, CLS_SHAPE[1]) for c in crops[s:s + BATCH]])
             probs = self._batchers["cls"](x, key=x.shape[1:])
             for k, p in enumerate(probs):
-                if int(p.argmax()) == 1 and p[1] >= CLS_THRESH:
+                if int(p.argmax()) == 1 and p[1] > CLS_THRESH:
                     out[s + k] = cv2.rotate(crops[s + k], cv2.ROTATE_180)
         return out
 
@@ -315,15 +347,19 @@ class OcrEngine(VisionEngine):
     def ocr(self, image: ImageInput) -> OcrResult:
         t0 = time.perf_counter()
         img = as_bgr(image, self.options.limits)
-        boxes = self.detect_boxes(img)
+        fitted, sy, sx = fit_sides(img)
+        padded, top = pad_thin(fitted)
+        boxes = self.detect_boxes(padded)
         t1 = time.perf_counter()
-        crops = self.classify([crop_box(img, b) for b in boxes])
+        crops = self.classify([crop_box(padded, b) for b in boxes])
         t2 = time.perf_counter()
         texts = self.recognise(crops)
         t3 = time.perf_counter()
+        height, width = img.shape[:2]
         lines = tuple(
             OcrLine(text.strip(), round(score, 4),
-                    tuple((float(x), float(y)) for x, y in box))  # type: ignore[arg-type]
+                    tuple((float(min(max(x * sx, 0), width)),  # type: ignore[arg-type]
+                           float(min(max((y - top) * sy, 0), height))) for x, y in box))
             for box, (text, score) in zip(boxes, texts, strict=True)
             if score >= TEXT_SCORE and text.strip())
         return OcrResult(img.shape[1], img.shape[0], lines, {

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from vision_helpers import LINES, render_page
 
-from engines.vision.ocr import ctc_greedy, db_boxes, offset_polygon, order_box, unclip
+from engines.vision.ocr import ctc_greedy, db_boxes, fit_sides, order_box, pad_thin, unclip
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -71,15 +71,22 @@ def test_image_without_text_gives_empty_result(ocr_engine) -> None:
         ocr_engine.ocr(b"definitely not an image")
 
 
-def test_offset_of_a_rectangle_grows_each_side_by_the_distance() -> None:
+def test_unclip_grows_each_side_of_a_rectangle_by_the_db_distance() -> None:
     rect = np.array([[10, 10], [110, 10], [110, 40], [10, 40]], np.float32)
-    out = offset_polygon(rect, 5.0, arc_points=64)
-    (cx, cy), (w, h), _ = cv2.minAreaRect(out)
-    assert (cx, cy) == pytest.approx((60, 25), abs=0.1)
-    assert sorted((w, h)) == pytest.approx([40, 110], abs=0.2)
-    # DB unclip distance: area * ratio / perimeter = 3000 * 1.6 / 260
-    grown = cv2.minAreaRect(unclip(rect, 1.6))[1]
-    assert min(grown) == pytest.approx(30 + 2 * 3000 * 1.6 / 260, abs=0.3)
+    (cx, cy), (w, h), _ = cv2.minAreaRect(unclip(rect, 1.6).astype(np.float32))
+    d = 3000 * 1.6 / 260  # area * ratio / perimeter
+    assert (cx, cy) == pytest.approx((60, 25), abs=0.5)
+    assert sorted((w, h)) == pytest.approx([30 + 2 * d, 100 + 2 * d], abs=1.0)
+
+
+def test_thin_pages_are_resized_and_padded_like_the_reference() -> None:
+    strip = np.zeros((24, 420, 3), np.uint8)
+    fitted, sy, sx = fit_sides(strip)  # short side up to 30, sides multiples of 32
+    assert fitted.shape[:2] == (32, 512) and (sy, sx) == (24 / 32, 420 / 512)
+    padded, top = pad_thin(fitted)  # 16:1 -> bands of 48 px make it 4:1
+    assert padded.shape[:2] == (128, 512) and top == 48
+    page = np.zeros((600, 400, 3), np.uint8)
+    assert fit_sides(page)[0] is page and pad_thin(page) == (page, 0)
 
 
 def test_order_box_and_db_boxes_on_a_synthetic_map() -> None:

@@ -92,3 +92,50 @@ def scene(seed: int, h: int, w: int) -> np.ndarray:
         cv2.ellipse(img, (x, y), (int(rng.integers(10, w // 3)), int(rng.integers(10, h // 3))),
                     float(rng.integers(0, 180)), 0, 360, color, -1)
     return img
+
+
+RECEIPT_ITEMS = [("Coffee beans", "12.50"), ("Whole milk 1L", "1.19"), ("Bread rye", "3.40"),
+                 ("Olive oil extra virgin", "8.99"), ("Apples 2 kg", "4.20"),
+                 ("Dark chocolate", "2.75"), ("Green tea 20 bags", "3.10"),
+                 ("Paper towels", "5.60")]
+
+
+def render_receipt(seed: int) -> np.ndarray:
+    """A till receipt: shop name, six items with right-aligned prices, a total."""
+    rng = np.random.default_rng(seed)
+    picked = [RECEIPT_ITEMS[i] for i in rng.choice(len(RECEIPT_ITEMS), 6, replace=False)]
+    total = sum(float(price) for _, price in picked)
+    rows = [("CORNER MARKET", ""), ("Main Street 12, Springfield", ""), *picked,
+            ("TOTAL", f"{total:.2f}"), ("Thank you for shopping", "")]
+    w, line_h = 640, 44
+    img = np.full((30 + line_h * len(rows), w, 3), 250, np.uint8)
+    font = FONTS[seed % 2]
+    scale, thick = 0.8 + 0.1 * (seed % 3), 2 - seed % 2
+    for i, (left, right) in enumerate(rows):
+        y = 34 + line_h * i
+        cv2.putText(img, left, (20, y), font, scale, (25, 25, 25), thick, cv2.LINE_AA)
+        if right:
+            (tw, _), _ = cv2.getTextSize(right, font, scale, 2)
+            cv2.putText(img, right, (w - 20 - tw, y), font, scale, (25, 25, 25), thick,
+                        cv2.LINE_AA)
+    return img
+
+
+def render_rotated(text: str, angle: float, seed: int = 0) -> np.ndarray:
+    """One line of text turned by ``angle`` degrees on a canvas that holds all of it."""
+    img, _ = render_page([text], "plain", 0.0, seed, width=900)
+    h, w = img.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+    c, s = abs(m[0, 0]), abs(m[0, 1])
+    nw, nh = int(h * s + w * c), int(h * c + w * s)
+    m[0, 2] += nw / 2 - w / 2
+    m[1, 2] += nh / 2 - h / 2
+    return cv2.warpAffine(img, m, (nw, nh), borderValue=(245, 240, 230))
+
+
+def render_strip(text: str, height: int, width: int) -> np.ndarray:
+    """A tight strip of text, as a crop of a larger scan would be."""
+    img = np.full((height, width, 3), 250, np.uint8)
+    cv2.putText(img, text, (8, height - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (20, 20, 20), 2,
+                cv2.LINE_AA)
+    return img
