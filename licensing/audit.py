@@ -26,7 +26,7 @@ import sqlite_utils
 from licensing import crypto, schema
 from licensing.errors import InvalidInput
 from licensing.trust import TrustStore
-from storage.db import immediate
+from storage.db import immediate, locked
 
 GENESIS = "0" * 64
 MAX_DETAILS = 16 * 1024
@@ -132,11 +132,12 @@ class AuditLog:
     def verify(self) -> ChainReport:
         """Recompute every link; report the first edited, deleted or re-ordered row."""
         prev, expected_id, count = GENESIS, 1, 0
-        anchor = self._trust.load().audit_head if self._trust is not None else (0, GENESIS)
-        cur = self.db.execute(
-            "SELECT id, ts, actor, action, details, prev_hash, hash FROM audit_log ORDER BY id"
-        )
-        for row_id, ts, actor, action, text, prev_hash, digest in cur:
+        with locked(self.db):  # the mirrored head and the rows as one append left them
+            anchor = self._trust.load().audit_head if self._trust is not None else (0, GENESIS)
+            rows = self.db.execute(
+                "SELECT id, ts, actor, action, details, prev_hash, hash FROM audit_log "
+                "ORDER BY id").fetchall()
+        for row_id, ts, actor, action, text, prev_hash, digest in rows:
             count += 1
             if row_id != expected_id:
                 return ChainReport(False, count, row_id, f"row(s) before id {row_id} deleted")

@@ -65,6 +65,14 @@ def share_lock(db: sqlite_utils.Database, lock: threading.RLock) -> None:
 
 
 @contextlib.contextmanager
+def locked(db: sqlite_utils.Database) -> Iterator[None]:
+    """Hold the connection's lock without a transaction: several reads that must agree
+    (no write of another thread on the same connection lands between them)."""
+    with _lock_for(db).lock:
+        yield
+
+
+@contextlib.contextmanager
 def immediate(db: sqlite_utils.Database) -> Iterator[None]:
     """A write transaction taken up front (BEGIN IMMEDIATE), serialised across processes.
 
