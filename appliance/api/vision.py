@@ -57,7 +57,8 @@ class OcrResponse(BaseModel):
     model: str
     width: int
     height: int
-    text: str = Field(description="All lines joined by newlines, in reading order.")
+    text: str = Field(description="The text in reading order: one line per row, the boxes of "
+                      "a row joined by a space.")
     lines: list[OcrLineOut]
     timings_ms: dict[str, float]
 

@@ -36,8 +36,30 @@ class OcrResult:
 
     @property
     def text(self) -> str:
-        """The lines joined by newlines."""
-        return "\n".join(line.text for line in self.lines)
+        """The page's text: one line per row, the boxes of a row joined by a space.
+
+        The detector (like the reference pipeline) may give one row several boxes
+        ("Quick brown" and "fox"); a box is on the previous box's row when their tops are
+        within half the smaller box height, the rule ``reading_order`` sorts by."""
+        rows: list[list[str]] = []
+        last: OcrLine | None = None
+        for line in self.lines:
+            if last is not None and _same_row(last, line):
+                rows[-1].append(line.text)
+            else:
+                rows.append([line.text])
+            last = line
+        return "\n".join(" ".join(row) for row in rows)
+
+
+def _same_row(a: OcrLine, b: OcrLine) -> bool:
+    def top_and_height(line: OcrLine) -> tuple[float, float]:
+        (x0, y0), _, _, (x3, y3) = line.polygon
+        return y0, ((x3 - x0) ** 2 + (y3 - y0) ** 2) ** 0.5
+
+    ya, ha = top_and_height(a)
+    yb, hb = top_and_height(b)
+    return abs(yb - ya) < max(0.5 * min(ha, hb), 1.0)
 
 
 @dataclass(frozen=True)
