@@ -26,7 +26,6 @@ from appliance.api import (
 )
 from appliance.lifecycle import Lifecycle
 from appliance.loaders import loaders
-from appliance.loopwatch import LoopWatch
 from appliance.metrics import Metrics
 from appliance.middleware import ObserveMiddleware
 from appliance.modelstore import ModelStore
@@ -102,8 +101,6 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
             log.warning("running on an EVALUATION licence (%s)", status.licence.message)
         elif not status.licence.serves_inference or status.clock_locked:
             log.warning("inference is refused: %s", status.clock_locked or status.licence.message)
-        watch = LoopWatch(asyncio.get_running_loop(), state.metrics.loop_lag)
-        watch.start()
         tasks = [asyncio.create_task(_every(REAP_EVERY_S, registry.unload_idle), name="reaper"),
                  asyncio.create_task(_every(CLOCK_TICK_S, _tick(guard)), name="clock"),
                  asyncio.create_task(_every(EXPIRE_EVERY_S, _expire(state.responses)),
@@ -113,7 +110,6 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
         try:
             yield
         finally:
-            watch.stop()
             for task in tasks:
                 task.cancel()
             for task in tasks:

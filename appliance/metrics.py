@@ -9,8 +9,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from appliance.loopwatch import LAG_BUCKETS
-
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
@@ -71,7 +69,4 @@ class Metrics:
         self.images = Counter("appliance_images", "images processed", ["model"], registry=r)
         self.in_flight = Gauge("appliance_requests_in_flight", "requests being served",
                                registry=r)
-        self.loop_lag = Histogram("appliance_event_loop_lag_seconds",
-                                  "how long a callback waited for the event loop",
-                                  buckets=LAG_BUCKETS, registry=r)
         r.register(EngineCollector(engines))

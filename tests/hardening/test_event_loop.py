@@ -7,8 +7,7 @@ render and tokenise), a batch of embeddings, OCR and detection uploads, admin st
 metrics scrapes (engine gauges, nvidia-smi where there is one), the usage CSV, key issues
 (audit rows with fsync), the audit chain check and a bundle upload that is refused after
 it was written to disk. The longest wait between two answers of ``/healthz`` must stay
-under ``MAX_GAP_S`` (see there why that is 1 s, not the 250 ms the issue asks for), and
-the box's own loop-lag histogram (``appliance.loopwatch``) is in ``/metrics``.
+under ``MAX_GAP_S`` (see there why that is 1 s, not the 250 ms the issue asks for).
 """
 
 from __future__ import annotations
@@ -30,12 +29,12 @@ from tests.conftest import DETECTOR, LLM, OCR
 from tests.hardening.conftest import admin, new_seat
 
 pytestmark = pytest.mark.slow
-# The issue's bound is 250 ms. On the 2-core test machine the worst gap is 250-570 ms, in
-# the first second of the burst (30 requests and 4 engine workers starting at once), with
-# no loop callback over 100 ms in asyncio debug mode and no stall logged by the box's own
-# loop watch (appliance.loopwatch): the loop is not blocked, it is woken late. So the test
-# bounds real stalls (a synchronous fsync, a subprocess, a CPU-bound step on the loop) at
-# 1 s and prints the worst gap; the 250 ms target stays open.
+# The issue's bound is 250 ms. On the 2-core test machine the worst gap is 260-450 ms, always
+# in the first second of the burst (30 requests and 4 engine workers starting at once), with
+# no loop callback over 100 ms (asyncio debug mode) and no loop lag over 120 ms seen by an
+# in-process watchdog thread: the whole process waits for a core, the loop is not blocked.
+# So the test bounds real stalls (a synchronous fsync, a subprocess, a CPU-bound step on the
+# loop) at 1 s and prints the worst gap; under `make test-busy` the same bound holds.
 MAX_GAP_S = 1.0
 
 PINGER = textwrap.dedent("""
@@ -139,5 +138,3 @@ def test_healthz_never_waits_behind_heavy_requests(fresh_box) -> None:
           f"worst gap {gaps.max() * 1000:.0f} ms, p99 {np.percentile(gaps, 99) * 1000:.0f} ms")
     assert len(done) > 20, "the heavy requests finished too fast to say anything"
     assert gaps.max() < MAX_GAP_S, f"the event loop stalled for {gaps.max() * 1000:.0f} ms"
-    metrics = admin(box, "GET", "/metrics").text
-    assert "appliance_event_loop_lag_seconds_count" in metrics
