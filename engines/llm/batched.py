@@ -325,18 +325,7 @@ class BatchedLlamaEngine(LLMEngine):
 
     def chat_tokens(self, messages: Sequence[dict[str, Any]],
                     tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
-        pieces = render_chat_segments(messages, self._chat_template, tools=tools,
-                                      bos_token=self._bos_text, eos_token=self._eos_text)
-        self._check_length(sum(len(text) for text, _ in pieces))
-        ids: list[int] = []
-        with self._life_lock:
-            if self._model.ptr is None:
-                raise EngineClosedError("the model is unloaded")
-            for i, (text, is_content) in enumerate(pieces):
-                if text or i == 0:  # the first call adds BOS when the model wants it
-                    ids += self._model.tokenize(text, add_special=i == 0,
-                                                parse_special=not is_content)
-        return ids
+        return self._chat_ids(messages, tools, None)
 
     def vision_chat_tokens(self, messages: Sequence[dict[str, Any]],
                            tools: Sequence[dict[str, Any]] | None, marker: str) -> list[int]:
@@ -345,6 +334,12 @@ class BatchedLlamaEngine(LLMEngine):
         if self._projector is None:
             raise InvalidRequestError(f"model {self._model.path.stem!r} does not take images "
                                       "(it has no projector)")
+        return self._chat_ids(messages, tools, marker)
+
+    def _chat_ids(self, messages: Sequence[dict[str, Any]],
+                  tools: Sequence[dict[str, Any]] | None, marker: str | None) -> list[int]:
+        """Template pieces tokenised: control text parsed for special tokens, content
+        never; with ``marker``, each one in content becomes ``IMAGE_TOKEN``."""
         pieces = render_chat_segments(messages, self._chat_template, tools=tools,
                                       bos_token=self._bos_text, eos_token=self._eos_text)
         self._check_length(sum(len(text) for text, _ in pieces))
@@ -353,11 +348,11 @@ class BatchedLlamaEngine(LLMEngine):
             if self._model.ptr is None:
                 raise EngineClosedError("the model is unloaded")
             for i, (text, is_content) in enumerate(pieces):
-                parts = text.split(marker) if is_content else [text]
+                parts = text.split(marker) if marker and is_content else [text]
                 for j, part in enumerate(parts):
                     if j:
                         ids.append(IMAGE_TOKEN)
-                    if part or i == 0:
+                    if part or (i == 0 and j == 0):  # the first call adds BOS if wanted
                         ids += self._model.tokenize(part, add_special=i == 0 and j == 0,
                                                     parse_special=not is_content)
         return ids
