@@ -315,10 +315,6 @@ class Generation:
                 return
             event = await self._next()
 
-    async def collect(self, request: Request) -> list[TextDelta]:
-        """Every text delta of a non-streamed generation (see ``collect``)."""
-        return [e for _, e in await collect(request, [self]) if isinstance(e, TextDelta)]
-
     def cancel(self) -> None:
         if not self._ended and self._handle is not None:
             self._handle.cancel()
@@ -339,16 +335,6 @@ class Generation:
     async def aclose(self) -> None:
         self.cancel()  # a stream cut off by its client stops generating
         self.done()
-
-    def usage(self) -> dict[str, Any]:
-        return usage_json(self.prompt_tokens, self.completion_tokens, self.cached_tokens)
-
-
-def usage_json(prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
-    """OpenAI's ``usage`` object."""
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 async def merged(streams: Sequence[AsyncIterator[GenerationEvent]]
