@@ -104,6 +104,7 @@ from engines.llm.lowlevel import (
 )
 from engines.llm.multimodal import ImageChunks, Projector
 from engines.llm.prefix import MIN_REUSE, HostPrefixCache, Saved, common_prefix
+from engines.llm.promptplan import Reading, prompt_chunks
 from engines.llm.textstream import TextStream
 from engines.types import (
     IMAGE_TOKEN,
@@ -283,6 +284,7 @@ class BatchedLlamaEngine(LLMEngine):
         # free slots' last request: (its prompt, the logits after it), for a repeat of it
         self._last: list[tuple[list[int], np.ndarray] | None] = [None] * slots
         self._seen: dict[str, float] = {}  # seat -> last submit (monotonic); under _cond
+        self._contended = False  # several seats present: steps read one prompt chunk
         self._reuse = prefix_reuse
         # Where a reused prefix may end. With flash attention off llama.cpp's results do
         # not depend on micro-batch sizes, so any prefix is exact; with it on, a prefix
@@ -547,6 +549,9 @@ class BatchedLlamaEngine(LLMEngine):
             running[seq.request.seat] += 1
             self._running[seq.slot] = seq
             admitted.append(seq)
+        # Seats contend when more than one runs or was seen lately (one may send at any
+        # moment): steps then read one prompt chunk each (see promptplan).
+        self._contended = self._slots > 1 and len(recent | set(running)) > 1
         for seq in self._queue:
             if not seq.deferred:
                 seq.deferred = True
@@ -825,23 +830,24 @@ class BatchedLlamaEngine(LLMEngine):
         """How many tokens each running sequence puts into this step's batch."""
         budget = self._batch.capacity - sum(1 for s in self._running.values() if not s.prefilling)
         take: dict[int, int] = {}
-        for seq in sorted(self._running.values(), key=lambda s: s.id):  # oldest prompt first
+        readings: list[Reading] = []
+        for seq in self._running.values():
             if seq.follows:
                 continue  # waits for its leader's cells
             if seq.prefilling:
                 # Chunks end on multiples of prefill_chunk, so a prompt's cells are computed
                 # the same way whatever it shares a step with or reuses (llama.cpp's results
-                # depend slightly on how many tokens a micro-batch holds). A chunk that does
-                # not fit whole waits for the next step.
+                # depend slightly on how many tokens a micro-batch holds).
                 end = min(len(seq.prompt), (seq.n_past // self._prefill_chunk + 1)
                           * self._prefill_chunk)
-                n = end - seq.n_past
-                if n > budget:
-                    continue
-                budget -= n
-                take[seq.slot] = n
+                readings.append(Reading(seq.slot, seq.request.seat, seq.id, end - seq.n_past))
             else:
                 take[seq.slot] = 1
+        if readings:
+            load = Counter(s.request.seat for s in self._running.values())
+            cap = self._prefill_chunk if self._contended else None
+            for r in prompt_chunks(readings, budget, load, cap):
+                take[r.key] = r.chunk
         return [(self._running[slot], n) for slot, n in sorted(take.items()) if n > 0]
 
     def _step(self) -> None:

@@ -199,3 +199,42 @@ def test_a_busy_seat_leaves_the_last_slot_to_a_colleague(gguf_path: Path) -> Non
             s.wait()
     finally:
         eng.close()
+
+
+def test_while_seats_contend_a_colleague_is_read_first_and_steps_read_one_chunk(
+        gguf_path: Path) -> None:
+    eng = BatchedLlamaEngine(gguf_path, n_ctx=3 * 1024, slots=3, n_threads=THREADS,
+                             prefill_chunk=CHUNK)
+    try:
+        run(eng, chat(eng, "Hi!"), seat="bob", tokens=2).wait()  # bob was here lately
+        first_at: dict[str, float] = {}
+
+        def timed(name: str, prompt: tuple[int, ...], seat: str) -> Collector:
+            sink = Collector()
+
+            def record(event: object) -> None:
+                first_at.setdefault(name, eng.stats()["steps"])
+                sink(event)  # type: ignore[arg-type]
+
+            eng.submit(GenerationRequest(prompt, Sampling(temperature=0, max_tokens=4),
+                                         seat=seat), record)
+            return sink
+
+        stories = [chat(eng, "Write a long story.", system=f"Story teller {i}. {SYSTEM}")
+                   for i in range(2)]  # nothing shared: each reads its whole prompt
+        quick = chat(eng, "Say yes.", system="Be brief.")
+        assert len(quick) <= CHUNK < len(stories[0])
+        start = eng.stats()["steps"]
+        sinks = [timed(f"a{i}", p, "alice") for i, p in enumerate(stories)]
+        sinks.append(timed("bob", quick, "bob"))
+        for s in sinks:
+            s.wait()
+        chunks = -(-len(stories[0]) // CHUNK)
+        assert first_at["bob"] - start <= 2, first_at  # in the first steps, before alice's
+        assert first_at["bob"] < first_at["a0"] < first_at["a1"], first_at
+        # one chunk a step: alice's second story waits for both prompts' chunks and bob's
+        assert first_at["a1"] - start >= 2 * chunks
+        for p, s in zip([*stories, quick], sinks, strict=True):
+            assert s.text == solo(gguf_path, p)[: len(s.text)]
+    finally:
+        eng.close()

@@ -1,0 +1,50 @@
+"""Which prompt chunks one step reads (pure; the scheduler feeds it its running requests).
+
+A step decodes the next token of every generating request and reads whole prompt chunks
+of the others while they fit its token budget. Two rules keep one seat's burst from
+delaying a colleague's first token:
+
+- order: the prompt of a seat that runs fewer requests is read first (a colleague's only
+  request before the tenth request of a batch job), then the oldest request first, so a
+  seat's own prompts keep their order;
+- cap: while seats contend (more than one seat runs, or one seen lately may send at any
+  moment), a step reads at most ``cap`` prompt tokens (one chunk by default), so a request
+  that arrives mid-step waits for a short step, not for a whole burst's prompts, and its
+  own prompt is read in the very next step. The first chunk in order is always read, so
+  a prompt longer than the cap still moves.
+
+Chunks are never split (their boundaries keep greedy output identical to a solo run), so
+a chunk that does not fit waits for a later step while smaller ones behind it may go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A request still reading its prompt: ``chunk`` tokens are next."""
+
+    key: int  # the caller's handle (the slot)
+    seat: str
+    age: int  # lower is older (the request id)
+    chunk: int
+
+
+def prompt_chunks(readings: Sequence[Reading], budget: int, load: Mapping[str, int],
+                  cap: int | None = None) -> list[Reading]:
+    """The chunks this step reads, in reading order.
+
+    ``budget``: tokens left in the step after the decode tokens; ``load``: requests each
+    seat runs; ``cap``: most prompt tokens this step may read (None: the budget only).
+    """
+    limit = budget if cap is None else min(budget, cap)
+    out: list[Reading] = []
+    for r in sorted(readings, key=lambda r: (load.get(r.seat, 0), r.age)):
+        if r.chunk <= limit or (not out and r.chunk <= budget):
+            out.append(r)
+            limit -= r.chunk
+            budget -= r.chunk
+    return out

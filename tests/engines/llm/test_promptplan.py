@@ -1,0 +1,41 @@
+"""prompt_chunks: a colleague's prompt is read before a burst's, and contended steps stay short."""
+
+from __future__ import annotations
+
+from engines.llm.promptplan import Reading, prompt_chunks
+
+
+def keys(chosen: list[Reading]) -> list[int]:
+    return [r.key for r in chosen]
+
+
+def test_one_seat_reads_oldest_first_while_the_budget_lasts() -> None:
+    readings = [Reading(k, "A", age=10 - k, chunk=40) for k in range(5)]
+    assert keys(prompt_chunks(readings, 130, {"A": 5})) == [4, 3, 2]
+
+
+def test_a_chunk_that_does_not_fit_waits_and_a_smaller_one_goes() -> None:
+    readings = [Reading(0, "A", 1, 64), Reading(1, "A", 2, 64), Reading(2, "A", 3, 10)]
+    assert keys(prompt_chunks(readings, 100, {"A": 3})) == [0, 2]
+
+
+def test_the_seat_running_least_reads_first() -> None:
+    burst = [Reading(k, "A", age=k, chunk=45) for k in range(7)]
+    colleague = Reading(7, "B", age=100, chunk=45)  # arrived last
+    chosen = prompt_chunks([*burst, colleague], 520, {"A": 7, "B": 1})
+    assert keys(chosen)[0] == 7
+    assert keys(chosen)[1:] == list(range(7))  # the burst keeps its own order
+
+
+def test_contended_steps_read_one_chunk_and_the_colleague_gets_it() -> None:
+    burst = [Reading(k, "A", age=k, chunk=45) for k in range(7)]
+    colleague = Reading(7, "B", age=100, chunk=45)
+    assert keys(prompt_chunks([*burst, colleague], 520, {"A": 7, "B": 1}, cap=64)) == [7]
+    assert keys(prompt_chunks(burst, 520, {"A": 7}, cap=64)) == [0]  # then A's, one a step
+
+
+def test_a_prompt_longer_than_the_cap_still_moves() -> None:
+    readings = [Reading(0, "A", 1, 64), Reading(1, "B", 2, 10)]
+    assert keys(prompt_chunks(readings, 200, {"A": 1, "B": 1}, cap=32)) == [0]
+    assert keys(prompt_chunks(readings, 50, {"A": 1, "B": 1}, cap=32)) == [1]  # over budget
+    assert prompt_chunks([], 200, {}, cap=32) == []
