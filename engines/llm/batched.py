@@ -1,8 +1,11 @@
 """Continuous batching over llama.cpp: one scheduler thread, one ``llama_decode`` per step.
 
 Each step builds one batch holding the next token of every generating sequence plus
-chunks of the prompts still being read (chunked prefill, so a long prompt never stalls
-the others), decodes it once and samples one token per sequence that asked for logits.
+one chunk of a prompt still being read (chunked prefill, so a long prompt never stalls
+the others; ``promptplan`` picks the chunk: the seat running fewest requests first, then
+the oldest), decodes it once and samples one token per sequence that asked for logits.
+Requests arriving together thus get their first tokens one prompt after another, and one
+arriving mid-step waits for a short step, not for a burst's prompts.
 Sequence ids are slot numbers; a finished or cancelled sequence's KV cells are dropped
 with ``llama_memory_seq_rm`` before the next step.
 
@@ -210,9 +213,11 @@ class BatchedLlamaEngine(LLMEngine):
 
     ``n_ctx`` is the total KV cache across slots (see the module docstring); ``max_queue``
     bounds the requests waiting for a slot; ``prefill_chunk`` bounds the prompt tokens
-    read per step; ``use_extra_bufts=False`` is the safe configuration (see
-    ``lowlevel.Model``); ``prefix_cache_bytes`` bounds the host-RAM prefix cache (0: off);
-    ``prefix_reuse=False`` reads every prompt whole (for comparisons).
+    read per step and request; ``step_prompt_tokens`` bounds those one step reads in all
+    (default one chunk; a chunk is never split); ``use_extra_bufts=False`` is the safe
+    configuration (see ``lowlevel.Model``); ``prefix_cache_bytes`` bounds the host-RAM
+    prefix cache (0: off); ``prefix_reuse=False`` reads every prompt whole (for
+    comparisons).
     """
 
     def __init__(
@@ -230,6 +235,7 @@ class BatchedLlamaEngine(LLMEngine):
         prefix_reuse: bool = True,
         flash_attn: bool | None = None,
         step_tokens: int | None = None,
+        step_prompt_tokens: int | None = None,
         projector_path: Path | str | None = None,
     ) -> None:
         if slots < 1 or max_queue < 0 or prefill_chunk < 1 or n_ctx < slots:
@@ -240,6 +246,9 @@ class BatchedLlamaEngine(LLMEngine):
         self._slots = slots
         self._max_queue = max_queue
         self._prefill_chunk = prefill_chunk
+        # Prompt tokens one step reads: one chunk, so first tokens come one prompt after
+        # another and a request arriving mid-step waits for a short step (see promptplan).
+        self._step_prompt = step_prompt_tokens or prefill_chunk
         self._n_gpu_layers = n_gpu_layers
         # Tokens one step may decode: every slot's next token or prompt chunk. Chunks are
         # small (reused prefixes end on chunk boundaries) and several prompts share a step.
@@ -284,7 +293,6 @@ class BatchedLlamaEngine(LLMEngine):
         # free slots' last request: (its prompt, the logits after it), for a repeat of it
         self._last: list[tuple[list[int], np.ndarray] | None] = [None] * slots
         self._seen: dict[str, float] = {}  # seat -> last submit (monotonic); under _cond
-        self._contended = False  # several seats present: steps read one prompt chunk
         self._reuse = prefix_reuse
         # Where a reused prefix may end. With flash attention off llama.cpp's results do
         # not depend on micro-batch sizes, so any prefix is exact; with it on, a prefix
@@ -549,9 +557,6 @@ class BatchedLlamaEngine(LLMEngine):
             running[seq.request.seat] += 1
             self._running[seq.slot] = seq
             admitted.append(seq)
-        # Seats contend when more than one runs or was seen lately (one may send at any
-        # moment): steps then read one prompt chunk each (see promptplan).
-        self._contended = self._slots > 1 and len(recent | set(running)) > 1
         for seq in self._queue:
             if not seq.deferred:
                 seq.deferred = True
@@ -845,8 +850,7 @@ class BatchedLlamaEngine(LLMEngine):
                 take[seq.slot] = 1
         if readings:
             load = Counter(s.request.seat for s in self._running.values())
-            cap = self._prefill_chunk if self._contended else None
-            for r in prompt_chunks(readings, budget, load, cap):
+            for r in prompt_chunks(readings, budget, load, self._step_prompt):
                 take[r.key] = r.chunk
         return [(self._running[slot], n) for slot, n in sorted(take.items()) if n > 0]
 

@@ -7,10 +7,13 @@ delaying a colleague's first token:
 - order: the prompt of a seat that runs fewer requests is read first (a colleague's only
   request before the tenth request of a batch job), then the oldest request first, so a
   seat's own prompts keep their order;
-- cap: while seats contend (more than one seat runs, or one seen lately may send at any
-  moment), a step reads at most ``cap`` prompt tokens (one chunk by default), so a request
-  that arrives mid-step waits for a short step, not for a whole burst's prompts, and its
-  own prompt is read in the very next step. The first chunk in order is always read, so
+- cap: a step reads at most ``cap`` prompt tokens (the engine's default: one chunk), so a
+  request that arrives mid-step waits for a short step, not for a whole burst's prompts,
+  its own prompt is read in the very next step, and requests arriving together get their
+  first tokens one after another instead of all at the end of one long step. Reading
+  costs about the same per token either way on a CPU (llama.cpp splits a step into a
+  micro-batch per prompt length when each slot has its own KV stream); the price is one
+  more step per prompt, a few milliseconds. The first chunk in order is always read, so
   a prompt longer than the cap still moves.
 
 Chunks are never split (their boundaries keep greedy output identical to a solo run), so

@@ -201,7 +201,7 @@ def test_a_busy_seat_leaves_the_last_slot_to_a_colleague(gguf_path: Path) -> Non
         eng.close()
 
 
-def test_while_seats_contend_a_colleague_is_read_first_and_steps_read_one_chunk(
+def test_a_colleague_is_read_first_and_a_step_reads_one_prompt_chunk(
         gguf_path: Path) -> None:
     eng = BatchedLlamaEngine(gguf_path, n_ctx=3 * 1024, slots=3, n_threads=THREADS,
                              prefill_chunk=CHUNK)
