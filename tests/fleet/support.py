@@ -33,27 +33,30 @@ class LoopbackFleet:
     port: int = field(init=False)
     head: NodeProcess | None = None
     boxes: dict[str, NodeProcess] = field(default_factory=dict)
+    head_ip: str = HEAD_IP  # another module may take other loopback addresses
+    box_ips: dict[str, str] = field(default_factory=lambda: dict(BOX_IPS))
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         # Ray's unix sockets live under its temp dir: keep the path short (107 bytes max)
         self.short = Path(tempfile.mkdtemp(prefix="rf", dir="/tmp"))
         self.token = write_token(self.root / "join.token", new_token())
-        self.port = free_ports(1, HEAD_IP)[0]
+        self.port = free_ports(1, self.head_ip)[0]
 
     @property
     def address(self) -> str:
-        return f"{HEAD_IP}:{self.port}"
+        return f"{self.head_ip}:{self.port}"
 
     def start_head(self) -> None:
-        plan = NodePlan("head", HEAD_IP, port=self.port, num_cpus=0,
-                        object_store_bytes=OBJECT_STORE, temp_dir=self.short / "h")
+        plan = NodePlan("head", self.head_ip, port=self.port, num_cpus=0,
+                        object_store_bytes=OBJECT_STORE, ports=own_ports(1, self.head_ip)[0],
+                        temp_dir=self.short / "h")
         self.head = NodeProcess(plan, self.token, self.root / "head.log",
                                 extra_env={BOX_ENV: "head"})
         self.head.wait_started()
 
     def join(self, box: str, token: Path | None = None, cpus: int = 1) -> NodeProcess:
-        ip = BOX_IPS[box]
+        ip = self.box_ips[box]
         plan = NodePlan(box, ip, head=self.address, num_cpus=cpus,
                         object_store_bytes=OBJECT_STORE, ports=own_ports(1, ip)[0],
                         temp_dir=self.short / box)
