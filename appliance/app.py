@@ -78,11 +78,11 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
         model_store.cleanup_staging()
         engine_loaders = loaders(settings, _engine_events(app, guard))
         fleet = None
-        if settings.fleet_enabled:  # fleet mode: language models run as Serve replicas
+        if settings.fleet_enabled:  # fleet mode: models run as Serve replicas
             from fleet import app as fleet_app
 
             fleet = await asyncio.to_thread(fleet_app.start, settings)
-            engine_loaders["llama"] = fleet_app.llm_loader(settings, fleet)
+            engine_loaders.update(fleet_app.loaders(settings, fleet))
         registry = ModelRegistry(model_store, engine_loaders,
                                  memory_budget=settings.memory_budget_mb << 20,
                                  idle_unload_s=settings.idle_unload_s)

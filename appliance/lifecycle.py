@@ -215,7 +215,9 @@ class Call:
                        background=limits.priority == "batch")
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Blocking engine work (embeddings, vision) in a worker thread."""
+        """Blocking engine work (embeddings, vision) in a worker thread (which sees this
+        call as the current one: a fleet engine names its box there)."""
+        _current.set(self)
         return await anyio.to_thread.run_sync(fn, *args)
 
     async def answer(self, payload: Any) -> Response:

@@ -102,8 +102,8 @@ class Settings(BaseSettings):
         2, ge=1, le=100, description="Active API keys one seat may hold (a seat is one person).")
     # --- fleet mode (the `fleet` extra; see README "Fleet") -------------------------------
     fleet_enabled: bool = Field(
-        False, description="Serve language models through the fleet's Ray Serve replicas "
-                           "(this box is the head). Needs `pip install '.[fleet]'`.")
+        False, description="Serve models through the fleet's Ray Serve replicas (this box "
+                           "is the head). Needs `pip install '.[fleet]'`.")
     fleet_address: str | None = Field(
         None, description="IP the fleet head binds and other boxes join; no default, and "
                           "0.0.0.0 is refused. 127.0.0.1 is refused too (Ray swaps it for "
@@ -111,11 +111,15 @@ class Settings(BaseSettings):
     fleet_port: int = Field(6380, ge=1, le=65535, description="The head's Ray (GCS) port.")
     fleet_box: str | None = Field(None, description="This box's name in the fleet; "
                                                     "default: the host name.")
-    fleet_min_replicas: int = Field(1, ge=0, description="Fewest replicas of each LLM.")
-    fleet_max_replicas: int = Field(4, ge=1, description="Most replicas of each LLM.")
+    fleet_min_replicas: int = Field(1, ge=0, description="Fewest replicas of each model.")
+    fleet_max_replicas: int = Field(4, ge=1, description="Most replicas of each model.")
     fleet_target_ongoing: float = Field(
         2.0, gt=0, description="Autoscaling target: requests in flight per replica.")
     fleet_replica_cpus: float = Field(1.0, gt=0, description="Cores each replica reserves.")
+    fleet_vision_gpus: float = Field(
+        1.0, gt=0, le=1, description="Share of a GPU each replica of a vision model that "
+                                     "asks for TensorRT or CUDA reserves (0.25: four share "
+                                     "one GPU).")
     fleet_upscale_delay_s: float = Field(2.0, ge=0, description="Queue this long: add one.")
     fleet_downscale_delay_s: float = Field(60.0, ge=0, description="Idle this long: remove.")
     fleet_object_store_mb: int = Field(200, ge=80, description="Ray object store per node.")

@@ -46,6 +46,24 @@ def _is_ray_failure(exc: BaseException) -> bool:
         exc, ray_exceptions.TaskCancelledError)
 
 
+def call(handle: DeploymentHandle, model: str, method: str, timeout: float, *args: Any,
+         **kwargs: Any) -> Any:
+    """One blocking call to a replica of ``model``: its result; the replica's own
+    ``EngineError`` as it is; a lost replica or node (or no answer in ``timeout``) as
+    ``EngineCrashedError``."""
+    try:
+        return getattr(handle, method).remote(*args, **kwargs).result(timeout_s=timeout)
+    except EngineError:
+        raise
+    except Exception as exc:
+        cause = getattr(exc, "cause", None)  # a RayTaskError wraps the replica's error
+        if isinstance(cause, EngineError):
+            raise cause from exc
+        if _is_ray_failure(exc) or isinstance(exc, TimeoutError):
+            raise crashed(model, exc) from exc
+        raise
+
+
 class _Handle(GenerationHandle):
     def __init__(self, cancel: Callable[[], None]) -> None:
         self._cancel = cancel
@@ -73,18 +91,7 @@ class FleetLLMEngine(LLMEngine):
 
     # --- blocking calls (from worker threads) ------------------------------------------
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return getattr(self._handle, method).remote(*args, **kwargs).result(
-                timeout_s=self._timeout)
-        except EngineError:
-            raise
-        except Exception as exc:
-            cause = getattr(exc, "cause", None)  # a RayTaskError wraps the replica's error
-            if isinstance(cause, EngineError):
-                raise cause from exc
-            if _is_ray_failure(exc) or isinstance(exc, TimeoutError):
-                raise crashed(self.name, exc) from exc
-            raise
+        return call(self._handle, self.name, method, self._timeout, *args, **kwargs)
 
     @property
     def info(self) -> LLMInfo:

@@ -1,5 +1,6 @@
 """One replica of a model in the fleet: a Serve deployment that owns a supervised engine
-worker on the box Ray placed it on.
+worker on the box Ray placed it on (``LLMReplica`` for a language model, ``VisionReplica``
+for OCR and detection).
 
 The replica is the same worker a single box runs (``engines.worker``): the replica process
 never loads llama.cpp itself, a worker crash restarts the worker with back-off, and the
@@ -22,14 +23,35 @@ from ray import serve
 
 from engines.errors import EngineError
 from engines.types import Failed, Finished, GenerationEvent, GenerationRequest, LLMInfo
-from engines.worker.proxies import WorkerLLMEngine
+from engines.vision.types import Detections, OcrResult
+from engines.worker.proxies import WorkerLLMEngine, WorkerVisionEngine
 from engines.worker.spec import EngineSpec
 from engines.worker.supervisor import Supervisor
 from fleet.node import BOX_ENV
+from fleet.placement import ReplicaResources
 from fleet.wire import Placement
 
 log = logging.getLogger(__name__)
 
+
+
+def _here() -> tuple[str, str]:
+    """This replica's Ray node id and box name."""
+    node_id = ray.get_runtime_context().get_node_id()
+    return node_id, os.environ.get(BOX_ENV) or node_id[:12]
+
+
+def _supervisor(spec: EngineSpec, ready_timeout: float, trust_dir: str | None) -> Supervisor:
+    trust = None
+    if trust_dir:
+        from appliance.trust import TRUST_FILE, TrustFile
+
+        try:
+            Path(trust_dir).mkdir(parents=True, exist_ok=True)
+            trust = TrustFile(Path(trust_dir) / TRUST_FILE)
+        except OSError as exc:  # another box's layout: self-test every load instead
+            log.warning("no trust file on this box (%s): %s", trust_dir, exc)
+    return Supervisor(spec, trust=trust, ready_timeout=ready_timeout)
 
 
 class LLMReplica:
@@ -37,19 +59,8 @@ class LLMReplica:
 
     def __init__(self, spec: EngineSpec, ready_timeout: float = 900.0,
                  trust_dir: str | None = None) -> None:
-        trust = None
-        if trust_dir:
-            from appliance.trust import TRUST_FILE, TrustFile
-
-            try:
-                Path(trust_dir).mkdir(parents=True, exist_ok=True)
-                trust = TrustFile(Path(trust_dir) / TRUST_FILE)
-            except OSError as exc:  # another box's layout: self-test every load instead
-                log.warning("no trust file on this box (%s): %s", trust_dir, exc)
-        self.node_id = ray.get_runtime_context().get_node_id()
-        self.box = os.environ.get(BOX_ENV) or self.node_id[:12]
-        self.engine = WorkerLLMEngine(Supervisor(spec, trust=trust,
-                                                 ready_timeout=ready_timeout))
+        self.node_id, self.box = _here()
+        self.engine = WorkerLLMEngine(_supervisor(spec, ready_timeout, trust_dir))
         log.info("replica of %s ready on box %s", spec.name, self.box)
 
     def info(self) -> LLMInfo:
@@ -107,14 +118,48 @@ class LLMReplica:
             engine.close()
 
 
+class VisionReplica:
+    """A vision model on one box: ``ocr`` and ``detect`` over Serve, each answer led by the
+    ``Placement`` that names the box. Engine errors (a bad image, a full queue) are raised
+    and reach the head as the cause of Ray's task error, which ``FleetVisionEngine``
+    re-raises as they are."""
+
+    def __init__(self, spec: EngineSpec, ready_timeout: float = 900.0,
+                 trust_dir: str | None = None) -> None:
+        self.node_id, self.box = _here()
+        self.engine = WorkerVisionEngine(_supervisor(spec, ready_timeout, trust_dir))
+        log.info("vision replica of %s ready on box %s (%s)", spec.name, self.box,
+                 self.engine.provider)
+
+    def describe(self) -> dict[str, Any]:
+        """What the head's registry shows: kind, provider really in use, skipped ones."""
+        return {"kind": self.engine.kind, "provider": self.engine.provider,
+                "provider_report": list(self.engine.provider_report)}
+
+    def ocr(self, image: bytes) -> tuple[Placement, OcrResult]:
+        return Placement(self.box, self.node_id), self.engine.ocr(image)
+
+    def detect(self, image: bytes, conf: float, iou: float) -> tuple[Placement, Detections]:
+        return Placement(self.box, self.node_id), self.engine.detect(image, conf, iou)
+
+    def stats(self) -> dict[str, float]:
+        return self.engine.stats()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+
+
 def deployment(name: str, *, min_replicas: int, max_replicas: int,
                target_ongoing_requests: float, max_ongoing_requests: int,
-               replica_cpus: float, upscale_delay_s: float, downscale_delay_s: float
-               ) -> Any:
-    """The Serve deployment of one model, placed by cores and scaled by queue length."""
+               resources: ReplicaResources, upscale_delay_s: float, downscale_delay_s: float,
+               replica: type = LLMReplica) -> Any:
+    """The Serve deployment of one model, placed by ``resources`` (cores, a GPU share) and
+    scaled by queue length."""
     return serve.deployment(
-        LLMReplica, name=name,
-        ray_actor_options={"num_cpus": replica_cpus},
+        replica, name=name,
+        ray_actor_options=resources.actor_options(),
         max_ongoing_requests=max_ongoing_requests,
         autoscaling_config={
             "min_replicas": min_replicas, "initial_replicas": max(1, min_replicas),
