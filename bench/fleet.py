@@ -115,6 +115,7 @@ def role(name: str, cmdline: list[str]) -> str:
         return "raylet"
     for marker, label in (("ServeController", "Serve controller"),
                           ("DashboardAgent", "dashboard agent"),
+                          ("ray.util.client.server", "Ray Client server"),
                           ("RuntimeEnvAgent", "runtime-env agent"),
                           ("ServeReplica", "Serve replica (actor)"),
                           ("ProxyActor", "Serve proxy"),
@@ -133,27 +134,50 @@ def role(name: str, cmdline: list[str]) -> str:
 
 @dataclass
 class Proc:
-    node: str
+    node: str  # a Ray node's name, "direct" (the direct box's tree) or "-" (an API process)
     role: str
     pid: int
     rss: int
     cores: str
+    cpu_s: float  # user + system seconds so far
 
 
-def node_processes(node: str, root_pid: int) -> list[Proc]:
-    """Every live process in a node's tree with its role, RSS and affinity."""
+def tree(node: str, root_pid: int, *, children_only: bool = False,
+         label: str | None = None) -> list[Proc]:
+    """Live processes of a tree with their role, RSS, affinity and CPU time."""
     out = []
     try:
         root = psutil.Process(root_pid)
-        procs = [root, *root.children(recursive=True)]
+        procs = [*([] if children_only else [root]), *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return out
     for p in procs:
         try:
-            out.append(Proc(node, role(p.name(), p.cmdline()), p.pid,
-                            p.memory_info().rss, affinity(p.pid)))
+            t = p.cpu_times()
+            out.append(Proc(node, label if label and p is root else role(p.name(), p.cmdline()),
+                            p.pid, p.memory_info().rss, affinity(p.pid), t.user + t.system))
         except psutil.Error:
             continue
+    return out
+
+
+def processes(fleet: Fleet, head_box: Box, direct: Box) -> list[Proc]:
+    """Every process of both systems (the bench client itself too, as node "-")."""
+    procs = [p for name, node in fleet.nodes.items() for p in tree(name, node.pid)]
+    procs += tree("-", head_box.proc.pid, label="head box API (+ Ray driver)")[:1]
+    procs += tree("-", direct.proc.pid, label="direct box API")[:1]
+    procs += tree("direct", direct.proc.pid, children_only=True)
+    procs += tree("-", os.getpid(), label="bench client (this process)")[:1]
+    return procs
+
+
+def cpu_used(before: list[Proc], after: list[Proc]) -> dict[tuple[str, str], float]:
+    """CPU seconds each (node, role) used between two snapshots (pure)."""
+    start = {p.pid: p.cpu_s for p in before}
+    out: dict[tuple[str, str], float] = {}
+    for p in after:
+        key = (p.node, p.role)
+        out[key] = out.get(key, 0.0) + p.cpu_s - start.get(p.pid, 0.0)
     return out
 
 
@@ -273,7 +297,9 @@ async def ask(client: openai.AsyncOpenAI, messages: list[dict], max_tokens: int)
     return Answer(start, first or end, end, tokens or pieces, node)
 
 
-async def throughput(target: Target, clients: int, tokens: int) -> tuple[float, Counter]:
+async def throughput(target: Target, clients: int, tokens: int
+                     ) -> tuple[float, int, Counter]:
+    """Aggregate tokens/s, tokens generated, and how many requests each box served."""
     client = target.client()
     try:
         done = await asyncio.gather(*(
@@ -283,7 +309,8 @@ async def throughput(target: Target, clients: int, tokens: int) -> tuple[float, 
     finally:
         await client.close()
     wall = max(a.end for a in done) - min(a.start for a in done)
-    return sum(a.tokens for a in done) / wall, Counter(a.node for a in done)
+    total = sum(a.tokens for a in done)
+    return total / wall, total, Counter(a.node for a in done)
 
 
 async def overhead(targets: list[Target], n: int) -> dict[str, list[Answer]]:
@@ -303,23 +330,31 @@ async def overhead(targets: list[Target], n: int) -> dict[str, list[Answer]]:
     return out
 
 
-def memory_table(fleet: Fleet, head_box: Box, direct: Box) -> None:
-    procs = [p for name, node in fleet.nodes.items() for p in node_processes(name, node.pid)]
-    for label, box in (("head box API (+ Ray driver)", head_box), ("direct box API", direct)):
-        p = psutil.Process(box.proc.pid)
-        procs.append(Proc("-", label, p.pid, p.memory_info().rss, affinity(p.pid)))
-    for c in psutil.Process(direct.proc.pid).children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            procs.append(Proc("direct", role(c.name(), c.cmdline()), c.pid,
-                              c.memory_info().rss, affinity(c.pid)))
+def memory_table(procs: list[Proc], nodes: list[str]) -> None:
+    procs = [p for p in procs if "bench client" not in p.role]
     print("\nmemory (RSS; shared pages count in every process that maps them)")
     print(f"  {'node':6s} {'process':30s} {'pid':>7s} {'RSS MiB':>8s}  cores")
     for p in sorted(procs, key=lambda p: (p.node, p.role)):
         print(f"  {p.node:6s} {p.role:30s} {p.pid:7d} {p.rss / 2**20:8.1f}  {p.cores}")
-    ray_only = [p for p in procs if p.node in fleet.nodes and "engine worker" not in p.role]
+    ray_only = [p for p in procs if p.node in nodes and "engine worker" not in p.role]
     print("  Ray's own processes per node (without engine workers): " + ", ".join(
-        f"{n} {sum(p.rss for p in ray_only if p.node == n) / 2**20:.0f} MiB"
-        for n in fleet.nodes))
+        f"{n} {sum(p.rss for p in ray_only if p.node == n) / 2**20:.0f} MiB" for n in nodes))
+
+
+def cpu_table(used: dict[str, dict[tuple[str, str], float]], tokens: dict[str, float]
+              ) -> None:
+    """CPU seconds per 1,000 generated tokens, by process, in each system's own rounds."""
+    print("\nCPU time per 1,000 generated tokens during each system's rounds (user+system; "
+          "every process, both systems: what the other system's idle processes used shows "
+          "too)")
+    keys = sorted({k for u in used.values() for k in u})
+    print(f"  {'node':6s} {'process':30s} {'fleet rounds':>13s} {'direct rounds':>14s}")
+    for key in keys:
+        row = [1000 * used[t].get(key, 0.0) / tokens[t] for t in ("fleet", "direct")]
+        if max(row) >= 0.05:
+            print(f"  {key[0]:6s} {key[1]:30s} {row[0]:13.2f} {row[1]:14.2f}")
+    total = {t: 1000 * sum(used[t].values()) / tokens[t] for t in ("fleet", "direct")}
+    print(f"  {'all':6s} {'':30s} {total['fleet']:13.2f} {total['direct']:14.2f}")
 
 
 def cpu_plan(args: argparse.Namespace) -> tuple[dict[str, int], set[int]]:
@@ -364,12 +399,18 @@ def main() -> None:
                    Target("direct", direct.base_url, open_seat(direct))]
         asyncio.run(throughput(targets[0], 2, 8))  # the replicas are up and answering
         print(f"started in {time.monotonic() - t0:.0f}s", flush=True)
-        memory_table(fleet, head_box, direct)
+        memory_table(processes(fleet, head_box, direct), list(fleet.nodes))
         rates: dict[str, list[float]] = {"fleet": [], "direct": []}
+        used: dict[str, dict[tuple[str, str], float]] = {"fleet": {}, "direct": {}}
+        generated = {"fleet": 0.0, "direct": 0.0}
         spread: Counter = Counter()
         for rnd in range(args.rounds):
             for t in (targets if rnd % 2 == 0 else targets[::-1]):
-                rate, nodes = asyncio.run(throughput(t, args.clients, args.tokens))
+                before = processes(fleet, head_box, direct)
+                rate, total, nodes = asyncio.run(throughput(t, args.clients, args.tokens))
+                generated[t.name] += total
+                for key, sec in cpu_used(before, processes(fleet, head_box, direct)).items():
+                    used[t.name][key] = used[t.name].get(key, 0.0) + sec
                 rates[t.name].append(rate)
                 if t.name == "fleet":
                     spread += nodes
@@ -403,6 +444,7 @@ def main() -> None:
           f"(p50 {p50('fleet', 'ttft'):.1f} vs {p50('direct', 'ttft'):.1f}); the 7 tokens "
           f"after it {p50('fleet', 'rest') - p50('direct', 'rest'):+.1f} ms "
           f"(p50 {p50('fleet', 'rest'):.1f} vs {p50('direct', 'rest'):.1f})")
+    cpu_table(used, generated)
     print(f"total {time.monotonic() - t0:.0f}s")
 
 
