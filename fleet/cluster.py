@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engines.errors import ModelLoadError
 from fleet.errors import FleetUnavailableError
 from fleet.node import environment
 
@@ -63,9 +64,30 @@ class FleetClient:
 
     # --- deployments ----------------------------------------------------------------------
     def deploy(self, model: str, deployment: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run (or update) the Serve application of ``model``; return its handle."""
-        return self._serve.run(deployment.bind(*args, **kwargs), name=app_name(model),
-                               route_prefix=None)
+        """Run (or update) the Serve application of ``model``; return its handle.
+
+        Replicas that fail to start (a missing library or provider on the box they were
+        placed on) raise ``ModelLoadError`` with the replica's own last error line, and the
+        application is removed instead of retrying for ever.
+        """
+        try:
+            return self._serve.run(deployment.bind(*args, **kwargs), name=app_name(model),
+                                   route_prefix=None)
+        except RuntimeError as exc:
+            reason = self._failure(model) or str(exc)
+            self.undeploy(model)
+            raise ModelLoadError(f"the replicas of {model} did not start: {reason}") from exc
+
+    def _failure(self, model: str) -> str | None:
+        """The last error line Serve recorded for ``model``'s deployment, if any."""
+        try:
+            app = self._serve.status().applications.get(app_name(model))
+        except Exception:
+            return None
+        messages = [d.message for d in (app.deployments.values() if app else ()) if d.message]
+        lines = [ln.strip() for m in messages for ln in m.splitlines()
+                 if "Error" in ln and not ln.strip().startswith(("File ", "raise "))]
+        return lines[-1] if lines else None
 
     def undeploy(self, model: str) -> None:
         try:

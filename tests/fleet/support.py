@@ -55,9 +55,10 @@ class LoopbackFleet:
                                 extra_env={BOX_ENV: "head"})
         self.head.wait_started()
 
-    def join(self, box: str, token: Path | None = None, cpus: int = 1) -> NodeProcess:
+    def join(self, box: str, token: Path | None = None, cpus: int = 1,
+             gpus: int | None = None) -> NodeProcess:
         ip = self.box_ips[box]
-        plan = NodePlan(box, ip, head=self.address, num_cpus=cpus,
+        plan = NodePlan(box, ip, head=self.address, num_cpus=cpus, num_gpus=gpus,
                         object_store_bytes=OBJECT_STORE, ports=own_ports(1, ip)[0],
                         temp_dir=self.short / box)
         node = NodeProcess(plan, token or self.token, self.root / f"{box}.log",

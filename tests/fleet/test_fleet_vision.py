@@ -3,7 +3,10 @@
 A head (no cores) and one worker box with one core on loopback (addresses of their own,
 so this module can run beside the other fleet tests), the real box as the ingress, the
 real PP-OCRv4 in an engine worker inside a Serve replica on the worker box. A detector
-whose manifest asks for TensorRT/CUDA finds no GPU node here and is refused at once.
+whose manifest asks for TensorRT/CUDA finds no GPU node and is refused at once; once a box
+that advertises a GPU joins (Ray takes ``--num-gpus`` on trust; there is no GPU here), the
+replica is placed there and fails to find CUDA in this ONNX Runtime, and the load answers
+with that reason instead of Serve retrying for ever.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import pytest
 pytest.importorskip("ray", reason="fleet tests need the fleet extra: pip install '.[fleet]'")
 
 from tests.conftest import DETECTOR, OCR, Box, linked_models
-from tests.fleet.support import LoopbackFleet, usage_rows
+from tests.fleet.support import LoopbackFleet, usage_rows, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.fleet, pytest.mark.timeout(900)]
 
@@ -31,7 +34,7 @@ GPU_DETECTOR = "yolo-trt"
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
     f = LoopbackFleet(tmp_path_factory.mktemp("fleet-vision") / "nodes",
-                      head_ip="127.0.0.30", box_ips={"a": "127.0.0.31"})
+                      head_ip="127.0.0.30", box_ips={"a": "127.0.0.31", "g": "127.0.0.32"})
     try:
         f.start_head()
         f.join("a")
@@ -110,9 +113,22 @@ def test_bad_image_is_still_a_400_through_the_fleet(head_box: Box) -> None:
     assert r.json()["error"]["message"]
 
 
-def test_a_model_that_asks_for_a_gpu_is_refused_without_a_gpu_node(head_box: Box) -> None:
+def test_a_model_that_asks_for_a_gpu_goes_only_to_a_gpu_node(fleet: LoopbackFleet,
+                                                             head_box: Box) -> None:
     r = _admin(head_box, "POST", f"/admin/models/{GPU_DETECTOR}/load")
     assert r.status_code == 503, r.text
     message = r.json()["error"]["message"]
     assert "GPU" in message and GPU_DETECTOR in message
     assert GPU_DETECTOR not in _admin(head_box, "GET", "/admin/fleet").json()["models"]
+
+    fleet.join("g", gpus=1)
+    assert wait_for(lambda: any(n["box"] == "g" and n["gpus"] == 1 for n in _admin(
+        head_box, "GET", "/admin/fleet").json()["nodes"]), timeout=60)
+    r = _admin(head_box, "POST", f"/admin/models/{GPU_DETECTOR}/load")
+    assert r.status_code == 500, r.text
+    message = r.json()["error"]["message"]
+    assert f"replicas of {GPU_DETECTOR} did not start" in message
+    assert "CUDAExecutionProvider" in message, message
+    assert GPU_DETECTOR not in _admin(head_box, "GET", "/admin/fleet").json()["models"]
+    # the CPU model on box a served on meanwhile
+    test_ocr_runs_in_a_replica_on_the_worker_box(head_box)
