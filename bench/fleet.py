@@ -138,12 +138,20 @@ class Proc:
     role: str
     pid: int
     rss: int
+    uss: int  # unique set size: what the process alone holds (0 if unreadable)
     cores: str
     cpu_s: float  # user + system seconds so far
 
 
+def uss(p: psutil.Process) -> int:
+    try:
+        return int(p.memory_full_info().uss)
+    except psutil.Error:
+        return 0
+
+
 def tree(node: str, root_pid: int, *, children_only: bool = False,
-         label: str | None = None) -> list[Proc]:
+         label: str | None = None, with_uss: bool = False) -> list[Proc]:
     """Live processes of a tree with their role, RSS, affinity and CPU time."""
     out = []
     try:
@@ -155,19 +163,22 @@ def tree(node: str, root_pid: int, *, children_only: bool = False,
         try:
             t = p.cpu_times()
             out.append(Proc(node, label if label and p is root else role(p.name(), p.cmdline()),
-                            p.pid, p.memory_info().rss, affinity(p.pid), t.user + t.system))
+                            p.pid, p.memory_info().rss, uss(p) if with_uss else 0,
+                            affinity(p.pid), t.user + t.system))
         except psutil.Error:
             continue
     return out
 
 
-def processes(fleet: Fleet, head_box: Box, direct: Box) -> list[Proc]:
+def processes(fleet: Fleet, head_box: Box, direct: Box, with_uss: bool = False
+              ) -> list[Proc]:
     """Every process of both systems (the bench client itself too, as node "-")."""
-    procs = [p for name, node in fleet.nodes.items() for p in tree(name, node.pid)]
-    procs += tree("-", head_box.proc.pid, label="head box API (+ Ray driver)")[:1]
-    procs += tree("-", direct.proc.pid, label="direct box API")[:1]
-    procs += tree("direct", direct.proc.pid, children_only=True)
-    procs += tree("-", os.getpid(), label="bench client (this process)")[:1]
+    u = {"with_uss": with_uss}
+    procs = [p for name, node in fleet.nodes.items() for p in tree(name, node.pid, **u)]
+    procs += tree("-", head_box.proc.pid, label="head box API (+ Ray driver)", **u)[:1]
+    procs += tree("-", direct.proc.pid, label="direct box API", **u)[:1]
+    procs += tree("direct", direct.proc.pid, children_only=True, **u)
+    procs += tree("-", os.getpid(), label="bench client (this process)", **u)[:1]
     return procs
 
 
@@ -332,13 +343,16 @@ async def overhead(targets: list[Target], n: int) -> dict[str, list[Answer]]:
 
 def memory_table(procs: list[Proc], nodes: list[str]) -> None:
     procs = [p for p in procs if "bench client" not in p.role]
-    print("\nmemory (RSS; shared pages count in every process that maps them)")
-    print(f"  {'node':6s} {'process':30s} {'pid':>7s} {'RSS MiB':>8s}  cores")
+    print("\nmemory (RSS counts shared pages in every process that maps them; USS is what "
+          "the process alone holds)")
+    print(f"  {'node':6s} {'process':30s} {'pid':>7s} {'RSS MiB':>8s} {'USS MiB':>8s}  cores")
     for p in sorted(procs, key=lambda p: (p.node, p.role)):
-        print(f"  {p.node:6s} {p.role:30s} {p.pid:7d} {p.rss / 2**20:8.1f}  {p.cores}")
+        print(f"  {p.node:6s} {p.role:30s} {p.pid:7d} {p.rss / 2**20:8.1f} "
+              f"{p.uss / 2**20:8.1f}  {p.cores}")
     ray_only = [p for p in procs if p.node in nodes and "engine worker" not in p.role]
-    print("  Ray's own processes per node (without engine workers): " + ", ".join(
-        f"{n} {sum(p.rss for p in ray_only if p.node == n) / 2**20:.0f} MiB" for n in nodes))
+    print("  Ray's own processes per node (without engine workers), RSS / USS: " + ", ".join(
+        f"{n} {sum(p.rss for p in ray_only if p.node == n) / 2**20:.0f} / "
+        f"{sum(p.uss for p in ray_only if p.node == n) / 2**20:.0f} MiB" for n in nodes))
 
 
 def cpu_table(used: dict[str, dict[tuple[str, str], float]], tokens: dict[str, float]
@@ -399,7 +413,7 @@ def main() -> None:
                    Target("direct", direct.base_url, open_seat(direct))]
         asyncio.run(throughput(targets[0], 2, 8))  # the replicas are up and answering
         print(f"started in {time.monotonic() - t0:.0f}s", flush=True)
-        memory_table(processes(fleet, head_box, direct), list(fleet.nodes))
+        memory_table(processes(fleet, head_box, direct, with_uss=True), list(fleet.nodes))
         rates: dict[str, list[float]] = {"fleet": [], "direct": []}
         used: dict[str, dict[tuple[str, str], float]] = {"fleet": {}, "direct": {}}
         generated = {"fleet": 0.0, "direct": 0.0}
