@@ -82,11 +82,14 @@ def llm_loader(settings: Settings, client: Any) -> Loader:
     from appliance.loaders import llm_spec
     from fleet.cluster import app_name
     from fleet.engine import FleetLLMEngine
-    from fleet.placement import llm_resources
+    from fleet.placement import llm_resources, unplaceable
     from fleet.replica import deployment
 
     def load(manifest: Manifest, directory: Path) -> Any:
         resources = llm_resources(settings.fleet_replica_cpus)
+        why = unplaceable(resources, client.nodes())
+        if why:
+            raise FleetUnavailableError(f"model {manifest.name!r} cannot be placed: {why}")
         spec = llm_spec(settings, manifest, directory, n_threads=resources.threads)
         dep = deployment(
             app_name(manifest.name), min_replicas=settings.fleet_min_replicas,

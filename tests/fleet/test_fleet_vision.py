@@ -23,7 +23,7 @@ import pytest
 
 pytest.importorskip("ray", reason="fleet tests need the fleet extra: pip install '.[fleet]'")
 
-from tests.conftest import DETECTOR, OCR, Box, linked_models
+from tests.conftest import DETECTOR, LLM, OCR, Box, linked_models
 from tests.fleet.support import LoopbackFleet, usage_rows, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.fleet, pytest.mark.timeout(900)]
@@ -129,6 +129,30 @@ def test_a_model_that_asks_for_a_gpu_goes_only_to_a_gpu_node(fleet: LoopbackFlee
     message = r.json()["error"]["message"]
     assert f"replicas of {GPU_DETECTOR} did not start" in message
     assert "CUDAExecutionProvider" in message, message
-    assert GPU_DETECTOR not in _admin(head_box, "GET", "/admin/fleet").json()["models"]
+    assert wait_for(lambda: GPU_DETECTOR not in _admin(head_box, "GET", "/admin/fleet").json()[
+        "models"], timeout=120), "the failed application was not removed"
     # the CPU model on box a served on meanwhile
     test_ocr_runs_in_a_replica_on_the_worker_box(head_box)
+
+
+def test_a_language_model_no_box_can_hold_is_refused_at_once(fleet: LoopbackFleet,
+                                                             model_store,
+                                                             tmp_path_factory) -> None:
+    """Replicas of 4 cores on boxes of 1: 503 naming why, not a load that waits for ever."""
+    tmp = tmp_path_factory.mktemp("big-head")
+    data = tmp / "data"
+    (data / "fleet").mkdir(parents=True)
+    shutil.copy2(fleet.token, data / "fleet" / "join.token")
+    box = Box(data, linked_models(model_store.root, tmp / "models"), env={
+        "APPLIANCE_FLEET_ENABLED": "1", "APPLIANCE_FLEET_ADDRESS": fleet.head_ip,
+        "APPLIANCE_FLEET_PORT": str(fleet.port), "APPLIANCE_FLEET_REPLICA_CPUS": "4"})
+    try:
+        r = httpx.post(box.base_url + "/v1/chat/completions", timeout=300,
+                       headers={"Authorization": f"Bearer {box.api_key}"},
+                       json={"model": LLM, "max_tokens": 4,
+                             "messages": [{"role": "user", "content": "hi"}]})
+    finally:
+        box.stop()
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert error["code"] == "fleet_unavailable" and "4 cores" in error["message"], error
