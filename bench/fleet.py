@@ -139,7 +139,7 @@ class Proc:
     pid: int
     rss: int
     uss: int  # unique set size: what the process alone holds (0 if unreadable)
-    cores: str
+    cores: str  # CPU affinity and nice value
     cpu_s: float  # user + system seconds so far
 
 
@@ -164,7 +164,7 @@ def tree(node: str, root_pid: int, *, children_only: bool = False,
             t = p.cpu_times()
             out.append(Proc(node, label if label and p is root else role(p.name(), p.cmdline()),
                             p.pid, p.memory_info().rss, uss(p) if with_uss else 0,
-                            affinity(p.pid), t.user + t.system))
+                            f"{affinity(p.pid)} nice {p.nice()}", t.user + t.system))
         except psutil.Error:
             continue
     return out

@@ -99,7 +99,7 @@ def llm_loader(settings: Settings, client: Any) -> Loader:
             upscale_delay_s=settings.fleet_upscale_delay_s,
             downscale_delay_s=settings.fleet_downscale_delay_s)
         handle = client.deploy(manifest.name, dep, spec, settings.worker_ready_timeout_s,
-                               str(settings.data_dir))
+                               str(settings.data_dir), settings.worker_nice)
         return FleetLLMEngine(manifest.name, handle,
                               on_close=lambda: client.undeploy(manifest.name))
 
@@ -132,7 +132,7 @@ def vision_loader(settings: Settings, client: Any) -> Loader:
             upscale_delay_s=settings.fleet_upscale_delay_s,
             downscale_delay_s=settings.fleet_downscale_delay_s, replica=VisionReplica)
         handle = client.deploy(manifest.name, dep, spec, settings.worker_ready_timeout_s,
-                               str(settings.data_dir))
+                               str(settings.data_dir), settings.worker_nice)
         return FleetVisionEngine(manifest.name, handle,
                                  on_close=lambda: client.undeploy(manifest.name))
 

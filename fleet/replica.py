@@ -25,7 +25,7 @@ from engines.errors import EngineError
 from engines.types import Failed, Finished, GenerationEvent, GenerationRequest, LLMInfo
 from engines.vision.types import Detections, OcrResult
 from engines.worker.proxies import WorkerLLMEngine, WorkerVisionEngine
-from engines.worker.spec import EngineSpec
+from engines.worker.spec import NICE_ENV, EngineSpec
 from engines.worker.supervisor import Supervisor
 from fleet.node import BOX_ENV
 from fleet.placement import ReplicaResources
@@ -41,7 +41,8 @@ def _here() -> tuple[str, str]:
     return node_id, os.environ.get(BOX_ENV) or node_id[:12]
 
 
-def _supervisor(spec: EngineSpec, ready_timeout: float, trust_dir: str | None) -> Supervisor:
+def _supervisor(spec: EngineSpec, ready_timeout: float, trust_dir: str | None, nice: int
+                ) -> Supervisor:
     trust = None
     if trust_dir:
         from appliance.trust import TRUST_FILE, TrustFile
@@ -51,16 +52,18 @@ def _supervisor(spec: EngineSpec, ready_timeout: float, trust_dir: str | None) -
             trust = TrustFile(Path(trust_dir) / TRUST_FILE)
         except OSError as exc:  # another box's layout: self-test every load instead
             log.warning("no trust file on this box (%s): %s", trust_dir, exc)
-    return Supervisor(spec, trust=trust, ready_timeout=ready_timeout)
+    # the worker runs nicer than the replica that forwards its events, as on one box
+    return Supervisor(spec, trust=trust, ready_timeout=ready_timeout,
+                      env={NICE_ENV: str(nice)})
 
 
 class LLMReplica:
     """A language model on one box: every ``LLMEngine`` call, over Serve."""
 
     def __init__(self, spec: EngineSpec, ready_timeout: float = 900.0,
-                 trust_dir: str | None = None) -> None:
+                 trust_dir: str | None = None, nice: int = 0) -> None:
         self.node_id, self.box = _here()
-        self.engine = WorkerLLMEngine(_supervisor(spec, ready_timeout, trust_dir))
+        self.engine = WorkerLLMEngine(_supervisor(spec, ready_timeout, trust_dir, nice))
         log.info("replica of %s ready on box %s", spec.name, self.box)
 
     def info(self) -> LLMInfo:
@@ -125,9 +128,9 @@ class VisionReplica:
     re-raises as they are."""
 
     def __init__(self, spec: EngineSpec, ready_timeout: float = 900.0,
-                 trust_dir: str | None = None) -> None:
+                 trust_dir: str | None = None, nice: int = 0) -> None:
         self.node_id, self.box = _here()
-        self.engine = WorkerVisionEngine(_supervisor(spec, ready_timeout, trust_dir))
+        self.engine = WorkerVisionEngine(_supervisor(spec, ready_timeout, trust_dir, nice))
         log.info("vision replica of %s ready on box %s (%s)", spec.name, self.box,
                  self.engine.provider)
 
