@@ -63,6 +63,10 @@ from tests.conftest import LLM, TEST_MODELS, WHEEL_CACHE, Box  # noqa: E402
 #: Loopback addresses of this bench's nodes: the fleet tests use 127.0.0.2-127.0.0.6.
 HEAD_IP, BOX_IPS = "127.0.0.20", {"a": "127.0.0.21", "b": "127.0.0.22"}
 SLOTS, CTX = 8, 1024
+#: Ray starts its workers (the replicas) at nice 15 and an engine worker runs 5 nicer than
+#: its parent: keep replicas at 0 so that replica and engine (0 / 5) sit where a box's API
+#: and engine do, and a busy machine's other work weighs on both systems alike.
+SAME_NICE = {"RAY_worker_niceness": "0"}
 OBJECT_STORE = 80 << 20
 QUESTIONS = [
     "What is the capital of France?", "Write a haiku about the sea.", "List three fruits.",
@@ -246,7 +250,7 @@ class Fleet:
 
     def _start(self, name: str, plan: NodePlan) -> None:
         node = NodeProcess(plan, self.token, self.root / f"{name}.log",
-                           extra_env={BOX_ENV: name})
+                           extra_env={BOX_ENV: name, **SAME_NICE})
         self.nodes[name] = node
         node.wait_started(timeout=300)
 
