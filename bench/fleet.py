@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from appliance.modelstore import ModelStore, fetch  # noqa: E402
+from fleet.errors import NodeError  # noqa: E402
 from fleet.node import BOX_ENV, NodePlan, NodeProcess, free_ports, own_ports  # noqa: E402
 from fleet.token import new_token, write_token  # noqa: E402
 from tests.conftest import LLM, TEST_MODELS, WHEEL_CACHE, Box  # noqa: E402
@@ -235,24 +236,39 @@ class Fleet:
         self.token = write_token(root / "join.token", new_token())
         self.port = free_ports(1, HEAD_IP)[0]
         self.nodes: dict[str, NodeProcess] = {}
-        with pinned(head_cores):
-            self._start("head", NodePlan("head", HEAD_IP, port=self.port, num_cpus=0,
-                                         object_store_bytes=OBJECT_STORE,
-                                         ports=own_ports(1, HEAD_IP)[0],
-                                         temp_dir=self.short / "h"))
-        for box, core in box_cores.items():
-            ip = BOX_IPS[box]
-            with pinned({core}):
-                self._start(box, NodePlan(box, ip, head=f"{HEAD_IP}:{self.port}", num_cpus=1,
-                                          object_store_bytes=OBJECT_STORE,
-                                          ports=own_ports(1, ip)[0],
-                                          temp_dir=self.short / box))
+        try:
+            with pinned(head_cores):
+                self._start("head", lambda: NodePlan(
+                    "head", HEAD_IP, port=self.port, num_cpus=0,
+                    object_store_bytes=OBJECT_STORE, ports=own_ports(1, HEAD_IP)[0],
+                    temp_dir=self.short / "h"))
+            for box, core in box_cores.items():
+                ip = BOX_IPS[box]
+                with pinned({core}):
+                    self._start(box, lambda ip=ip, box=box: NodePlan(
+                        box, ip, head=f"{HEAD_IP}:{self.port}", num_cpus=1,
+                        object_store_bytes=OBJECT_STORE, ports=own_ports(1, ip)[0],
+                        temp_dir=self.short / box))
+        except BaseException:
+            self.stop()  # the nodes that did start
+            raise
 
-    def _start(self, name: str, plan: NodePlan) -> None:
-        node = NodeProcess(plan, self.token, self.root / f"{name}.log",
-                           extra_env={BOX_ENV: name, **SAME_NICE})
-        self.nodes[name] = node
-        node.wait_started(timeout=300)
+    def _start(self, name: str, plan: Callable[[], NodePlan], tries: int = 3) -> None:
+        """Start a node, again on failure: Ray gives a raylet 30 s to register, which a
+        heavily loaded machine can miss."""
+        for attempt in range(1, tries + 1):
+            node = NodeProcess(plan(), self.token, self.root / f"{name}.log",
+                               extra_env={BOX_ENV: name, **SAME_NICE})
+            try:
+                node.wait_started(timeout=300)
+            except NodeError as exc:
+                node.stop(timeout=20)
+                if attempt == tries:
+                    raise
+                print(f"node {name} did not start ({str(exc)[-200:]}); again", flush=True)
+                continue
+            self.nodes[name] = node
+            return
 
     def stop(self) -> None:
         for name in [n for n in self.nodes if n != "head"] + ["head"]:
