@@ -48,7 +48,10 @@ def _refusal(remote: Remote, response: httpx.Response) -> RemoteError:
     return RemoteError(what)
 
 
-def _unreachable(remote: Remote, exc: httpx.HTTPError) -> RemoteUnavailableError:
+UNREACHABLE = (httpx.HTTPError, httpx.InvalidURL)
+
+
+def _unreachable(remote: Remote, exc: Exception) -> RemoteUnavailableError:
     return RemoteUnavailableError(f"remote {remote.name!r} cannot be reached "
                                   f"({type(exc).__name__}: {exc})")
 
@@ -110,7 +113,7 @@ class RemoteClient:
         url, headers, content = self._request(remote, key, path, body)
         try:
             response = await self.http.post(url, headers=headers, content=content)
-        except httpx.HTTPError as exc:
+        except UNREACHABLE as exc:
             raise _unreachable(remote, exc) from exc
         if response.status_code != 200:
             raise _refusal(remote, response)
@@ -126,10 +129,10 @@ class RemoteClient:
                      ) -> RemoteStream:
         """POST a streamed request; returns once the remote answered 200 (else raises)."""
         url, headers, content = self._request(remote, key, path, body)
-        request = self.http.build_request("POST", url, headers=headers, content=content)
         try:
+            request = self.http.build_request("POST", url, headers=headers, content=content)
             response = await self.http.send(request, stream=True)
-        except httpx.HTTPError as exc:
+        except UNREACHABLE as exc:
             raise _unreachable(remote, exc) from exc
         if response.status_code != 200:
             try:

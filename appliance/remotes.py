@@ -28,8 +28,12 @@ MAX_KEY_BYTES = 4096
 def check_url(url: str) -> str:
     """The base URL without a trailing slash; ApplianceError (400) unless http(s)."""
     url = url.strip().rstrip("/")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a port that is not a number is refused here
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApplianceError(f"remote URL {url!r} must be http(s)://HOST[:PORT]/PATH, the "
                              "endpoint's OpenAI base URL (e.g. https://cloud.example/v1)")
     if parts.username or parts.password:
@@ -39,9 +43,10 @@ def check_url(url: str) -> str:
 
 def check_key(key: str) -> str:
     key = key.strip()
-    if not key or len(key) > MAX_KEY_BYTES or any(c.isspace() for c in key):
+    if (not key or len(key) > MAX_KEY_BYTES or any(c.isspace() for c in key)
+            or not key.isascii() or not key.isprintable()):
         raise ApplianceError("the remote's key must be one line of 1 to "
-                             f"{MAX_KEY_BYTES} characters without spaces")
+                             f"{MAX_KEY_BYTES} printable ASCII characters without spaces")
     return key
 
 
