@@ -254,11 +254,18 @@ class Call:
             self.completion_tokens = int(usage.get("completion_tokens") or 0)
 
     def _relay(self, upstream: Any, wants_usage: bool) -> StreamingResponse:
-        """The remote's events as this box's server-sent events (see ``forward``)."""
+        """The remote's events as this box's server-sent events (see ``forward``). Until
+        the remote's usage chunk arrives (a stream cut short never gets one), the call
+        counts each relayed chunk that carries text as one completion token."""
         async def chunks() -> AsyncIterator[bytes]:
+            reported = False
             try:
                 async for obj in upstream.events():
-                    self._see_usage(obj)
+                    if isinstance(obj.get("usage"), dict):
+                        reported = True
+                        self._see_usage(obj)
+                    elif not reported and _has_text(obj):
+                        self.completion_tokens += 1
                     if obj.get("usage") and not obj.get("choices") and not wants_usage:
                         continue  # the usage chunk this box asked for, not the client
                     if "model" in obj:
@@ -337,6 +344,15 @@ class Call:
             if isinstance(result, BaseException):
                 raise result
         return gens
+
+
+def _has_text(chunk: dict[str, Any]) -> bool:
+    """Whether a streamed chat or completion chunk carries generated text."""
+    for choice in chunk.get("choices") or ():
+        if isinstance(choice, dict) and (choice.get("text") or (
+                isinstance(choice.get("delta"), dict) and choice["delta"].get("content"))):
+            return True
+    return False
 
 
 class Generation:
