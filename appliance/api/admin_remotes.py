@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from appliance.deps import AdminDep, GuardDep, RemotesDep
-from appliance.egress import parse_models
+from appliance.egress import NAME_RE, parse_models
 from engines.errors import InvalidRequestError
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -23,7 +23,8 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 class RemoteIn(BaseModel):
     """A remote OpenAI-compatible endpoint and the models it serves."""
 
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=64, pattern=NAME_RE.pattern,
+                      description="Its name in usage rows and X-Appliance-Node.")
     url: str = Field(min_length=1, max_length=2000,
                      description="Its OpenAI base URL, e.g. https://cloud.example/v1.")
     key: str = Field(min_length=1, max_length=4096, description="Its API key (stored 0600).")
