@@ -216,7 +216,7 @@ class Call:
         """Send the client's request body to ``remote`` (``path`` under its base URL) and
         answer with what it answers: the model renamed back, ``X-Appliance-Node`` naming
         the remote, the usage it reports metered here. The seat's day holds a rough
-        prompt estimate (a token per 4 bytes of body) plus ``n`` times ``max_tokens``;
+        prompt estimate (a token per 4 bytes of body) plus ``max_tokens`` per choice;
         without ``max_tokens`` up to ``cap`` tokens, and the remote is told to stop at
         what the day allows (``limit_field``) when that is less."""
         life = self.life
@@ -226,6 +226,9 @@ class Call:
         body = json.loads(raw)
         estimate = len(raw) // 4 + 1
         n = body.get("n") if isinstance(body.get("n"), int) else 1
+        prompt = body.get("prompt")  # /completions: a list of prompts makes n choices each
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+            n *= len(prompt)
         asked = body.get("max_completion_tokens") or body.get("max_tokens")
         if isinstance(asked, int):
             self.reserve(estimate + max(1, n) * asked)
