@@ -87,16 +87,20 @@ def llm_loader(settings: Settings, client: Any) -> Loader:
     def load(manifest: Manifest, directory: Path) -> Any:
         threads = max(1, int(settings.fleet_replica_cpus))
         spec = llm_spec(settings, manifest, directory, n_threads=threads)
+        least = settings.fleet_min_for(manifest.name)
         dep = deployment(
-            app_name(manifest.name), min_replicas=settings.fleet_min_replicas,
-            max_replicas=max(settings.fleet_max_replicas, settings.fleet_min_replicas),
+            app_name(manifest.name), min_replicas=least,
+            max_replicas=max(settings.fleet_max_replicas, least, 1),
             target_ongoing_requests=settings.fleet_target_ongoing,
             max_ongoing_requests=settings.llm_slots, replica_cpus=settings.fleet_replica_cpus,
             upscale_delay_s=settings.fleet_upscale_delay_s,
-            downscale_delay_s=settings.fleet_downscale_delay_s)
+            downscale_delay_s=settings.fleet_downscale_delay_s,
+            look_back_s=settings.fleet_look_back_s)
         handle = client.deploy(manifest.name, dep, spec, settings.worker_ready_timeout_s,
                                str(settings.data_dir))
-        return FleetLLMEngine(manifest.name, handle,
-                              on_close=lambda: client.undeploy(manifest.name))
+        return FleetLLMEngine(
+            manifest.name, handle, on_close=lambda: client.undeploy(manifest.name),
+            running=(lambda: client.running(manifest.name)) if least == 0 else None,
+            start_timeout=settings.worker_ready_timeout_s, load=client.load)
 
     return load

@@ -8,6 +8,9 @@ an approximation of what its engine's prefix cache still holds). A prompt prefer
 replicas holding its longest matched prefix, unless they carry more than
 ``max_imbalance`` requests over the least loaded one; every other replica follows, least
 loaded first, ties to the replica holding fewer blocks (so new prefixes spread out).
+The first rank is offered alone for a few tries (``offer``): a replica slow to answer
+Serve's queue-length probe on a busy box must not lose the request to one whose answer is
+cached.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ BLOCK_TOKENS = 32
 MAX_BLOCKS = 256  # the first 8192 tokens decide; longer prompts share no more than that
 CAPACITY = 8192  # block names remembered per replica
 MAX_IMBALANCE = 4
+EXCLUSIVE_TRIES = 3  # probes of the first rank alone before the others are offered
 
 
 def prefix_blocks(tokens: Sequence[int], block: int = BLOCK_TOKENS,
@@ -88,9 +92,21 @@ def rank(blocks: Sequence[int], loads: Mapping[str, int], index: PrefixIndex, *,
     least = min(loads.values())
     matched = {r: index.match(r, blocks) for r in loads} if blocks else {}
     best = max(matched.values(), default=0)
-    preferred = sorted(r for r, m in matched.items()
-                       if best > 0 and m == best and loads[r] <= least + max_imbalance)
+    preferred = sorted((r for r, m in matched.items()
+                        if best > 0 and m == best and loads[r] <= least + max_imbalance),
+                       key=lambda r: (loads[r], r))
     rest = sorted((r for r in loads if r not in preferred),
                   key=lambda r: (loads[r], index.size(r), r))
     ranks = [preferred] if preferred else []
     return ranks + [[r] for r in rest]
+
+
+def offer(ranks: list[list[str]], attempt: int, exclusive: int = EXCLUSIVE_TRIES
+          ) -> tuple[list[list[str]], bool]:
+    """The ranks to offer on routing ``attempt`` (0 first) and whether Serve should back
+    off when none of them takes the request: the first rank alone for ``exclusive``
+    attempts (Serve probes it again at once, each time with twice the deadline), then
+    every rank, backing off while all are full."""
+    if attempt < exclusive and len(ranks) > 1:
+        return ranks[:1], False
+    return ranks, True

@@ -19,6 +19,7 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 
 from engines.errors import EngineError
 from engines.types import Failed, Finished, GenerationEvent, GenerationRequest, LLMInfo
@@ -26,10 +27,10 @@ from engines.worker.proxies import WorkerLLMEngine
 from engines.worker.spec import EngineSpec
 from engines.worker.supervisor import Supervisor
 from fleet.node import BOX_ENV
+from fleet.router import CLASS_PATH
 from fleet.wire import Placement
 
 log = logging.getLogger(__name__)
-
 
 
 class LLMReplica:
@@ -47,6 +48,7 @@ class LLMReplica:
             except OSError as exc:  # another box's layout: self-test every load instead
                 log.warning("no trust file on this box (%s): %s", trust_dir, exc)
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.replica = serve.get_replica_context().replica_id.unique_id
         self.box = os.environ.get(BOX_ENV) or self.node_id[:12]
         self.engine = WorkerLLMEngine(Supervisor(spec, trust=trust,
                                                  ready_timeout=ready_timeout))
@@ -56,7 +58,7 @@ class LLMReplica:
         return self.engine.info
 
     def placement(self) -> Placement:
-        return Placement(self.box, self.node_id)
+        return Placement(self.box, self.node_id, self.replica)
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         return self.engine.tokenize(text, special=special)
@@ -82,7 +84,7 @@ class LLMReplica:
                        ) -> AsyncIterator[Placement | GenerationEvent]:
         """``Placement``, then the generation's events; closing the stream (the client hung
         up, the head cancelled) cancels the generation and frees its slot."""
-        yield Placement(self.box, self.node_id)
+        yield self.placement()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerationEvent] = asyncio.Queue()
         try:
@@ -109,9 +111,11 @@ class LLMReplica:
 
 def deployment(name: str, *, min_replicas: int, max_replicas: int,
                target_ongoing_requests: float, max_ongoing_requests: int,
-               replica_cpus: float, upscale_delay_s: float, downscale_delay_s: float
-               ) -> Any:
-    """The Serve deployment of one model, placed by cores and scaled by queue length."""
+               replica_cpus: float, upscale_delay_s: float, downscale_delay_s: float,
+               look_back_s: float = 30.0) -> Any:
+    """The Serve deployment of one model, placed by cores, scaled by queue length (down
+    to none when ``min_replicas`` is 0; it starts with one, so the head can read the
+    model's facts), routed by prompt prefix (``fleet.router``)."""
     return serve.deployment(
         LLMReplica, name=name,
         ray_actor_options={"num_cpus": replica_cpus},
@@ -121,7 +125,9 @@ def deployment(name: str, *, min_replicas: int, max_replicas: int,
             "max_replicas": max_replicas,
             "target_ongoing_requests": target_ongoing_requests,
             "upscale_delay_s": upscale_delay_s, "downscale_delay_s": downscale_delay_s,
+            "look_back_period_s": look_back_s,
         },
+        request_router_config=RequestRouterConfig(request_router_class=CLASS_PATH),
         health_check_period_s=2.0, health_check_timeout_s=10.0,
         graceful_shutdown_timeout_s=30.0,
     )

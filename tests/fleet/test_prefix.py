@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.prefix import PrefixIndex, prefix_blocks, rank
+from fleet.prefix import PrefixIndex, offer, prefix_blocks, rank
 
 SYSTEM = list(range(1000, 1100))  # a 100-token system prompt: 3 whole blocks of 32
 
@@ -83,3 +83,11 @@ def test_index_is_bounded_and_forgets_gone_replicas() -> None:
     index.record("r2", prefix_blocks(prompt(1)))
     index.keep_only(["r2"])
     assert index.size("r1") == 0 and index.match("r2", prefix_blocks(prompt(3))) == 3
+
+
+def test_offer_gives_the_first_rank_alone_then_everything() -> None:
+    ranks = [["r1"], ["r2"], ["r3"]]
+    assert offer(ranks, 0, exclusive=2) == ([["r1"]], False)
+    assert offer(ranks, 1, exclusive=2) == ([["r1"]], False)
+    assert offer(ranks, 2, exclusive=2) == (ranks, True)
+    assert offer([["r1"]], 0) == ([["r1"]], True)  # nothing else to wait for
