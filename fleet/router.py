@@ -2,13 +2,15 @@
 
 Serve builds one inside each handle to the deployment (so on the head, in the API
 process) from ``request_router_config`` (``fleet.replica.deployment``). For a generation it
-asks ``fleet.prefix.rank`` for the replicas to try, best first: those that were already sent
-the prompt's prefix, then the least loaded by the requests this router has in flight on
-each. Serve then probes each rank's queue lengths and takes the first replica with room,
-backing off while all are full; the first rank is offered alone for the first few tries
-(``fleet.prefix.offer``). Other calls (tokenise, render, info) go by load alone.
-A request is matched to the replica chosen for it (no FIFO hand-over to another request),
-so the prefix decision holds for the request it was made for.
+asks ``fleet.prefix.rank`` for the replicas to try, best first: those that were already
+sent the prompt's prefix, then the least loaded by the generations this router has in
+flight on each. Short calls (tokenise, render, info) go by that load alone and are not
+counted in it: Serve may report one done only after its caller has moved on, which would
+make an idle replica look busy. Serve probes each rank's queue lengths and takes the first
+replica with room, backing off while all are full; the first rank is offered alone for the
+first few tries (``fleet.prefix.offer``). A request is matched to the replica chosen for
+it (no FIFO hand-over to another request), so the decision holds for the request it was
+made for.
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ from fleet.prefix import (
 )
 
 CLASS_PATH = "fleet.router:PrefixRouter"
+GENERATE = "generate"
 EARLY_LIMIT = 1024
 TRIES_LIMIT = 4096
 
 
 def _blocks(pending: PendingRequest | None, block: int) -> tuple[int, ...]:
-    if pending is None or pending.metadata.call_method != "generate" or not pending.args:
+    if pending is None or pending.metadata.call_method != GENERATE or not pending.args:
         return ()
     req = pending.args[0]
     if not isinstance(req, GenerationRequest):
@@ -85,6 +88,9 @@ class PrefixRouter(RequestRouter):
         rid = replica_id.unique_id
         request_id = pending_request.metadata.internal_request_id
         self._tries.pop(request_id, None)
+        if pending_request.metadata.call_method != GENERATE:
+            return  # a short call (tokenise, render): its load is nil, and Serve may
+            #         report it done only after the caller has sent the next one
         if (rid, request_id) in self._early:
             del self._early[rid, request_id]  # it has already finished
         else:

@@ -79,15 +79,19 @@ async def test_shared_prefix_keeps_to_its_replica_and_load_is_released(
     assert placed == {"a": {"r1"}, "b": {"r2"}}
 
 
-async def test_completion_reported_before_routing_leaves_no_load(router: PrefixRouter
-                                                                  ) -> None:
+async def test_late_or_early_completion_reports_leave_no_load(router: PrefixRouter
+                                                               ) -> None:
     pool = replicas("r1", "r2")
-    # quick calls (tokenise) on r1 whose completion Serve reports before their routing
-    for _ in range(3):
-        assert await route(router, pool, request([1, 2, 3], method="tokenize"),
-                     finish_first=True) == "r1"
-    # r1 carries nothing: a new prefix still goes by the tie-breaks, not to r2 for load
-    assert await route(router, pool, request(SYS_A)) == "r1"
+    sys_c = list(range(5000, 5200))
+    # a tokenise call Serve reports done only later: r1 must not look busy meanwhile
+    assert await route(router, pool, request([1, 2, 3], method="tokenize")) == "r1"
+    # generations Serve reports done before it reports them routed
+    for q in range(3):
+        assert await route(router, pool, request([*SYS_A, q]), finish_first=True) == "r1"
+    # two generations of another prefix still running on r2 (the emptier cache)
+    assert [await route(router, pool, request([*SYS_B, q])) for q in range(2)] == ["r2"] * 2
+    # a third prefix goes to r1, which carries nothing (r2 carries two)
+    assert await route(router, pool, request(sys_c)) == "r1"
 
 
 async def test_busy_holder_gives_way_and_other_calls_go_by_load(router: PrefixRouter
