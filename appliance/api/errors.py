@@ -19,6 +19,9 @@ from appliance.errors import (
     ConfigError,
     ModelNotFoundError,
     ModelStoreError,
+    RemoteError,
+    RemoteNotFoundError,
+    RemoteUnavailableError,
     ResponseNotFoundError,
 )
 from engines.errors import (
@@ -56,6 +59,9 @@ ERROR_MAP: list[tuple[type[Exception], int, str, str | None]] = [
     (fw.UpdateError, 400, "invalid_request_error", "update"),
     (ModelNotFoundError, 404, "invalid_request_error", "model_not_found"),
     (ResponseNotFoundError, 404, "invalid_request_error", "response_not_found"),
+    (RemoteNotFoundError, 404, "invalid_request_error", "remote_not_found"),
+    (RemoteUnavailableError, 503, "server_error", "remote_unavailable"),
+    (RemoteError, 502, "server_error", "remote_failed"),
     (ContextLengthError, 400, "invalid_request_error", "context_length_exceeded"),
     (InvalidRequestError, 400, "invalid_request_error", None),
     (InputError, 400, "invalid_request_error", "invalid_input"),
