@@ -91,17 +91,21 @@ def llm_loader(settings: Settings, client: Any) -> Loader:
         if why:
             raise FleetUnavailableError(f"model {manifest.name!r} cannot be placed: {why}")
         spec = llm_spec(settings, manifest, directory, n_threads=resources.threads)
+        least = settings.fleet_min_for(manifest.name)
         dep = deployment(
-            app_name(manifest.name), min_replicas=settings.fleet_min_replicas,
-            max_replicas=max(settings.fleet_max_replicas, settings.fleet_min_replicas),
+            app_name(manifest.name), min_replicas=least,
+            max_replicas=max(settings.fleet_max_replicas, least, 1),
             target_ongoing_requests=settings.fleet_target_ongoing,
             max_ongoing_requests=settings.llm_slots, resources=resources,
             upscale_delay_s=settings.fleet_upscale_delay_s,
-            downscale_delay_s=settings.fleet_downscale_delay_s)
+            downscale_delay_s=settings.fleet_downscale_delay_s,
+            look_back_s=settings.fleet_look_back_s)
         handle = client.deploy(manifest.name, dep, spec, settings.worker_ready_timeout_s,
                                str(settings.data_dir), settings.worker_nice)
-        return FleetLLMEngine(manifest.name, handle,
-                              on_close=lambda: client.undeploy(manifest.name))
+        return FleetLLMEngine(
+            manifest.name, handle, on_close=lambda: client.undeploy(manifest.name),
+            running=(lambda: client.running(manifest.name)) if least == 0 else None,
+            start_timeout=settings.worker_ready_timeout_s, load=client.load)
 
     return load
 
@@ -124,13 +128,15 @@ def vision_loader(settings: Settings, client: Any) -> Loader:
             raise ProviderUnavailableError(f"model {manifest.name!r} cannot be placed: {why}")
         workers = None if resources.num_gpus else resources.threads
         spec = vision_spec(settings, manifest, directory, workers=workers)
+        least = max(1, settings.fleet_min_for(manifest.name))  # no scale to zero for vision
         dep = deployment(
-            app_name(manifest.name), min_replicas=settings.fleet_min_replicas,
-            max_replicas=max(settings.fleet_max_replicas, settings.fleet_min_replicas),
+            app_name(manifest.name), min_replicas=least,
+            max_replicas=max(settings.fleet_max_replicas, least),
             target_ongoing_requests=settings.fleet_target_ongoing,
             max_ongoing_requests=settings.vision_max_queue, resources=resources,
             upscale_delay_s=settings.fleet_upscale_delay_s,
-            downscale_delay_s=settings.fleet_downscale_delay_s, replica=VisionReplica)
+            downscale_delay_s=settings.fleet_downscale_delay_s,
+            look_back_s=settings.fleet_look_back_s, replica=VisionReplica)
         handle = client.deploy(manifest.name, dep, spec, settings.worker_ready_timeout_s,
                                str(settings.data_dir), settings.worker_nice)
         return FleetVisionEngine(manifest.name, handle,

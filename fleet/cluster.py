@@ -18,6 +18,7 @@ from typing import Any
 
 from engines.errors import ModelLoadError
 from fleet.errors import FleetUnavailableError
+from fleet.load import ReplicaLoad
 from fleet.node import environment
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,11 @@ NAMESPACE = "appliance"
 
 def app_name(model: str) -> str:
     return APP_PREFIX + model
+
+
+def _states(replica_states: Any) -> dict[str, int]:
+    """Serve's replica counts by state, keyed by the state's name."""
+    return {str(getattr(k, "value", k)): int(v) for k, v in (replica_states or {}).items()}
 
 
 class FleetClient:
@@ -47,6 +53,7 @@ class FleetClient:
             ) from exc
         self._ray, self._serve = ray, serve
         self.address = address
+        self.load = ReplicaLoad()  # filled by the head's fleet engines
         deadline = time.monotonic() + connect_timeout
         while True:
             try:
@@ -95,6 +102,14 @@ class FleetClient:
         except Exception as exc:
             log.warning("removing the fleet deployment of %s failed: %s", model, exc)
 
+    def running(self, model: str) -> int:
+        """Replicas of ``model`` running now (one call to Serve's controller)."""
+        app = self._serve.status().applications.get(app_name(model))
+        if app is None:
+            return 0
+        return sum(_states(d.replica_states).get("RUNNING", 0)
+                   for d in app.deployments.values())
+
     # --- status ---------------------------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:
         """Every node Ray knows: alive or not, its box, resources."""
@@ -137,7 +152,8 @@ class FleetClient:
         return out
 
     def status(self) -> dict[str, Any]:
-        """Nodes with their health and the replicas on each (for CLI, API and TUI)."""
+        """Nodes with their health and the replicas on each (for CLI, API and TUI); a
+        node's ``load`` is the requests in flight on its replicas (``ongoing`` each)."""
         nodes = self.nodes()
         reps = self.replicas()
         apps: dict[str, Any] = {}
@@ -147,17 +163,19 @@ class FleetClient:
                     continue
                 states: dict[str, int] = {}
                 for d in app.deployments.values():
-                    for k, v in (d.replica_states or {}).items():
-                        key = str(getattr(k, "value", k))
-                        states[key] = states.get(key, 0) + int(v)
+                    for key, n in _states(d.replica_states).items():
+                        states[key] = states.get(key, 0) + n
                 apps[name[len(APP_PREFIX):]] = {
                     "status": str(getattr(app.status, "value", app.status)),
                     "running": states.get("RUNNING", 0), "replica_states": states}
         except Exception as exc:
             log.warning("serve status failed: %s", exc)
+        ongoing = self.load.snapshot()
+        for r in reps:
+            r["ongoing"] = ongoing.get(r["replica"], 0)
         for node in nodes:
             node["replicas"] = [r for r in reps if r["node_id"] == node["node_id"]]
-            node["load"] = len(node["replicas"])
+            node["load"] = sum(r["ongoing"] for r in node["replicas"])
         return {"address": self.address, "nodes": nodes, "models": apps}
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 
 from engines.errors import EngineError
 from engines.types import Failed, Finished, GenerationEvent, GenerationRequest, LLMInfo
@@ -29,6 +30,7 @@ from engines.worker.spec import NICE_ENV, EngineSpec
 from engines.worker.supervisor import Supervisor
 from fleet.node import BOX_ENV
 from fleet.placement import ReplicaResources
+from fleet.router import CLASS_PATH
 from fleet.wire import Placement
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class LLMReplica:
     def __init__(self, spec: EngineSpec, ready_timeout: float = 900.0,
                  trust_dir: str | None = None, nice: int = 0) -> None:
         self.node_id, self.box = _here()
+        self.replica = serve.get_replica_context().replica_id.unique_id
         self.engine = WorkerLLMEngine(_supervisor(spec, ready_timeout, trust_dir, nice))
         log.info("replica of %s ready on box %s", spec.name, self.box)
 
@@ -70,7 +73,7 @@ class LLMReplica:
         return self.engine.info
 
     def placement(self) -> Placement:
-        return Placement(self.box, self.node_id)
+        return Placement(self.box, self.node_id, self.replica)
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         return self.engine.tokenize(text, special=special)
@@ -96,7 +99,7 @@ class LLMReplica:
                        ) -> AsyncIterator[Placement | GenerationEvent]:
         """``Placement``, then the generation's events; closing the stream (the client hung
         up, the head cancelled) cancels the generation and frees its slot."""
-        yield Placement(self.box, self.node_id)
+        yield self.placement()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerationEvent] = asyncio.Queue()
         try:
@@ -157,9 +160,11 @@ class VisionReplica:
 def deployment(name: str, *, min_replicas: int, max_replicas: int,
                target_ongoing_requests: float, max_ongoing_requests: int,
                resources: ReplicaResources, upscale_delay_s: float, downscale_delay_s: float,
-               replica: type = LLMReplica) -> Any:
-    """The Serve deployment of one model, placed by ``resources`` (cores, a GPU share) and
-    scaled by queue length."""
+               look_back_s: float = 30.0, replica: type = LLMReplica) -> Any:
+    """The Serve deployment of one model, placed by ``resources`` (cores, a GPU share),
+    scaled by queue length (down to none when ``min_replicas`` is 0; it starts with one, so
+    the head can read the model's facts); language models are routed by prompt prefix
+    (``fleet.router``), vision models by Serve's own router."""
     return serve.deployment(
         replica, name=name,
         ray_actor_options=resources.actor_options(),
@@ -169,7 +174,10 @@ def deployment(name: str, *, min_replicas: int, max_replicas: int,
             "max_replicas": max_replicas,
             "target_ongoing_requests": target_ongoing_requests,
             "upscale_delay_s": upscale_delay_s, "downscale_delay_s": downscale_delay_s,
+            "look_back_period_s": look_back_s,
         },
+        **({"request_router_config": RequestRouterConfig(request_router_class=CLASS_PATH)}
+           if replica is LLMReplica else {}),
         health_check_period_s=2.0, health_check_timeout_s=10.0,
         graceful_shutdown_timeout_s=30.0,
     )

@@ -31,6 +31,7 @@ from engines.errors import (
     EngineError,
     InputError,
     InvalidRequestError,
+    ModelStartingError,
     OverloadedError,
     ProviderUnavailableError,
 )
@@ -67,6 +68,7 @@ ERROR_MAP: list[tuple[type[Exception], int, str, str | None]] = [
     (OverloadedError, 503, "server_overloaded", "queue_full"),
     (EngineClosedError, 503, "server_error", "model_unloaded"),
     (EngineCrashedError, 503, "server_error", "engine_crashed"),
+    (ModelStartingError, 503, "server_error", "model_starting"),
     (ProviderUnavailableError, 503, "server_error", "provider_unavailable"),
     (fl.JoinRefusedError, 403, "permission_error", "fleet_join_refused"),
     (fl.FleetUnavailableError, 503, "server_error", "fleet_unavailable"),

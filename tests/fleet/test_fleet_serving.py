@@ -12,8 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-
-pytest.importorskip("ray", reason="fleet tests need the fleet extra: pip install '.[fleet]'")
+import ray  # noqa: F401  (no fleet extra: fail loudly; make test installs it)
 
 from tests.conftest import LLM, Box, linked_models
 from tests.fleet.support import LoopbackFleet, sse_stream, usage_rows, wait_for
