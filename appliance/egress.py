@@ -11,8 +11,9 @@ add-remote``) only when all three hold:
    box's names);
 3. **the box is saturated** for that model: every decoding slot of its engine is busy
    and the request would wait in the engine's queue, i.e. ``active + waiting >= slots``
-   (``Load``). An engine that reports no slots (the fleet's Serve-backed engine) is never
-   saturated here.
+   (``Load``). On a fleet head the Serve-backed engine counts the model's slots across its
+   running replicas and the generations in flight through the head (``fleet.load``); an
+   engine that reports no slots (a model scaled to zero) is never saturated here.
 
 Otherwise the request stays on the box, as it always did: it waits in the engine's queue,
 or gets 503 ``queue_full`` with Retry-After once that queue is full.

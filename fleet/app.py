@@ -105,7 +105,8 @@ def llm_loader(settings: Settings, client: Any) -> Loader:
         return FleetLLMEngine(
             manifest.name, handle, on_close=lambda: client.undeploy(manifest.name),
             running=(lambda: client.running(manifest.name)) if least == 0 else None,
-            start_timeout=settings.worker_ready_timeout_s, load=client.load)
+            start_timeout=settings.worker_ready_timeout_s, load=client.load,
+            replicas=lambda: client.running(manifest.name), slots_per_replica=settings.llm_slots)
 
     return load
 

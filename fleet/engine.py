@@ -34,7 +34,7 @@ from engines.base import EventSink, GenerationHandle, LLMEngine
 from engines.errors import EngineCrashedError, EngineError, ModelStartingError
 from engines.types import Failed, Finished, GenerationRequest, LLMInfo
 from fleet.headers import note_placement
-from fleet.load import ReplicaLoad
+from fleet.load import ReplicaLoad, slot_gauges
 from fleet.wire import Placement
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ CALL_TIMEOUT_S = 60.0
 CRASH_RETRY_AFTER_S = 2.0
 SEEN_TTL_S = 1.0
 FIRST_START_S = 5.0  # Retry-After before any start was timed
+COUNT_TTL_S = 2.0  # how long stats() trusts a replica count
 
 
 def crashed(model: str, exc: BaseException) -> EngineCrashedError:
@@ -93,7 +94,9 @@ class FleetLLMEngine(LLMEngine):
                  on_close: Callable[[], None] | None = None,
                  call_timeout: float = CALL_TIMEOUT_S,
                  running: Callable[[], int] | None = None,
-                 start_timeout: float = 900.0, load: ReplicaLoad | None = None) -> None:
+                 start_timeout: float = 900.0, load: ReplicaLoad | None = None,
+                 replicas: Callable[[], int] | None = None, slots_per_replica: int = 0
+                 ) -> None:
         self.name = name
         self._handle = handle
         self._stream = handle.options(stream=True)
@@ -106,6 +109,10 @@ class FleetLLMEngine(LLMEngine):
         self._waking_since: float | None = None
         self._start_s = FIRST_START_S
         self._load = load or ReplicaLoad()
+        self._replicas = replicas  # running replicas (a controller call): for stats()
+        self._slots_per_replica = slots_per_replica
+        self._replica_count: tuple[float, int] | None = None  # (asked at, count)
+        self._in_flight = 0  # generations this head has open on the model's replicas
         # the deployment starts with a replica; after a restart of the head it may have
         # none yet, so this first call waits for one as long as a start may take
         self._info: LLMInfo = self._invoke("info", timeout=start_timeout)
@@ -196,7 +203,27 @@ class FleetLLMEngine(LLMEngine):
         return self._call("embed", list(texts))
 
     def stats(self) -> dict[str, float]:
-        return {}  # per-replica gauges are in `fleet status`; /metrics counts the head
+        """The model's slots across the fleet (``fleet.load.slot_gauges``): running
+        replicas × their slots, and the generations in flight through this head, the
+        fleet's only ingress. Empty while the replica count is unknown. Blocking (a
+        controller call at most every ``COUNT_TTL_S``): from worker threads."""
+        if self._replicas is None:
+            return {}
+        now = time.monotonic()
+        cached = self._replica_count
+        if cached is None or now - cached[0] > COUNT_TTL_S:
+            try:
+                cached = self._replica_count = (now, int(self._replicas()))
+            except Exception as exc:  # the controller is busy: no gauges this time
+                log.warning("replica count of %s unknown: %s", self.name, exc)
+                return {}
+        with self._lock:
+            in_flight = self._in_flight
+        return slot_gauges(cached[1], self._slots_per_replica, in_flight)
+
+    def _opened(self, delta: int) -> None:
+        with self._lock:
+            self._in_flight += delta
 
     # --- streaming ----------------------------------------------------------------------
     def submit(self, request: GenerationRequest, sink: EventSink) -> GenerationHandle:
@@ -244,6 +271,7 @@ class FleetLLMEngine(LLMEngine):
     async def _pump_async(self, stream: Any, sink: EventSink) -> None:
         ended = False
         placed: list[str] = []
+        self._opened(1)  # counted by the pump itself, so a task cancelled unstarted is not
         try:
             async for item in stream:
                 if self._see(item, sink, placed):
@@ -258,6 +286,7 @@ class FleetLLMEngine(LLMEngine):
             ended = True
             sink(Failed(self._failure(exc)))
         finally:
+            self._opened(-1)
             for replica in placed:
                 self._load.end(replica)
             if not ended:
@@ -265,6 +294,7 @@ class FleetLLMEngine(LLMEngine):
 
     def _pump_sync(self, stream: Any, sink: EventSink) -> None:
         placed: list[str] = []
+        self._opened(1)
         try:
             for item in stream:
                 if self._see(item, sink, placed):
@@ -273,6 +303,7 @@ class FleetLLMEngine(LLMEngine):
             sink(Failed(self._failure(exc)))
             return
         finally:
+            self._opened(-1)
             for replica in placed:
                 self._load.end(replica)
         sink(Failed(crashed(self.name, RuntimeError("the stream ended early"))))

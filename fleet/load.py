@@ -29,3 +29,14 @@ class ReplicaLoad:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._ongoing)
+
+
+def slot_gauges(replicas: int, slots_per_replica: int, in_flight: int) -> dict[str, float]:
+    """A model's slot gauges across the fleet, as an engine's ``stats()`` reports them on one
+    box: ``slots`` (running replicas × each one's slots), ``active_slots`` (generations in
+    flight through the head, at most ``slots``) and ``queue_depth`` (the rest, waiting in
+    Serve's queues). The cloud-overflow rule (``appliance.egress``) reads these."""
+    slots = max(0, replicas) * max(0, slots_per_replica)
+    busy = max(0, in_flight)
+    return {"replicas": float(max(0, replicas)), "slots": float(slots),
+            "active_slots": float(min(busy, slots)), "queue_depth": float(max(0, busy - slots))}

@@ -74,6 +74,18 @@ def _running(box: Box) -> int:
     return _fleet_status(box)["models"].get(LLM, {}).get("running", 0)
 
 
+def _slots_gauge(box: Box) -> float | None:
+    """The model's ``appliance_engine_slots`` in the head's /metrics (running replicas ×
+    slots each: what the cloud-overflow rule reads), or None when it is not there."""
+    r = httpx.get(box.base_url + "/metrics", timeout=30,
+                  headers={"Authorization": f"Bearer {box.api_key}"})
+    assert r.status_code == 200, r.text
+    for line in r.text.splitlines():
+        if line.startswith(f'appliance_engine_slots{{model="{LLM}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def _burst(box: Box, key: str, n: int, max_tokens: int) -> list[dict]:
     with ThreadPoolExecutor(n) as pool:
         return list(pool.map(lambda _: sse_stream(box.base_url, key, LLM,
@@ -96,6 +108,9 @@ def test_burst_scales_out_onto_both_boxes_and_idle_scales_back(head_box: Box, ke
         seen |= {r["node"] for r in results}
         grown = grown or _running(head_box) >= 2
     assert grown, "32 streams did not grow the model to 2 replicas"
+    # the head counts the model's slots across its replicas (4 each here)
+    assert wait_for(lambda: _slots_gauge(head_box) == 4 * _running(head_box), timeout=20,
+                    every=1), (_slots_gauge(head_box), _running(head_box))
     assert seen == {"a", "b"}, f"served only by {seen}"
     status = _fleet_status(head_box)
     boxes = {n["box"]: n for n in status["nodes"] if n["alive"]}
