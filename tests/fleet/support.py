@@ -12,14 +12,17 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from fleet.node import BOX_ENV, NodePlan, NodeProcess, free_ports, own_ports
 from fleet.token import new_token, write_token
+from tests.conftest import Box, linked_models
 
 HEAD_IP = "127.0.0.2"
 BOX_IPS = {"a": "127.0.0.3", "b": "127.0.0.4", "c": "127.0.0.5"}
@@ -124,3 +127,32 @@ def wait_for(predicate, timeout: float, every: float = 0.5) -> Iterator[None] | 
             return True
         time.sleep(every)
     return False
+
+
+@contextmanager
+def running_fleet(root: Path, boxes: tuple[str, ...] = ("a", "b"), **where: Any
+                  ) -> Iterator[LoopbackFleet]:
+    """A head and ``boxes`` joined (``where``: other loopback addresses), all stopped after."""
+    f = LoopbackFleet(root, **where)
+    try:
+        f.start_head()
+        for box in boxes:
+            f.join(box)
+        yield f
+    finally:
+        f.stop()
+
+
+def fleet_head_box(fleet: LoopbackFleet, store: Path, tmp: Path, env: dict[str, str],
+                   add_packs: Callable[[Path], None] | None = None) -> Box:
+    """The real box as the fleet's ingress: the fleet's join token in its data dir, a linked
+    copy of the test model store (``add_packs`` may add packs to it), fleet mode on."""
+    data = tmp / "data"
+    (data / "fleet").mkdir(parents=True)
+    shutil.copy2(fleet.token, data / "fleet" / "join.token")
+    models = linked_models(store, tmp / "models")
+    if add_packs is not None:
+        add_packs(models)
+    return Box(data, models, env={
+        "APPLIANCE_FLEET_ENABLED": "1", "APPLIANCE_FLEET_ADDRESS": fleet.head_ip,
+        "APPLIANCE_FLEET_PORT": str(fleet.port), **env})

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -20,8 +19,8 @@ import pytest
 import ray  # noqa: F401  (no fleet extra: fail loudly; make test installs it)
 from textual.widgets import DataTable, Label
 
-from tests.conftest import LLM, Box, linked_models
-from tests.fleet.support import LoopbackFleet, wait_for
+from tests.conftest import LLM, Box
+from tests.fleet.support import fleet_head_box, running_fleet, wait_for
 from tests.tui.support import settle, wait_until
 from tui.app import AdminApp
 from tui.client import AdminClient
@@ -45,33 +44,20 @@ def add_twin(models: Path, name: str = TWIN) -> None:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    f = LoopbackFleet(tmp_path_factory.mktemp("elastic") / "nodes")
-    try:
-        f.start_head()
-        f.join("a")
-        f.join("b")
+    with running_fleet(tmp_path_factory.mktemp("elastic") / "nodes") as f:
         yield f
-    finally:
-        f.stop()
 
 
 @pytest.fixture(scope="module")
 def head_box(fleet, model_store, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("elastic-box")
-    data = tmp / "data"
-    (data / "fleet").mkdir(parents=True)
-    shutil.copy2(fleet.token, data / "fleet" / "join.token")
-    models = linked_models(model_store.root, tmp / "models")
-    add_twin(models)
-    box = Box(data, models, env={
-        "APPLIANCE_FLEET_ENABLED": "1", "APPLIANCE_FLEET_ADDRESS": fleet.address.split(":")[0],
-        "APPLIANCE_FLEET_PORT": str(fleet.port), "APPLIANCE_FLEET_MIN_REPLICAS": "2",
+    box = fleet_head_box(fleet, model_store.root, tmp_path_factory.mktemp("elastic-box"), {
+        "APPLIANCE_FLEET_MIN_REPLICAS": "2",
         "APPLIANCE_FLEET_MODEL_MIN_REPLICAS": json.dumps({LLM: 0}),
         "APPLIANCE_FLEET_MAX_REPLICAS": "2", "APPLIANCE_FLEET_TARGET_ONGOING": "4",
         "APPLIANCE_FLEET_REPLICA_CPUS": "0.5", "APPLIANCE_FLEET_UPSCALE_DELAY_S": "1",
         "APPLIANCE_FLEET_DOWNSCALE_DELAY_S": "3", "APPLIANCE_FLEET_LOOK_BACK_S": "11",
         "APPLIANCE_LLM_SLOTS": "2", "APPLIANCE_LLM_CTX": "1024",
-        "APPLIANCE_IDLE_UNLOAD_S": "0"})
+        "APPLIANCE_IDLE_UNLOAD_S": "0"}, add_packs=add_twin)
     yield box
     box.stop()
 

@@ -6,7 +6,6 @@ real SmolLM2 in engine workers inside Serve replicas. Slow: about two minutes on
 
 from __future__ import annotations
 
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,34 +13,29 @@ import httpx
 import pytest
 import ray  # noqa: F401  (no fleet extra: fail loudly; make test installs it)
 
-from tests.conftest import LLM, Box, linked_models
-from tests.fleet.support import LoopbackFleet, sse_stream, usage_rows, wait_for
+from tests.conftest import LLM, Box
+from tests.fleet.support import (
+    LoopbackFleet,
+    fleet_head_box,
+    running_fleet,
+    sse_stream,
+    usage_rows,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.fleet, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fleet")
-    f = LoopbackFleet(root / "nodes")
-    try:
-        f.start_head()
-        f.join("a")
-        f.join("b")
+    with running_fleet(tmp_path_factory.mktemp("fleet") / "nodes") as f:
         yield f
-    finally:
-        f.stop()
 
 
 @pytest.fixture(scope="module")
 def head_box(fleet, model_store, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("head-box")
-    data = tmp / "data"
-    (data / "fleet").mkdir(parents=True)
-    shutil.copy2(fleet.token, data / "fleet" / "join.token")
-    box = Box(data, linked_models(model_store.root, tmp / "models"), env={
-        "APPLIANCE_FLEET_ENABLED": "1", "APPLIANCE_FLEET_ADDRESS": fleet.address.split(":")[0],
-        "APPLIANCE_FLEET_PORT": str(fleet.port), "APPLIANCE_FLEET_MIN_REPLICAS": "1",
+    box = fleet_head_box(fleet, model_store.root, tmp_path_factory.mktemp("head-box"), {
+        "APPLIANCE_FLEET_MIN_REPLICAS": "1",
         "APPLIANCE_FLEET_MAX_REPLICAS": "2", "APPLIANCE_FLEET_TARGET_ONGOING": "1",
         "APPLIANCE_FLEET_UPSCALE_DELAY_S": "1", "APPLIANCE_FLEET_DOWNSCALE_DELAY_S": "8",
         "APPLIANCE_LLM_SLOTS": "4", "APPLIANCE_LLM_CTX": "512",

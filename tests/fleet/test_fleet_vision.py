@@ -24,7 +24,7 @@ import pytest
 pytest.importorskip("ray", reason="fleet tests need the fleet extra: pip install '.[fleet]'")
 
 from tests.conftest import DETECTOR, LLM, OCR, Box, linked_models
-from tests.fleet.support import LoopbackFleet, usage_rows, wait_for
+from tests.fleet.support import LoopbackFleet, fleet_head_box, running_fleet, usage_rows, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.fleet, pytest.mark.timeout(900)]
 
@@ -33,14 +33,10 @@ GPU_DETECTOR = "yolo-trt"
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    f = LoopbackFleet(tmp_path_factory.mktemp("fleet-vision") / "nodes",
-                      head_ip="127.0.0.30", box_ips={"a": "127.0.0.31", "g": "127.0.0.32"})
-    try:
-        f.start_head()
-        f.join("a")
+    with running_fleet(tmp_path_factory.mktemp("fleet-vision") / "nodes", boxes=("a",),
+                       head_ip="127.0.0.30",
+                       box_ips={"a": "127.0.0.31", "g": "127.0.0.32"}) as f:
         yield f
-    finally:
-        f.stop()
 
 
 def _gpu_pack(models: Path) -> None:
@@ -56,17 +52,10 @@ def _gpu_pack(models: Path) -> None:
 
 @pytest.fixture(scope="module")
 def head_box(fleet, model_store, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("vision-head")
-    data = tmp / "data"
-    (data / "fleet").mkdir(parents=True)
-    shutil.copy2(fleet.token, data / "fleet" / "join.token")
-    models = linked_models(model_store.root, tmp / "models")
-    _gpu_pack(models)
-    box = Box(data, models, env={
-        "APPLIANCE_FLEET_ENABLED": "1", "APPLIANCE_FLEET_ADDRESS": fleet.head_ip,
-        "APPLIANCE_FLEET_PORT": str(fleet.port), "APPLIANCE_FLEET_BOX": "head",
-        "APPLIANCE_FLEET_MIN_REPLICAS": "1", "APPLIANCE_FLEET_MAX_REPLICAS": "1",
-        "APPLIANCE_IDLE_UNLOAD_S": "0"})
+    box = fleet_head_box(fleet, model_store.root, tmp_path_factory.mktemp("vision-head"), {
+        "APPLIANCE_FLEET_BOX": "head", "APPLIANCE_FLEET_MIN_REPLICAS": "1",
+        "APPLIANCE_FLEET_MAX_REPLICAS": "1", "APPLIANCE_IDLE_UNLOAD_S": "0"},
+        add_packs=_gpu_pack)
     yield box
     box.stop()
 
