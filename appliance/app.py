@@ -16,6 +16,7 @@ from appliance import __version__
 from appliance.api import (
     admin_licence,
     admin_models,
+    admin_remotes,
     admin_updates,
     errors,
     openai,
@@ -30,6 +31,8 @@ from appliance.metrics import Metrics
 from appliance.middleware import ObserveMiddleware
 from appliance.modelstore import ModelStore
 from appliance.registry import ModelRegistry
+from appliance.remote_client import RemoteClient
+from appliance.remotes import RemoteBook
 from appliance.response_store import ResponseStore
 from appliance.runtime import Runtime
 from appliance.settings import Settings
@@ -78,18 +81,21 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
         model_store.cleanup_staging()
         engine_loaders = loaders(settings, _engine_events(app, guard))
         fleet = None
-        if settings.fleet_enabled:  # fleet mode: language models run as Serve replicas
+        if settings.fleet_enabled:  # fleet mode: models run as Serve replicas
             from fleet import app as fleet_app
 
             fleet = await asyncio.to_thread(fleet_app.start, settings)
-            engine_loaders["llama"] = fleet_app.llm_loader(settings, fleet)
+            engine_loaders.update(fleet_app.loaders(settings, fleet))
         registry = ModelRegistry(model_store, engine_loaders,
                                  memory_budget=settings.memory_budget_mb << 20,
                                  idle_unload_s=settings.idle_unload_s)
         state = app.state
         state.store, state.registry, state.guard = store, registry, guard
+        state.remotes = RemoteBook(store, settings.data_dir / "remotes")
+        remote_client = RemoteClient()
         state.lifecycle = Lifecycle(guard, registry, state.metrics, ENGINE_KINDS,
-                                    box=settings.box_name)
+                                    box=settings.box_name, remotes=state.remotes,
+                                    remote_client=remote_client)
         state.runtime = Runtime(started_at=time.time(), sampler=sampler, log_ring=ring,
                                 trusted_keys=trusted_keys, fleet=fleet)
         state.responses = ResponseStore(store, settings.responses_retention_days)
@@ -116,6 +122,7 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await registry.close()
+            await remote_client.aclose()
             if fleet is not None:
                 fleet.close()
             store.close()
@@ -127,7 +134,8 @@ def create_app(settings: Settings, *, trusted_keys: Mapping[str, bytes] | None =
     sampler = StatsSampler(app.state.metrics.registry)
     errors.register()(app)
     for router in (ops.router, probe.router, openai.router, responses.router, vision.router,
-                   admin_models.router, admin_licence.router, admin_updates.router):
+                   admin_models.router, admin_licence.router, admin_updates.router,
+                   admin_remotes.router):
         app.include_router(router)
     if settings.fleet_enabled:
         from fleet import app as fleet_app

@@ -42,6 +42,12 @@ def _settings(args: argparse.Namespace) -> Settings:
                          host=getattr(args, "host", None), port=getattr(args, "port", None))
 
 
+# The event loop and HTTP parser, named rather than left to uvicorn's "auto": the fleet
+# extra (Ray Serve) pulls in uvloop and httptools, and a box must not change its server
+# by having an extra installed. The tests start the box with the same two.
+SERVER_IMPL = {"loop": "asyncio", "http": "h11"}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -61,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ApplianceError("TLS needs both tls_cert and tls_key")
         ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                access_log=False, **ssl)
+                access_log=False, **SERVER_IMPL, **ssl)
     return 0
 
 

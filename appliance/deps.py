@@ -11,6 +11,7 @@ from fastapi import Depends, Request, Response
 from appliance.lifecycle import Call, Lifecycle, status_of
 from appliance.metrics import Metrics
 from appliance.registry import ModelRegistry
+from appliance.remotes import RemoteBook
 from appliance.response_store import ResponseStore
 from appliance.runtime import Runtime
 from appliance.settings import Settings
@@ -44,6 +45,10 @@ def _guard(request: Request) -> LicenseGuard:
 
 def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
+
+
+def _remotes(request: Request) -> RemoteBook:
+    return request.app.state.remotes
 
 
 def _lifecycle(request: Request) -> Lifecycle:
@@ -94,5 +99,6 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 GuardDep = Annotated[LicenseGuard, Depends(_guard)]
 LifecycleDep = Annotated[Lifecycle, Depends(_lifecycle)]
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
+RemotesDep = Annotated[RemoteBook, Depends(_remotes)]
 CallDep = Annotated[Call, Depends(_call, scope="function")]
 AdminDep = Annotated[SeatContext, Depends(_admin)]

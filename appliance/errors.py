@@ -34,3 +34,22 @@ class ResponseNotFoundError(ApplianceError):
     def __init__(self, response_id: str) -> None:
         self.response_id = response_id
         super().__init__(f"Response with id '{response_id}' not found.")
+
+
+class RemoteNotFoundError(ApplianceError):
+    """No remote endpoint of that name is registered."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"no remote named {name!r}; registered: {', '.join(known) or 'none'}")
+
+
+class RemoteError(ApplianceError):
+    """A remote endpoint answered a request it was sent with an error (502)."""
+
+
+class RemoteUnavailableError(RemoteError):
+    """A remote endpoint could not be reached or is itself overloaded (503, Retry-After)."""
+
+    def __init__(self, message: str, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -9,6 +9,11 @@ path touches the licence guard, the model registry or the usage ledger.
 - **lease** (``Call.lease``): 404 for a model the box lacks, 403 unless the licence covers it
   and the feature, 400 for the wrong kind of model, then the engine, protected from eviction
   until the request has been settled.
+- **overflow** (``Call.overflow``, after the lease, chat and completions only): when the
+  seat's egress policy allows it, a registered remote serves the model and the box is
+  saturated (``appliance.egress``), ``Call.forward`` sends the client's request to that
+  remote instead and relays its answer (streamed or not); the seat's token budget is
+  reserved as for a local request and the usage row names the remote.
 - **prepare** (``Call.prepare``): render, tokenise and compile the grammar in a worker
   thread, then reserve the worst-case tokens against the seat's daily budget.
 - **generate** (``Call.generate``, or ``Call.generate_all`` for ``n`` choices and lists of
@@ -40,9 +45,12 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.datastructures import MutableHeaders
 
 from appliance.api.errors import error_body, mapped
+from appliance.egress import Load, Remote, allows, should_overflow
 from appliance.errors import ClientGoneError
 from appliance.metrics import Metrics
 from appliance.registry import ModelRegistry
+from appliance.remote_client import RemoteClient
+from appliance.remotes import RemoteBook
 from appliance.seatline import SeatLines
 from engines.base import LLMEngine
 from engines.errors import EngineError, InvalidRequestError
@@ -190,6 +198,100 @@ class Call:
             raise InvalidRequestError(f"model {model!r} is not {what}")
         return engine
 
+    # --- overflow ----------------------------------------------------------------------
+    async def overflow(self, engine: LLMEngine, images: bool = False) -> Remote | None:
+        """After ``lease``: the remote this request goes to instead of ``engine``, or None
+        to serve it here (``appliance.egress.should_overflow``; ``images``: the request
+        carries images)."""
+        life = self.life
+        remotes = life.remotes.list() if life.remotes is not None else []
+        policy = self.ctx.limits.egress
+        if not allows(policy, images) or not any(r.serves(self.model) for r in remotes):
+            return None  # nothing could leave: no need to ask the engine how busy it is
+        stats = await anyio.to_thread.run_sync(engine.stats)
+        return should_overflow(policy, images, self.model, remotes, Load.from_stats(stats))
+
+    async def forward(self, remote: Remote, request: Request, path: str, *, cap: int,
+                      limit_field: str = "max_tokens") -> Response:
+        """Send the client's request body to ``remote`` (``path`` under its base URL) and
+        answer with what it answers: the model renamed back, ``X-Appliance-Node`` naming
+        the remote, the usage it reports metered here. The seat's day holds a rough
+        prompt estimate (a token per 4 bytes of body) plus ``max_tokens`` per choice;
+        without ``max_tokens`` up to ``cap`` tokens, and the remote is told to stop at
+        what the day allows (``limit_field``) when that is less."""
+        life = self.life
+        if life.remotes is None or life.remote_client is None:
+            raise RuntimeError("overflow without remotes")
+        raw = await request.body()
+        body = json.loads(raw)
+        estimate = len(raw) // 4 + 1
+        n = body.get("n") if isinstance(body.get("n"), int) else 1
+        prompt = body.get("prompt")  # /completions: a list of prompts makes n choices each
+        if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+            n *= len(prompt)
+        asked = body.get("max_completion_tokens") or body.get("max_tokens")
+        if isinstance(asked, int):
+            self.reserve(estimate + max(1, n) * asked)
+        else:
+            granted = self.reserve(estimate, max(0, cap))
+            if granted < cap:
+                body[limit_field] = max(1, granted // max(1, n))
+        body["model"] = remote.remote_model(self.model)
+        key = await anyio.to_thread.run_sync(life.remotes.key, remote.name)
+        self.box, self.headers[NODE_HEADER] = remote.name, remote.name
+        life.metrics.overflow.labels(self.model, remote.name).inc()
+        if not body.get("stream"):
+            data = await life.remote_client.complete(remote, key, path, body)
+            self._see_usage(data)
+            data["model"] = self.model
+            return await self.answer(data)
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        upstream = await life.remote_client.stream(remote, key, path, body)
+        return self._relay(upstream, wants_usage)
+
+    def _see_usage(self, obj: dict[str, Any]) -> None:
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+    def _relay(self, upstream: Any, wants_usage: bool) -> StreamingResponse:
+        """The remote's events as this box's server-sent events (see ``forward``). Until
+        the remote's usage chunk arrives (a stream cut short never gets one), the call
+        counts each relayed chunk that carries text as one completion token."""
+        async def chunks() -> AsyncIterator[bytes]:
+            reported = False
+            try:
+                async for obj in upstream.events():
+                    if isinstance(obj.get("usage"), dict):
+                        reported = True
+                        self._see_usage(obj)
+                    elif not reported and _has_text(obj):
+                        self.completion_tokens += 1
+                    if obj.get("usage") and not obj.get("choices") and not wants_usage:
+                        continue  # the usage chunk this box asked for, not the client
+                    if "model" in obj:
+                        obj["model"] = self.model
+                    yield sse_bytes(obj)
+            except Exception as exc:
+                hit = mapped(exc)
+                status, body = hit or (502, error_body("the remote's stream failed",
+                                                       "server_error", "remote_failed"))
+                log.error("overflow stream of %s via %s ended (%d): %s", self.model, self.box,
+                          status, exc)
+                await self.life.settle(self, 200)
+                yield sse_bytes(body)
+                return
+            finally:
+                await upstream.aclose()
+            await self.life.settle(self, 200)
+            yield b"data: [DONE]\n\n"
+
+        self.streaming = True
+        headers = {**self.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(chunks(), media_type="text/event-stream", headers=headers)
+
     # --- prepare -----------------------------------------------------------------------
     def reserve(self, need: int, optional: int = 0) -> int:
         """Hold ``need`` tokens plus what today allows of ``optional``; return how many of
@@ -215,7 +317,9 @@ class Call:
                        background=limits.priority == "batch")
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Blocking engine work (embeddings, vision) in a worker thread."""
+        """Blocking engine work (embeddings, vision) in a worker thread (which sees this
+        call as the current one: a fleet engine names its box there)."""
+        _current.set(self)
         return await anyio.to_thread.run_sync(fn, *args)
 
     async def answer(self, payload: Any) -> Response:
@@ -245,6 +349,15 @@ class Call:
             if isinstance(result, BaseException):
                 raise result
         return gens
+
+
+def _has_text(chunk: dict[str, Any]) -> bool:
+    """Whether a streamed chat or completion chunk carries generated text."""
+    for choice in chunk.get("choices") or ():
+        if isinstance(choice, dict) and (choice.get("text") or (
+                isinstance(choice.get("delta"), dict) and choice["delta"].get("content"))):
+            return True
+    return False
 
 
 class Generation:
@@ -463,8 +576,11 @@ class Lifecycle:
 
     def __init__(self, guard: LicenseGuard, registry: ModelRegistry, metrics: Metrics,
                  engines: dict[type, tuple[str, ...]], lines: SeatLines | None = None,
-                 box: str = "") -> None:
+                 box: str = "", remotes: RemoteBook | None = None,
+                 remote_client: RemoteClient | None = None) -> None:
         self.guard = guard
+        self.remotes = remotes  # where requests may overflow to (appliance.egress)
+        self.remote_client = remote_client
         self.box = box  # this box's name: usage rows of requests served here name it
         self.registry = registry
         self.metrics = metrics

@@ -77,20 +77,30 @@ def llm_loader(settings: Settings, on_event: EventHook | None = None) -> Loader:
     return load
 
 
+def vision_spec(settings: Settings, manifest: Manifest, directory: Path,
+                workers: int | None = None) -> EngineSpec:
+    """The worker spec of a vision pack (also what a fleet replica builds). ``workers``:
+    that many single-threaded session runs (a fleet replica's reserved cores); None: the
+    engine's own choice from the cores it sees."""
+    options: dict[str, Any] = {
+        "max_batch": settings.vision_max_batch, "max_wait_ms": settings.vision_max_wait_ms,
+        "max_queue": settings.vision_max_queue,
+        "cache_dir": settings.data_dir / "cache" / "trt",
+        "max_image_bytes": settings.max_image_bytes,
+        "max_image_pixels": settings.max_image_pixels,
+    }
+    if workers is not None:
+        options.update(workers=workers, intra_op_threads=1)
+    data = manifest.to_json()
+    override = data.get("providers")
+    params = {"manifest": data, "directory": str(directory), "options": options}
+    return EngineSpec("vision", manifest.name, params, _identity(manifest),
+                      vision_configs(list(override) if override else None))
+
+
 def vision_loader(settings: Settings, on_event: EventHook | None = None) -> Loader:
     def load(manifest: Manifest, directory: Path) -> Any:
-        options = {
-            "max_batch": settings.vision_max_batch, "max_wait_ms": settings.vision_max_wait_ms,
-            "max_queue": settings.vision_max_queue,
-            "cache_dir": settings.data_dir / "cache" / "trt",
-            "max_image_bytes": settings.max_image_bytes,
-            "max_image_pixels": settings.max_image_pixels,
-        }
-        data = manifest.to_json()
-        override = data.get("providers")
-        params = {"manifest": data, "directory": str(directory), "options": options}
-        spec = EngineSpec("vision", manifest.name, params, _identity(manifest),
-                          vision_configs(list(override) if override else None))
+        spec = vision_spec(settings, manifest, directory)
         return WorkerVisionEngine(_supervisor(settings, spec, on_event))
 
     return load

@@ -67,6 +67,9 @@ class Metrics:
             "appliance_engine_worker_events", "engine worker crashes, restarts and fallbacks",
             ["model", "event"], registry=r)
         self.images = Counter("appliance_images", "images processed", ["model"], registry=r)
+        self.overflow = Counter("appliance_overflow_requests",
+                                "requests sent to a remote endpoint (cloud overflow)",
+                                ["model", "remote"], registry=r)
         self.in_flight = Gauge("appliance_requests_in_flight", "requests being served",
                                registry=r)
         r.register(EngineCollector(engines))

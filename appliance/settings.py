@@ -102,8 +102,8 @@ class Settings(BaseSettings):
         2, ge=1, le=100, description="Active API keys one seat may hold (a seat is one person).")
     # --- fleet mode (the `fleet` extra; see README "Fleet") -------------------------------
     fleet_enabled: bool = Field(
-        False, description="Serve language models through the fleet's Ray Serve replicas "
-                           "(this box is the head). Needs `pip install '.[fleet]'`.")
+        False, description="Serve models through the fleet's Ray Serve replicas (this box "
+                           "is the head). Needs `pip install '.[fleet]'`.")
     fleet_address: str | None = Field(
         None, description="IP the fleet head binds and other boxes join; no default, and "
                           "0.0.0.0 is refused. 127.0.0.1 is refused too (Ray swaps it for "
@@ -111,14 +111,34 @@ class Settings(BaseSettings):
     fleet_port: int = Field(6380, ge=1, le=65535, description="The head's Ray (GCS) port.")
     fleet_box: str | None = Field(None, description="This box's name in the fleet; "
                                                     "default: the host name.")
-    fleet_min_replicas: int = Field(1, ge=0, description="Fewest replicas of each LLM.")
+    fleet_min_replicas: int = Field(
+        1, ge=0, description="Fewest replicas of each LLM; 0 lets an idle model scale to "
+                             "none (a request then gets 503 model_starting while one starts).")
+    fleet_model_min_replicas: dict[str, int] = Field(
+        default_factory=dict, description="Per model name, fewest replicas, overriding "
+        "fleet_min_replicas for that model (e.g. {\"rarely-used\": 0}).")
     fleet_max_replicas: int = Field(4, ge=1, description="Most replicas of each LLM.")
     fleet_target_ongoing: float = Field(
         2.0, gt=0, description="Autoscaling target: requests in flight per replica.")
     fleet_replica_cpus: float = Field(1.0, gt=0, description="Cores each replica reserves.")
+    fleet_vision_gpus: float = Field(
+        1.0, gt=0, le=1, description="Share of a GPU each replica of a vision model that "
+                                     "asks for TensorRT or CUDA reserves (0.25: four share "
+                                     "one GPU).")
     fleet_upscale_delay_s: float = Field(2.0, ge=0, description="Queue this long: add one.")
     fleet_downscale_delay_s: float = Field(60.0, ge=0, description="Idle this long: remove.")
+    fleet_look_back_s: float = Field(
+        30.0, gt=10, description="The autoscaler averages requests in flight over this long "
+                                 "(more than Serve's 10 s metrics interval).")
     fleet_object_store_mb: int = Field(200, ge=80, description="Ray object store per node.")
+
+    @field_validator("fleet_model_min_replicas")
+    @classmethod
+    def _mins(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = sorted(name for name, n in v.items() if n < 0)
+        if bad:
+            raise ValueError(f"fleet_model_min_replicas must be 0 or more (for {bad})")
+        return v
 
     @field_validator("log_level")
     @classmethod
@@ -148,6 +168,10 @@ class Settings(BaseSettings):
     def box_name(self) -> str:
         """This box's name: in a fleet, in usage rows and in ``X-Appliance-Node``."""
         return self.fleet_box or socket.gethostname()
+
+    def fleet_min_for(self, model: str) -> int:
+        """Fewest replicas of ``model`` in a fleet (its own setting, else the default)."""
+        return self.fleet_model_min_replicas.get(model, self.fleet_min_replicas)
 
     @property
     def fleet_dir(self) -> Path:

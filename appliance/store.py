@@ -31,6 +31,10 @@ MIGRATIONS: list[Step] = [
              "NOT NULL, created_at FLOAT NOT NULL, context TEXT NOT NULL, response TEXT "
              "NOT NULL)",
              "CREATE INDEX IF NOT EXISTS responses_created_at ON responses (created_at)"),
+    # remote OpenAI-compatible endpoints for cloud overflow (appliance.remotes); their
+    # keys live in 0600 files beside the database, never in it
+    sql_step("CREATE TABLE IF NOT EXISTS remotes (name TEXT PRIMARY KEY, url TEXT NOT NULL,"
+             " models TEXT NOT NULL, added_at FLOAT NOT NULL)"),
 ]
 COMPONENT = "appliance"
 LEGACY_TABLE = "schema_version"  # where versions were kept before storage.db's scheme

@@ -102,3 +102,15 @@ class EngineCrashedError(EngineError):
 
     def __reduce__(self) -> tuple:
         return (type(self), (str(self), self.retry_after))
+
+
+class ModelStartingError(EngineError):
+    """No replica of the model is running (it was scaled to zero when idle); one is
+    starting now: retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 5.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (str(self), self.retry_after))

@@ -1,5 +1,5 @@
 """How the box's app runs as the fleet's ingress on the head: the ``/admin/fleet`` route,
-the node header, the driver connection and the language-model loader over Serve.
+the node header, the driver connection and the model loaders over Serve.
 
 ``appliance.app`` calls ``install`` from ``create_app`` and ``start`` from its lifespan,
 and only when ``fleet_enabled`` is set; this module imports Ray only inside ``start``.
@@ -82,21 +82,72 @@ def llm_loader(settings: Settings, client: Any) -> Loader:
     from appliance.loaders import llm_spec
     from fleet.cluster import app_name
     from fleet.engine import FleetLLMEngine
+    from fleet.placement import llm_resources, unplaceable
     from fleet.replica import deployment
 
     def load(manifest: Manifest, directory: Path) -> Any:
-        threads = max(1, int(settings.fleet_replica_cpus))
-        spec = llm_spec(settings, manifest, directory, n_threads=threads)
+        resources = llm_resources(settings.fleet_replica_cpus)
+        why = unplaceable(resources, client.nodes())
+        if why:
+            raise FleetUnavailableError(f"model {manifest.name!r} cannot be placed: {why}")
+        spec = llm_spec(settings, manifest, directory, n_threads=resources.threads)
+        least = settings.fleet_min_for(manifest.name)
         dep = deployment(
-            app_name(manifest.name), min_replicas=settings.fleet_min_replicas,
-            max_replicas=max(settings.fleet_max_replicas, settings.fleet_min_replicas),
+            app_name(manifest.name), min_replicas=least,
+            max_replicas=max(settings.fleet_max_replicas, least, 1),
             target_ongoing_requests=settings.fleet_target_ongoing,
-            max_ongoing_requests=settings.llm_slots, replica_cpus=settings.fleet_replica_cpus,
+            max_ongoing_requests=settings.llm_slots, resources=resources,
             upscale_delay_s=settings.fleet_upscale_delay_s,
-            downscale_delay_s=settings.fleet_downscale_delay_s)
+            downscale_delay_s=settings.fleet_downscale_delay_s,
+            look_back_s=settings.fleet_look_back_s)
         handle = client.deploy(manifest.name, dep, spec, settings.worker_ready_timeout_s,
-                               str(settings.data_dir))
-        return FleetLLMEngine(manifest.name, handle,
-                              on_close=lambda: client.undeploy(manifest.name))
+                               str(settings.data_dir), settings.worker_nice)
+        return FleetLLMEngine(
+            manifest.name, handle, on_close=lambda: client.undeploy(manifest.name),
+            running=(lambda: client.running(manifest.name)) if least == 0 else None,
+            start_timeout=settings.worker_ready_timeout_s, load=client.load,
+            replicas=lambda: client.running(manifest.name), slots_per_replica=settings.llm_slots)
 
     return load
+
+
+def vision_loader(settings: Settings, client: Any) -> Loader:
+    """Load a vision model as a Serve deployment: on a GPU node when its manifest asks for
+    TensorRT or CUDA, else by cores (``fleet.placement``)."""
+    from appliance.loaders import vision_spec
+    from engines.errors import ProviderUnavailableError
+    from fleet.cluster import app_name
+    from fleet.placement import unplaceable, vision_resources
+    from fleet.replica import VisionReplica, deployment
+    from fleet.vision import FleetVisionEngine
+
+    def load(manifest: Manifest, directory: Path) -> Any:
+        resources = vision_resources(manifest.to_json(), settings.fleet_replica_cpus,
+                                     settings.fleet_vision_gpus)
+        why = unplaceable(resources, client.nodes())
+        if why:
+            raise ProviderUnavailableError(f"model {manifest.name!r} cannot be placed: {why}")
+        workers = None if resources.num_gpus else resources.threads
+        spec = vision_spec(settings, manifest, directory, workers=workers)
+        least = max(1, settings.fleet_min_for(manifest.name))  # no scale to zero for vision
+        dep = deployment(
+            app_name(manifest.name), min_replicas=least,
+            max_replicas=max(settings.fleet_max_replicas, least),
+            target_ongoing_requests=settings.fleet_target_ongoing,
+            max_ongoing_requests=settings.vision_max_queue, resources=resources,
+            upscale_delay_s=settings.fleet_upscale_delay_s,
+            downscale_delay_s=settings.fleet_downscale_delay_s,
+            look_back_s=settings.fleet_look_back_s, replica=VisionReplica)
+        handle = client.deploy(manifest.name, dep, spec, settings.worker_ready_timeout_s,
+                               str(settings.data_dir), settings.worker_nice)
+        return FleetVisionEngine(manifest.name, handle,
+                                 on_close=lambda: client.undeploy(manifest.name))
+
+    return load
+
+
+def loaders(settings: Settings, client: Any) -> dict[str, Loader]:
+    """The engine loaders of fleet mode: every model a Serve deployment."""
+    vision = vision_loader(settings, client)
+    return {"llama": llm_loader(settings, client), "ocr": vision, "yolo": vision,
+            "onnx": vision}

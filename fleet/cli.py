@@ -1,4 +1,5 @@
-"""``appliance fleet …``: form a fleet (init, join), look at it (status), leave it.
+"""``appliance fleet …``: form a fleet (init, join), look at it (status), leave it; and
+register remote endpoints for cloud overflow (add-remote, remove-remote, remotes).
 
 Plain Python at import; Ray runs as ``ray start`` child processes (``fleet.node``), so a
 box without the fleet extra still refuses a join with a clear message.
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.settings import Settings
+from fleet import remotes
 from fleet.admission import ask_head, make_join_request
 from fleet.app import TOKEN_FILE, box_name
 from fleet.errors import FleetError, JoinRefusedError, NodeError
@@ -41,6 +43,7 @@ def add_parser(sub: Any) -> None:
     lv = fsub.add_parser("leave", help="drain this box's node, then stop it")
     lv.add_argument("--timeout", type=float, default=120.0,
                     help="seconds in-flight requests get to finish")
+    remotes.add_parsers(fsub)
     for p in (i, j):
         p.add_argument("--box", help="this box's name in the fleet (default: host name)")
         p.add_argument("--cpus", type=int, help="cores to offer (default: all)")
@@ -62,6 +65,8 @@ def run(args: argparse.Namespace, settings: Settings, echo: Any) -> int:
         return _status(settings, echo)
     if action == "leave":
         return _leave(args, settings, echo)
+    if action in ("add-remote", "remove-remote", "remotes"):
+        return remotes.run(args, settings, echo)
     raise FleetError(f"unknown fleet action {action}")
 
 

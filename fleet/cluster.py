@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engines.errors import ModelLoadError
 from fleet.errors import FleetUnavailableError
+from fleet.load import ReplicaLoad
 from fleet.node import environment
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,11 @@ NAMESPACE = "appliance"
 
 def app_name(model: str) -> str:
     return APP_PREFIX + model
+
+
+def _states(replica_states: Any) -> dict[str, int]:
+    """Serve's replica counts by state, keyed by the state's name."""
+    return {str(getattr(k, "value", k)): int(v) for k, v in (replica_states or {}).items()}
 
 
 class FleetClient:
@@ -46,6 +53,7 @@ class FleetClient:
             ) from exc
         self._ray, self._serve = ray, serve
         self.address = address
+        self.load = ReplicaLoad()  # filled by the head's fleet engines
         deadline = time.monotonic() + connect_timeout
         while True:
             try:
@@ -63,15 +71,44 @@ class FleetClient:
 
     # --- deployments ----------------------------------------------------------------------
     def deploy(self, model: str, deployment: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run (or update) the Serve application of ``model``; return its handle."""
-        return self._serve.run(deployment.bind(*args, **kwargs), name=app_name(model),
-                               route_prefix=None)
+        """Run (or update) the Serve application of ``model``; return its handle.
+
+        Replicas that fail to start (a missing library or provider on the box they were
+        placed on) raise ``ModelLoadError`` with the replica's own last error line, and the
+        application is removed instead of retrying for ever.
+        """
+        try:
+            return self._serve.run(deployment.bind(*args, **kwargs), name=app_name(model),
+                                   route_prefix=None)
+        except RuntimeError as exc:
+            reason = self._failure(model) or str(exc)
+            self.undeploy(model)
+            raise ModelLoadError(f"the replicas of {model} did not start: {reason}") from exc
+
+    def _failure(self, model: str) -> str | None:
+        """The last error line Serve recorded for ``model``'s deployment, if any."""
+        try:
+            app = self._serve.status().applications.get(app_name(model))
+        except Exception:
+            return None
+        messages = [d.message for d in (app.deployments.values() if app else ()) if d.message]
+        lines = [ln.strip() for m in messages for ln in m.splitlines()
+                 if "Error" in ln and not ln.strip().startswith(("File ", "raise "))]
+        return lines[-1] if lines else None
 
     def undeploy(self, model: str) -> None:
         try:
             self._serve.delete(app_name(model), _blocking=False)
         except Exception as exc:
             log.warning("removing the fleet deployment of %s failed: %s", model, exc)
+
+    def running(self, model: str) -> int:
+        """Replicas of ``model`` running now (one call to Serve's controller)."""
+        app = self._serve.status().applications.get(app_name(model))
+        if app is None:
+            return 0
+        return sum(_states(d.replica_states).get("RUNNING", 0)
+                   for d in app.deployments.values())
 
     # --- status ---------------------------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:
@@ -115,7 +152,8 @@ class FleetClient:
         return out
 
     def status(self) -> dict[str, Any]:
-        """Nodes with their health and the replicas on each (for CLI, API and TUI)."""
+        """Nodes with their health and the replicas on each (for CLI, API and TUI); a
+        node's ``load`` is the requests in flight on its replicas (``ongoing`` each)."""
         nodes = self.nodes()
         reps = self.replicas()
         apps: dict[str, Any] = {}
@@ -125,17 +163,19 @@ class FleetClient:
                     continue
                 states: dict[str, int] = {}
                 for d in app.deployments.values():
-                    for k, v in (d.replica_states or {}).items():
-                        key = str(getattr(k, "value", k))
-                        states[key] = states.get(key, 0) + int(v)
+                    for key, n in _states(d.replica_states).items():
+                        states[key] = states.get(key, 0) + n
                 apps[name[len(APP_PREFIX):]] = {
                     "status": str(getattr(app.status, "value", app.status)),
                     "running": states.get("RUNNING", 0), "replica_states": states}
         except Exception as exc:
             log.warning("serve status failed: %s", exc)
+        ongoing = self.load.snapshot()
+        for r in reps:
+            r["ongoing"] = ongoing.get(r["replica"], 0)
         for node in nodes:
             node["replicas"] = [r for r in reps if r["node_id"] == node["node_id"]]
-            node["load"] = len(node["replicas"])
+            node["load"] = sum(r["ongoing"] for r in node["replicas"])
         return {"address": self.address, "nodes": nodes, "models": apps}
 
     def close(self) -> None:

@@ -8,6 +8,13 @@ names the box in the response (``fleet.headers``). A replica lost with its box (
 actor or node error) ends the generations in flight on it with ``Failed`` of
 ``EngineCrashedError`` (503 ``engine_crashed`` with Retry-After); Serve starts the replica
 again elsewhere if resources allow.
+
+A model allowed to scale to zero (``running`` given) is checked before each call: with no
+replica running the call fails at once with ``ModelStartingError`` (503 ``model_starting``,
+Retry-After: the last start's duration, less the time it has been starting) instead of
+waiting in Serve's queue, and one wake-up call is sent through the handle, which is what
+makes Serve start a replica. A replica seen running is trusted for ``SEEN_TTL_S``, so a busy
+model asks the controller at most once a second.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import asyncio
 import contextvars
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,15 +31,19 @@ from ray import exceptions as ray_exceptions
 from ray.serve.handle import DeploymentHandle
 
 from engines.base import EventSink, GenerationHandle, LLMEngine
-from engines.errors import EngineCrashedError, EngineError
+from engines.errors import EngineCrashedError, EngineError, ModelStartingError
 from engines.types import Failed, Finished, GenerationRequest, LLMInfo
 from fleet.headers import note_placement
+from fleet.load import ReplicaLoad, slot_gauges
 from fleet.wire import Placement
 
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 60.0
 CRASH_RETRY_AFTER_S = 2.0
+SEEN_TTL_S = 1.0
+FIRST_START_S = 5.0  # Retry-After before any start was timed
+COUNT_TTL_S = 2.0  # how long stats() trusts a replica count
 
 
 def crashed(model: str, exc: BaseException) -> EngineCrashedError:
@@ -44,6 +56,24 @@ def crashed(model: str, exc: BaseException) -> EngineCrashedError:
 def _is_ray_failure(exc: BaseException) -> bool:
     return isinstance(exc, ray_exceptions.RayError) and not isinstance(
         exc, ray_exceptions.TaskCancelledError)
+
+
+def call(handle: DeploymentHandle, model: str, method: str, timeout: float, *args: Any,
+         **kwargs: Any) -> Any:
+    """One blocking call to a replica of ``model``: its result; the replica's own
+    ``EngineError`` as it is; a lost replica or node (or no answer in ``timeout``) as
+    ``EngineCrashedError``."""
+    try:
+        return getattr(handle, method).remote(*args, **kwargs).result(timeout_s=timeout)
+    except EngineError:
+        raise
+    except Exception as exc:
+        cause = getattr(exc, "cause", None)  # a RayTaskError wraps the replica's error
+        if isinstance(cause, EngineError):
+            raise cause from exc
+        if _is_ray_failure(exc) or isinstance(exc, TimeoutError):
+            raise crashed(model, exc) from exc
+        raise
 
 
 class _Handle(GenerationHandle):
@@ -62,29 +92,87 @@ class FleetLLMEngine(LLMEngine):
 
     def __init__(self, name: str, handle: DeploymentHandle, *,
                  on_close: Callable[[], None] | None = None,
-                 call_timeout: float = CALL_TIMEOUT_S) -> None:
+                 call_timeout: float = CALL_TIMEOUT_S,
+                 running: Callable[[], int] | None = None,
+                 start_timeout: float = 900.0, load: ReplicaLoad | None = None,
+                 replicas: Callable[[], int] | None = None, slots_per_replica: int = 0
+                 ) -> None:
         self.name = name
         self._handle = handle
         self._stream = handle.options(stream=True)
         self._on_close = on_close
         self._timeout = call_timeout
-        self._info: LLMInfo = self._call("info")
+        self._running = running
+        self._start_timeout = start_timeout
+        self._lock = threading.Lock()
+        self._seen_until = 0.0  # a replica was seen running; trusted until then
+        self._waking_since: float | None = None
+        self._start_s = FIRST_START_S
+        self._load = load or ReplicaLoad()
+        self._replicas = replicas  # running replicas (a controller call): for stats()
+        self._slots_per_replica = slots_per_replica
+        self._replica_count: tuple[float, int] | None = None  # (asked at, count)
+        self._in_flight = 0  # generations this head has open on the model's replicas
+        # the deployment starts with a replica; after a restart of the head it may have
+        # none yet, so this first call waits for one as long as a start may take
+        self._info: LLMInfo = self._invoke("info", timeout=start_timeout)
         self.last_box: str | None = None
+
+    # --- scale to zero ------------------------------------------------------------------
+    def _ensure_replica(self) -> None:
+        """Return if a replica runs (or the model never scales to zero); else wake one and
+        raise ``ModelStartingError``. Blocking (a controller call): from worker threads."""
+        if self._running is None or time.monotonic() < self._seen_until:
+            return
+        if self._waking_since is None:
+            try:
+                count = self._running()
+            except Exception as exc:  # the controller is busy: let Serve's queue decide
+                log.warning("replica count of %s unknown: %s", self.name, exc)
+                return
+            if count > 0:
+                self._seen_until = time.monotonic() + SEEN_TTL_S
+                return
+        self._starting()
+
+    def _starting(self) -> None:
+        """Wake a replica (once) and raise ``ModelStartingError``."""
+        now = time.monotonic()
+        with self._lock:
+            if self._waking_since is None:
+                self._waking_since = now
+                threading.Thread(target=self._wake, daemon=True,
+                                 name=f"fleet-wake-{self.name}").start()
+            since = self._waking_since
+        left = max(1.0, self._start_s - (now - since))
+        raise ModelStartingError(
+            f"model {self.name!r} is starting: no replica was running (it scales to zero "
+            f"when idle); retry in {left:.0f} s", retry_after=left)
+
+    def _wake(self) -> None:
+        """One call through the handle: queued with no replica, it makes Serve start one."""
+        started = time.monotonic()
+        try:
+            self._handle.placement.remote().result(timeout_s=self._start_timeout)
+        except Exception as exc:
+            log.warning("starting a replica of %s failed: %r", self.name, exc)
+        else:
+            self._start_s = time.monotonic() - started
+            self._seen_until = time.monotonic() + SEEN_TTL_S
+            log.info("a replica of %s started in %.1f s", self.name, self._start_s)
+        finally:
+            with self._lock:
+                self._waking_since = None
 
     # --- blocking calls (from worker threads) ------------------------------------------
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return getattr(self._handle, method).remote(*args, **kwargs).result(
-                timeout_s=self._timeout)
-        except EngineError:
-            raise
-        except Exception as exc:
-            cause = getattr(exc, "cause", None)  # a RayTaskError wraps the replica's error
-            if isinstance(cause, EngineError):
-                raise cause from exc
-            if _is_ray_failure(exc) or isinstance(exc, TimeoutError):
-                raise crashed(self.name, exc) from exc
-            raise
+        self._ensure_replica()
+        return self._invoke(method, *args, **kwargs)
+
+    def _invoke(self, method: str, *args: Any, timeout: float | None = None,
+                **kwargs: Any) -> Any:
+        return call(self._handle, self.name, method, timeout or self._timeout, *args,
+                    **kwargs)
 
     @property
     def info(self) -> LLMInfo:
@@ -115,7 +203,27 @@ class FleetLLMEngine(LLMEngine):
         return self._call("embed", list(texts))
 
     def stats(self) -> dict[str, float]:
-        return {}  # per-replica gauges are in `fleet status`; /metrics counts the head
+        """The model's slots across the fleet (``fleet.load.slot_gauges``): running
+        replicas × their slots, and the generations in flight through this head, the
+        fleet's only ingress. Empty while the replica count is unknown. Blocking (a
+        controller call at most every ``COUNT_TTL_S``): from worker threads."""
+        if self._replicas is None:
+            return {}
+        now = time.monotonic()
+        cached = self._replica_count
+        if cached is None or now - cached[0] > COUNT_TTL_S:
+            try:
+                cached = self._replica_count = (now, int(self._replicas()))
+            except Exception as exc:  # the controller is busy: no gauges this time
+                log.warning("replica count of %s unknown: %s", self.name, exc)
+                return {}
+        with self._lock:
+            in_flight = self._in_flight
+        return slot_gauges(cached[1], self._slots_per_replica, in_flight)
+
+    def _opened(self, delta: int) -> None:
+        with self._lock:
+            self._in_flight += delta
 
     # --- streaming ----------------------------------------------------------------------
     def submit(self, request: GenerationRequest, sink: EventSink) -> GenerationHandle:
@@ -123,8 +231,11 @@ class FleetLLMEngine(LLMEngine):
 
         On an event loop (the API's) the stream is pumped by a task on that loop;
         elsewhere by a thread. Either way the caller's context goes along, so the
-        placement is noted on the right request.
+        placement is noted on the right request. Never blocks: a model known to be
+        starting fails at once (``prepare`` has just asked, in a thread).
         """
+        if self._waking_since is not None:
+            self._starting()
         stream = self._stream.generate.remote(request)
         ctx = contextvars.copy_context()
         try:
@@ -144,20 +255,26 @@ class FleetLLMEngine(LLMEngine):
         thread.start()
         return _Handle(stream.cancel)
 
-    def _see(self, item: Any, sink: EventSink) -> bool:
-        """Deliver one stream item; True once the generation has ended."""
+    def _see(self, item: Any, sink: EventSink, placed: list[str]) -> bool:
+        """Deliver one stream item; True once the generation has ended. A placement is
+        noted for the response and counted on its replica (into ``placed``)."""
         if isinstance(item, Placement):
             self.last_box = item.box
-            note_placement(item.box)
+            note_placement(item.box, item.replica)
+            if item.replica:
+                self._load.begin(item.replica)
+                placed.append(item.replica)
             return False
         sink(item)
         return isinstance(item, Finished | Failed)
 
     async def _pump_async(self, stream: Any, sink: EventSink) -> None:
         ended = False
+        placed: list[str] = []
+        self._opened(1)  # counted by the pump itself, so a task cancelled unstarted is not
         try:
             async for item in stream:
-                if self._see(item, sink):
+                if self._see(item, sink, placed):
                     ended = True
                     return
         except asyncio.CancelledError:
@@ -169,17 +286,26 @@ class FleetLLMEngine(LLMEngine):
             ended = True
             sink(Failed(self._failure(exc)))
         finally:
+            self._opened(-1)
+            for replica in placed:
+                self._load.end(replica)
             if not ended:
                 sink(Failed(crashed(self.name, RuntimeError("the stream ended early"))))
 
     def _pump_sync(self, stream: Any, sink: EventSink) -> None:
+        placed: list[str] = []
+        self._opened(1)
         try:
             for item in stream:
-                if self._see(item, sink):
+                if self._see(item, sink, placed):
                     return
         except Exception as exc:
             sink(Failed(self._failure(exc)))
             return
+        finally:
+            self._opened(-1)
+            for replica in placed:
+                self._load.end(replica)
         sink(Failed(crashed(self.name, RuntimeError("the stream ended early"))))
 
     def _failure(self, exc: Exception) -> Exception:

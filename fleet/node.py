@@ -145,6 +145,7 @@ class NodeProcess:
         env = {**os.environ, **environment(token_path, plan.address), **(extra_env or {})}
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("ab")
+        self._log_start = self._log.tell()  # an earlier run of this box's node wrote above
         self.proc = subprocess.Popen(command(plan, ray_executable()), env=env,
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -154,7 +155,9 @@ class NodeProcess:
         """Block until Ray says the node runs; NodeError (with the log's tail) if it exits."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = self.log_path.read_text(errors="replace")
+            with self.log_path.open("rb") as f:
+                f.seek(self._log_start)
+                text = f.read().decode(errors="replace")
             if STARTED_MARK in text:
                 return
             if self.proc.poll() is not None:

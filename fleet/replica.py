@@ -1,5 +1,6 @@
 """One replica of a model in the fleet: a Serve deployment that owns a supervised engine
-worker on the box Ray placed it on.
+worker on the box Ray placed it on (``LLMReplica`` for a language model, ``VisionReplica``
+for OCR and detection).
 
 The replica is the same worker a single box runs (``engines.worker``): the replica process
 never loads llama.cpp itself, a worker crash restarts the worker with back-off, and the
@@ -19,44 +20,60 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 
 from engines.errors import EngineError
 from engines.types import Failed, Finished, GenerationEvent, GenerationRequest, LLMInfo
-from engines.worker.proxies import WorkerLLMEngine
-from engines.worker.spec import EngineSpec
+from engines.vision.types import Detections, OcrResult
+from engines.worker.proxies import WorkerLLMEngine, WorkerVisionEngine
+from engines.worker.spec import NICE_ENV, EngineSpec
 from engines.worker.supervisor import Supervisor
 from fleet.node import BOX_ENV
+from fleet.placement import ReplicaResources
+from fleet.router import CLASS_PATH
 from fleet.wire import Placement
 
 log = logging.getLogger(__name__)
 
 
 
+def _here() -> tuple[str, str]:
+    """This replica's Ray node id and box name."""
+    node_id = ray.get_runtime_context().get_node_id()
+    return node_id, os.environ.get(BOX_ENV) or node_id[:12]
+
+
+def _supervisor(spec: EngineSpec, ready_timeout: float, trust_dir: str | None, nice: int
+                ) -> Supervisor:
+    trust = None
+    if trust_dir:
+        from appliance.trust import TRUST_FILE, TrustFile
+
+        try:
+            Path(trust_dir).mkdir(parents=True, exist_ok=True)
+            trust = TrustFile(Path(trust_dir) / TRUST_FILE)
+        except OSError as exc:  # another box's layout: self-test every load instead
+            log.warning("no trust file on this box (%s): %s", trust_dir, exc)
+    # the worker runs nicer than the replica that forwards its events, as on one box
+    return Supervisor(spec, trust=trust, ready_timeout=ready_timeout,
+                      env={NICE_ENV: str(nice)})
+
+
 class LLMReplica:
     """A language model on one box: every ``LLMEngine`` call, over Serve."""
 
     def __init__(self, spec: EngineSpec, ready_timeout: float = 900.0,
-                 trust_dir: str | None = None) -> None:
-        trust = None
-        if trust_dir:
-            from appliance.trust import TRUST_FILE, TrustFile
-
-            try:
-                Path(trust_dir).mkdir(parents=True, exist_ok=True)
-                trust = TrustFile(Path(trust_dir) / TRUST_FILE)
-            except OSError as exc:  # another box's layout: self-test every load instead
-                log.warning("no trust file on this box (%s): %s", trust_dir, exc)
-        self.node_id = ray.get_runtime_context().get_node_id()
-        self.box = os.environ.get(BOX_ENV) or self.node_id[:12]
-        self.engine = WorkerLLMEngine(Supervisor(spec, trust=trust,
-                                                 ready_timeout=ready_timeout))
+                 trust_dir: str | None = None, nice: int = 0) -> None:
+        self.node_id, self.box = _here()
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.engine = WorkerLLMEngine(_supervisor(spec, ready_timeout, trust_dir, nice))
         log.info("replica of %s ready on box %s", spec.name, self.box)
 
     def info(self) -> LLMInfo:
         return self.engine.info
 
     def placement(self) -> Placement:
-        return Placement(self.box, self.node_id)
+        return Placement(self.box, self.node_id, self.replica)
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         return self.engine.tokenize(text, special=special)
@@ -82,7 +99,7 @@ class LLMReplica:
                        ) -> AsyncIterator[Placement | GenerationEvent]:
         """``Placement``, then the generation's events; closing the stream (the client hung
         up, the head cancelled) cancels the generation and frees its slot."""
-        yield Placement(self.box, self.node_id)
+        yield self.placement()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerationEvent] = asyncio.Queue()
         try:
@@ -107,21 +124,60 @@ class LLMReplica:
             engine.close()
 
 
+class VisionReplica:
+    """A vision model on one box: ``ocr`` and ``detect`` over Serve, each answer led by the
+    ``Placement`` that names the box. Engine errors (a bad image, a full queue) are raised
+    and reach the head as the cause of Ray's task error, which ``FleetVisionEngine``
+    re-raises as they are."""
+
+    def __init__(self, spec: EngineSpec, ready_timeout: float = 900.0,
+                 trust_dir: str | None = None, nice: int = 0) -> None:
+        self.node_id, self.box = _here()
+        self.engine = WorkerVisionEngine(_supervisor(spec, ready_timeout, trust_dir, nice))
+        log.info("vision replica of %s ready on box %s (%s)", spec.name, self.box,
+                 self.engine.provider)
+
+    def describe(self) -> dict[str, Any]:
+        """What the head's registry shows: kind, provider really in use, skipped ones."""
+        return {"kind": self.engine.kind, "provider": self.engine.provider,
+                "provider_report": list(self.engine.provider_report)}
+
+    def ocr(self, image: bytes) -> tuple[Placement, OcrResult]:
+        return Placement(self.box, self.node_id), self.engine.ocr(image)
+
+    def detect(self, image: bytes, conf: float, iou: float) -> tuple[Placement, Detections]:
+        return Placement(self.box, self.node_id), self.engine.detect(image, conf, iou)
+
+    def stats(self) -> dict[str, float]:
+        return self.engine.stats()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+
+
 def deployment(name: str, *, min_replicas: int, max_replicas: int,
                target_ongoing_requests: float, max_ongoing_requests: int,
-               replica_cpus: float, upscale_delay_s: float, downscale_delay_s: float
-               ) -> Any:
-    """The Serve deployment of one model, placed by cores and scaled by queue length."""
+               resources: ReplicaResources, upscale_delay_s: float, downscale_delay_s: float,
+               look_back_s: float = 30.0, replica: type = LLMReplica) -> Any:
+    """The Serve deployment of one model, placed by ``resources`` (cores, a GPU share),
+    scaled by queue length (down to none when ``min_replicas`` is 0; it starts with one, so
+    the head can read the model's facts); language models are routed by prompt prefix
+    (``fleet.router``), vision models by Serve's own router."""
     return serve.deployment(
-        LLMReplica, name=name,
-        ray_actor_options={"num_cpus": replica_cpus},
+        replica, name=name,
+        ray_actor_options=resources.actor_options(),
         max_ongoing_requests=max_ongoing_requests,
         autoscaling_config={
             "min_replicas": min_replicas, "initial_replicas": max(1, min_replicas),
             "max_replicas": max_replicas,
             "target_ongoing_requests": target_ongoing_requests,
             "upscale_delay_s": upscale_delay_s, "downscale_delay_s": downscale_delay_s,
+            "look_back_period_s": look_back_s,
         },
+        **({"request_router_config": RequestRouterConfig(request_router_class=CLASS_PATH)}
+           if replica is LLMReplica else {}),
         health_check_period_s=2.0, health_check_timeout_s=10.0,
         graceful_shutdown_timeout_s=30.0,
     )

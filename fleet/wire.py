@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Placement:
-    """The box (and Ray node) whose replica serves a request."""
+    """The box (and Ray node) whose replica serves a request, and that replica's id."""
 
     box: str
     node_id: str
+    replica: str = ""

@@ -337,7 +337,8 @@ class LicenseGuard:
             seat = self.seats.create_seat(name, contact, role, limits,
                                           max_seats=self.seat_capacity())
             self.audit.append(actor, "seat.create",
-                              {"seat_id": seat.id, "name": name, "role": role})
+                              {"seat_id": seat.id, "name": name, "role": role,
+                               "egress": seat.limits.egress})
         return seat
 
     def delete_seat(self, actor: str, seat_id: int) -> None:
@@ -345,8 +346,16 @@ class LicenseGuard:
         self.audit.append(actor, "seat.delete", {"seat_id": seat_id})
 
     def set_limits(self, actor: str, seat_id: int, limits: SeatLimits) -> Seat:
-        seat = self.seats.set_limits(seat_id, limits)
-        self.audit.append(actor, "seat.limits", {"seat_id": seat_id, **seat.to_json()})
+        """Change a seat's limits; a change of its egress policy (what may leave the box)
+        gets an audit row of its own, ``seat.egress``, saying from what to what."""
+        with immediate(self.seats.db):  # the change and its audit rows commit together
+            before = self.seats.get_seat(seat_id).limits.egress
+            seat = self.seats.set_limits(seat_id, limits)
+            self.audit.append(actor, "seat.limits", {"seat_id": seat_id, **seat.to_json()})
+            if seat.limits.egress != before:
+                self.audit.append(actor, "seat.egress",
+                                  {"seat_id": seat_id, "name": seat.name, "from": before,
+                                   "to": seat.limits.egress})
         return seat
 
     def issue_key(self, actor: str, seat_id: int) -> IssuedKey:

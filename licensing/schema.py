@@ -69,7 +69,13 @@ V4 = [
         PRIMARY KEY (licence_id, box_key))""",
 ]
 
-MIGRATIONS: list[list[str]] = [V1, V2, V3, V4]
+V5 = [
+    # cloud overflow: which requests of the seat may leave the box ("none", "llm",
+    # "llm+vision"; appliance.egress)
+    "ALTER TABLE seats ADD COLUMN egress TEXT NOT NULL DEFAULT 'none'",
+]
+
+MIGRATIONS: list[list[str]] = [V1, V2, V3, V4, V5]
 VERSION = len(MIGRATIONS)
 COMPONENT = "licensing"
 LEGACY_TABLE = "licensing_schema"  # where versions were kept before storage.db's scheme

@@ -46,19 +46,24 @@ NAME_RE = re.compile(r"^[\w.@ -]{1,64}$")
 
 
 PRIORITIES = ("interactive", "batch")
+#: which of a seat's requests may be served by a remote endpoint (cloud overflow): none,
+#: language-model requests without images, or those with images as well
+EGRESS = ("none", "llm", "llm+vision")
 
 
 @dataclass(frozen=True)
 class SeatLimits:
     """Per-seat limits; 0 means unlimited. ``share`` weighs the seat in the LLM queue
     (a seat with share 2 gets twice the slots of a seat with 1 when both wait);
-    ``priority`` "batch" is served only when interactive seats leave room."""
+    ``priority`` "batch" is served only when interactive seats leave room; ``egress``
+    says which of its requests may overflow to a remote endpoint (``EGRESS``)."""
 
     max_concurrent: int = 4
     requests_per_minute: int = 60
     tokens_per_day: int = 1_000_000
     share: int = 1
     priority: str = "interactive"
+    egress: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("max_concurrent", "requests_per_minute", "tokens_per_day"):
@@ -70,6 +75,8 @@ class SeatLimits:
             raise InvalidInput("share must be an integer from 1 to 100")
         if self.priority not in PRIORITIES:
             raise InvalidInput(f"priority must be one of {', '.join(PRIORITIES)}")
+        if self.egress not in EGRESS:
+            raise InvalidInput(f"egress must be one of {', '.join(EGRESS)}")
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,8 @@ class Seat:
             "max_concurrent": self.limits.max_concurrent,
             "requests_per_minute": self.limits.requests_per_minute,
             "tokens_per_day": self.limits.tokens_per_day, "share": self.limits.share,
-            "priority": self.limits.priority, "created_at": self.created_at,
+            "priority": self.limits.priority, "egress": self.limits.egress,
+            "created_at": self.created_at,
         }  # fmt: skip
 
 
@@ -141,7 +149,7 @@ def utc_day(ts: float) -> str:
 
 SEAT_COLS = (
     "id, name, contact, role, max_concurrent, requests_per_minute, tokens_per_day, created_at,"
-    " share, priority"
+    " share, priority, egress"
 )
 USAGE_COLS = ("ts", "day", "route", "model", "status", "tokens_in", "tokens_out", "images",
               "box")
@@ -149,7 +157,7 @@ USAGE_COLS = ("ts", "day", "route", "model", "status", "tokens_in", "tokens_out"
 
 def _seat(row: Iterable[Any]) -> Seat:
     r = list(row)
-    return Seat(r[0], r[1], r[2], r[3], SeatLimits(r[4], r[5], r[6], r[8], r[9]), r[7])
+    return Seat(r[0], r[1], r[2], r[3], SeatLimits(r[4], r[5], r[6], r[8], r[9], r[10]), r[7])
 
 
 class SeatStore:
@@ -202,9 +210,11 @@ class SeatStore:
                 raise InvalidInput(f"a seat named {name!r} already exists")
             cur = self.db.execute(
                 "INSERT INTO seats (name, contact, role, max_concurrent, requests_per_minute,"
-                " tokens_per_day, created_at, share, priority) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " tokens_per_day, created_at, share, priority, egress)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [name, contact, role, limits.max_concurrent, limits.requests_per_minute,
-                 limits.tokens_per_day, int(self._clock()), limits.share, limits.priority],
+                 limits.tokens_per_day, int(self._clock()), limits.share, limits.priority,
+                 limits.egress],
             )  # fmt: skip
             seat_id = int(cur.lastrowid)
         log.info("seat %d (%s, %s) created", seat_id, name, role)
@@ -233,9 +243,9 @@ class SeatStore:
             self.get_seat(seat_id)
             self.db.execute(
                 "UPDATE seats SET max_concurrent = ?, requests_per_minute = ?, tokens_per_day = ?,"
-                " share = ?, priority = ? WHERE id = ?",
+                " share = ?, priority = ?, egress = ? WHERE id = ?",
                 [limits.max_concurrent, limits.requests_per_minute, limits.tokens_per_day,
-                 limits.share, limits.priority, seat_id],
+                 limits.share, limits.priority, limits.egress, seat_id],
             )
         self._changed("*")
         return self.get_seat(seat_id)

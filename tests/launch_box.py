@@ -13,6 +13,7 @@ import os
 import uvicorn
 
 from appliance.app import create_app
+from appliance.cli import SERVER_IMPL
 from appliance.settings import load_settings
 from licensing.crypto import load_public_keys
 
@@ -27,7 +28,7 @@ def main() -> None:
         with open(path) as fh:
             keys = load_public_keys(json.load(fh))
     uvicorn.run(create_app(settings, trusted_keys=keys), host="127.0.0.1", port=args.port,
-                log_level="warning", access_log=False)
+                log_level="warning", access_log=False, **SERVER_IMPL)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ for _package in ("engines", "licensing", "firmware", "tui"):
     FORBIDDEN[_package] = (*FORBIDDEN[_package], "ray")
 #: fleet modules that must import without Ray (the CLI refuses a join on a box without it)
 FLEET_WITHOUT_RAY = ("fleet.errors", "fleet.token", "fleet.node", "fleet.wire",
-                     "fleet.headers", "fleet.app", "fleet.cli", "fleet.admission")
+                     "fleet.headers", "fleet.app", "fleet.cli", "fleet.admission",
+                     "fleet.prefix", "fleet.load", "fleet.remotes")
 
 
 def _modules(package: str) -> list[str]:

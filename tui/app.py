@@ -23,6 +23,7 @@ from tui.client import (
     resolve_key,
 )
 from tui.screens.dashboard import DashboardScreen
+from tui.screens.fleet import FleetScreen
 from tui.screens.licence import LicenceScreen
 from tui.screens.logs import LogsScreen
 from tui.screens.models import ModelsScreen
@@ -34,7 +35,8 @@ T = TypeVar("T")
 
 
 class AdminApp(App[None]):
-    """Six screens (dashboard, models, seats, licence, updates, logs) over one client.
+    """Seven screens (dashboard, models, seats, licence, updates, logs, fleet) over one
+    client.
 
     ``client`` is an :class:`~tui.client.AdminClient` or anything with the same methods
     (the tests pass an in-memory fake). The app polls ``client.status()`` every
@@ -50,6 +52,7 @@ class AdminApp(App[None]):
         "licence": LicenceScreen,
         "updates": UpdatesScreen,
         "logs": LogsScreen,
+        "fleet": FleetScreen,
     }
     DEFAULT_MODE = "dashboard"
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -59,6 +62,7 @@ class AdminApp(App[None]):
         Binding("l", "switch_mode('licence')", "Licence"),
         Binding("u", "switch_mode('updates')", "Updates"),
         Binding("g", "switch_mode('logs')", "Logs"),
+        Binding("F", "switch_mode('fleet')", "Fleet"),
         Binding("q", "quit", "Quit"),
     ]
 

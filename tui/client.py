@@ -221,6 +221,38 @@ class LogLine(TypedDict):
     message: str
 
 
+class FleetReplica(TypedDict):
+    model: str
+    replica: str
+    node_id: str
+    ongoing: NotRequired[int]
+
+
+class FleetNode(TypedDict):
+    node_id: str
+    box: str | None
+    address: str | None
+    alive: bool
+    head: bool
+    cpus: float
+    gpus: float
+    memory_bytes: int
+    replicas: list[FleetReplica]
+    load: int
+
+
+class FleetModel(TypedDict):
+    status: str
+    running: int
+    replica_states: dict[str, int]
+
+
+class Fleet(TypedDict):
+    address: str
+    nodes: list[FleetNode]
+    models: dict[str, FleetModel]
+
+
 # --- key loading --------------------------------------------------------------------------
 
 
@@ -451,6 +483,17 @@ class AdminClient:
         """GET /admin/logs: recent warnings and errors."""
         return cast(list[LogLine], self._json("GET", "/admin/logs",
                                               params={"limit": limit, "q": q}))
+
+    # fleet
+    def fleet(self) -> Fleet | None:
+        """GET /admin/fleet: nodes, their health, the replicas on each and their load;
+        None when this box is not a fleet head (the route is absent: 404)."""
+        try:
+            return cast(Fleet, self._json("GET", "/admin/fleet"))
+        except BoxError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
 
 def dump_json(data: Any) -> str:

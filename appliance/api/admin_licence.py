@@ -37,6 +37,10 @@ class LimitsIn(BaseModel):
     share: int | None = Field(None, ge=1, le=100, description="Weight in the LLM queue.")
     priority: Literal["interactive", "batch"] | None = Field(
         None, description="'batch': served only when interactive seats leave room.")
+    egress: Literal["none", "llm", "llm+vision"] | None = Field(
+        None, description="Which requests may overflow to a remote endpoint when the box "
+        "is saturated: 'none' (the default), 'llm' (language-model requests without "
+        "images), 'llm+vision' (images in chat messages too). Audited as seat.egress.")
 
     def limits(self, base: SeatLimits | None = None) -> SeatLimits | None:
         given = {k: v for k, v in self.model_dump().items()
@@ -101,7 +105,7 @@ async def delete_seat(seat_id: SeatId, guard: GuardDep, admin: AdminDep) -> dict
 @router.patch("/admin/seats/{seat_id}")
 async def update_seat(seat_id: SeatId, body: LimitsIn, guard: GuardDep, admin: AdminDep
                       ) -> dict[str, Any]:
-    """Change a seat's limits, queue share or priority (audited)."""
+    """Change a seat's limits, queue share, priority or egress policy (audited)."""
     def update() -> dict[str, Any]:
         current = guard.seats.get_seat(seat_id)
         seat = guard.set_limits(admin.name, seat_id, body.limits(current.limits))

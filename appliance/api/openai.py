@@ -20,6 +20,7 @@ from appliance.api.openai_schemas import (
 )
 from appliance.api.tool_answers import ChatPrompt, chat_prompt
 from appliance.deps import CallDep, RegistryDep, SettingsDep
+from appliance.egress import open_to
 from appliance.embeddings import (
     check_dimensions,
     check_inputs,
@@ -97,6 +98,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, call: 
     engine = await call.lease(body.model, "chat", LLMEngine, LANGUAGE_MODEL,
                               needs=VISION_CHAT if images else None)
     _check_choices(engine, body.n)
+    remote = await call.overflow(engine, images=bool(images))
+    if remote is not None:  # the box is saturated and the seat may overflow
+        return await call.forward(remote, request, "/chat/completions", cap=engine.info.n_ctx,
+                                  limit_field="max_completion_tokens")
     gens = await _generate(call, engine, [await call.prepare(engine, build)], body.n)
     shape = ChatChoices(body.model, body.n, body.logprobs, prompts[0].calls)
     if body.stream:
@@ -120,6 +125,9 @@ async def completions(body: CompletionRequest, request: Request, call: CallDep) 
 
     engine = await call.lease(body.model, "completions", LLMEngine, LANGUAGE_MODEL)
     _check_choices(engine, body.n, len(prompts))
+    remote = await call.overflow(engine)
+    if remote is not None:  # the box is saturated and the seat may overflow
+        return await call.forward(remote, request, "/completions", cap=engine.info.n_ctx)
     reqs = [await call.prepare(engine, builder(p)) for p in prompts]
     gens = await _generate(call, engine, reqs, body.n)
     shape = CompletionChoices(body.model, [p if isinstance(p, str) else None for p in prompts],
@@ -206,8 +214,10 @@ async def list_models(registry: RegistryDep, caller: CallDep,
                       purpose: Purpose = Query("chat", description=(
                           "Which models to list: 'chat' (the default, what chat front ends "
                           "offer in their pickers), another capability, or 'all'."))) -> Any:
-    """The models for ``purpose``, each with its capabilities, state and (when loaded)
-    the backend it runs on."""
+    """The models for ``purpose``, each with its capabilities, state, (when loaded) the
+    backend it runs on, and whether the caller's requests for it may leave the box
+    (``egress``: to the remotes in ``egress_remotes``, when the box is saturated;
+    ``egress_images``: requests with images too)."""
     cards = [_model_card(s, caller) for s in registry.status()]
     if purpose != "all":
         cards = [c for c in cards if purpose in c["capabilities"]]
@@ -238,4 +248,15 @@ def _model_card(s: dict[str, Any], caller: Call) -> dict[str, Any]:
         card["provider"] = s["provider"]
     if "provider_report" in s:
         card["provider_report"] = s["provider_report"]
-    return card
+    return card | _egress(s, caller)
+
+
+def _egress(s: dict[str, Any], caller: Call) -> dict[str, Any]:
+    """Whether the caller's requests for this model may be served by a remote."""
+    book = caller.life.remotes
+    overflows = bool({"chat", "completions"} & set(s["capabilities"]))
+    policy = caller.ctx.limits.egress
+    names = open_to(policy, s["name"], book.list()) if book is not None and overflows else []
+    return {"egress": bool(names), "egress_remotes": names,
+            "egress_images": bool(names) and policy == "llm+vision"
+            and VISION_CHAT in s["capabilities"]}

@@ -43,3 +43,15 @@ def _empty(tmp: Path) -> Path:
     p = tmp / "empty.toml"
     p.write_text("")
     return p
+
+
+def test_fleet_min_replicas_per_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's form: a rarely used model may scale to zero, the others keep the
+    default; a negative count is refused naming the model."""
+    cfg = tmp_path / "appliance.toml"
+    cfg.write_text('fleet_min_replicas = 2\nfleet_model_min_replicas = {"rarely-used" = 0}\n')
+    s = load_settings(cfg)
+    assert (s.fleet_min_for("rarely-used"), s.fleet_min_for("busy")) == (0, 2)
+    monkeypatch.setenv("APPLIANCE_FLEET_MODEL_MIN_REPLICAS", '{"odd": -1}')
+    with pytest.raises(ConfigError, match="odd"):
+        load_settings(cfg)

@@ -12,14 +12,17 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from fleet.node import BOX_ENV, NodePlan, NodeProcess, free_ports, own_ports
 from fleet.token import new_token, write_token
+from tests.conftest import Box, linked_models
 
 HEAD_IP = "127.0.0.2"
 BOX_IPS = {"a": "127.0.0.3", "b": "127.0.0.4", "c": "127.0.0.5"}
@@ -33,28 +36,32 @@ class LoopbackFleet:
     port: int = field(init=False)
     head: NodeProcess | None = None
     boxes: dict[str, NodeProcess] = field(default_factory=dict)
+    head_ip: str = HEAD_IP  # another module may take other loopback addresses
+    box_ips: dict[str, str] = field(default_factory=lambda: dict(BOX_IPS))
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         # Ray's unix sockets live under its temp dir: keep the path short (107 bytes max)
         self.short = Path(tempfile.mkdtemp(prefix="rf", dir="/tmp"))
         self.token = write_token(self.root / "join.token", new_token())
-        self.port = free_ports(1, HEAD_IP)[0]
+        self.port = free_ports(1, self.head_ip)[0]
 
     @property
     def address(self) -> str:
-        return f"{HEAD_IP}:{self.port}"
+        return f"{self.head_ip}:{self.port}"
 
     def start_head(self) -> None:
-        plan = NodePlan("head", HEAD_IP, port=self.port, num_cpus=0,
-                        object_store_bytes=OBJECT_STORE, temp_dir=self.short / "h")
+        plan = NodePlan("head", self.head_ip, port=self.port, num_cpus=0,
+                        object_store_bytes=OBJECT_STORE, ports=own_ports(1, self.head_ip)[0],
+                        temp_dir=self.short / "h")
         self.head = NodeProcess(plan, self.token, self.root / "head.log",
                                 extra_env={BOX_ENV: "head"})
         self.head.wait_started()
 
-    def join(self, box: str, token: Path | None = None, cpus: int = 1) -> NodeProcess:
-        ip = BOX_IPS[box]
-        plan = NodePlan(box, ip, head=self.address, num_cpus=cpus,
+    def join(self, box: str, token: Path | None = None, cpus: int = 1,
+             gpus: int | None = None) -> NodeProcess:
+        ip = self.box_ips[box]
+        plan = NodePlan(box, ip, head=self.address, num_cpus=cpus, num_gpus=gpus,
                         object_store_bytes=OBJECT_STORE, ports=own_ports(1, ip)[0],
                         temp_dir=self.short / box)
         node = NodeProcess(plan, token or self.token, self.root / f"{box}.log",
@@ -120,3 +127,32 @@ def wait_for(predicate, timeout: float, every: float = 0.5) -> Iterator[None] | 
             return True
         time.sleep(every)
     return False
+
+
+@contextmanager
+def running_fleet(root: Path, boxes: tuple[str, ...] = ("a", "b"), **where: Any
+                  ) -> Iterator[LoopbackFleet]:
+    """A head and ``boxes`` joined (``where``: other loopback addresses), all stopped after."""
+    f = LoopbackFleet(root, **where)
+    try:
+        f.start_head()
+        for box in boxes:
+            f.join(box)
+        yield f
+    finally:
+        f.stop()
+
+
+def fleet_head_box(fleet: LoopbackFleet, store: Path, tmp: Path, env: dict[str, str],
+                   add_packs: Callable[[Path], None] | None = None) -> Box:
+    """The real box as the fleet's ingress: the fleet's join token in its data dir, a linked
+    copy of the test model store (``add_packs`` may add packs to it), fleet mode on."""
+    data = tmp / "data"
+    (data / "fleet").mkdir(parents=True)
+    shutil.copy2(fleet.token, data / "fleet" / "join.token")
+    models = linked_models(store, tmp / "models")
+    if add_packs is not None:
+        add_packs(models)
+    return Box(data, models, env={
+        "APPLIANCE_FLEET_ENABLED": "1", "APPLIANCE_FLEET_ADDRESS": fleet.head_ip,
+        "APPLIANCE_FLEET_PORT": str(fleet.port), **env})

@@ -11,11 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
-
-pytest.importorskip("ray", reason="fleet tests need the fleet extra: pip install '.[fleet]'")
-
 import httpx
+import pytest
+import ray  # noqa: F401  (no fleet extra: fail loudly; make test installs it)
 
 from fleet.node import free_ports
 from fleet.token import new_token, write_token

@@ -6,43 +6,36 @@ real SmolLM2 in engine workers inside Serve replicas. Slow: about two minutes on
 
 from __future__ import annotations
 
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+import ray  # noqa: F401  (no fleet extra: fail loudly; make test installs it)
 
-pytest.importorskip("ray", reason="fleet tests need the fleet extra: pip install '.[fleet]'")
-
-from tests.conftest import LLM, Box, linked_models
-from tests.fleet.support import LoopbackFleet, sse_stream, usage_rows, wait_for
+from tests.conftest import LLM, Box
+from tests.fleet.support import (
+    LoopbackFleet,
+    fleet_head_box,
+    running_fleet,
+    sse_stream,
+    usage_rows,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.fleet, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fleet")
-    f = LoopbackFleet(root / "nodes")
-    try:
-        f.start_head()
-        f.join("a")
-        f.join("b")
+    with running_fleet(tmp_path_factory.mktemp("fleet") / "nodes") as f:
         yield f
-    finally:
-        f.stop()
 
 
 @pytest.fixture(scope="module")
 def head_box(fleet, model_store, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("head-box")
-    data = tmp / "data"
-    (data / "fleet").mkdir(parents=True)
-    shutil.copy2(fleet.token, data / "fleet" / "join.token")
-    box = Box(data, linked_models(model_store.root, tmp / "models"), env={
-        "APPLIANCE_FLEET_ENABLED": "1", "APPLIANCE_FLEET_ADDRESS": fleet.address.split(":")[0],
-        "APPLIANCE_FLEET_PORT": str(fleet.port), "APPLIANCE_FLEET_MIN_REPLICAS": "1",
+    box = fleet_head_box(fleet, model_store.root, tmp_path_factory.mktemp("head-box"), {
+        "APPLIANCE_FLEET_MIN_REPLICAS": "1",
         "APPLIANCE_FLEET_MAX_REPLICAS": "2", "APPLIANCE_FLEET_TARGET_ONGOING": "1",
         "APPLIANCE_FLEET_UPSCALE_DELAY_S": "1", "APPLIANCE_FLEET_DOWNSCALE_DELAY_S": "8",
         "APPLIANCE_LLM_SLOTS": "4", "APPLIANCE_LLM_CTX": "512",
@@ -75,6 +68,18 @@ def _running(box: Box) -> int:
     return _fleet_status(box)["models"].get(LLM, {}).get("running", 0)
 
 
+def _slots_gauge(box: Box) -> float | None:
+    """The model's ``appliance_engine_slots`` in the head's /metrics (running replicas ×
+    slots each: what the cloud-overflow rule reads), or None when it is not there."""
+    r = httpx.get(box.base_url + "/metrics", timeout=30,
+                  headers={"Authorization": f"Bearer {box.api_key}"})
+    assert r.status_code == 200, r.text
+    for line in r.text.splitlines():
+        if line.startswith(f'appliance_engine_slots{{model="{LLM}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def _burst(box: Box, key: str, n: int, max_tokens: int) -> list[dict]:
     with ThreadPoolExecutor(n) as pool:
         return list(pool.map(lambda _: sse_stream(box.base_url, key, LLM,
@@ -97,6 +102,9 @@ def test_burst_scales_out_onto_both_boxes_and_idle_scales_back(head_box: Box, ke
         seen |= {r["node"] for r in results}
         grown = grown or _running(head_box) >= 2
     assert grown, "32 streams did not grow the model to 2 replicas"
+    # the head counts the model's slots across its replicas (4 each here)
+    assert wait_for(lambda: _slots_gauge(head_box) == 4 * _running(head_box), timeout=20,
+                    every=1), (_slots_gauge(head_box), _running(head_box))
     assert seen == {"a", "b"}, f"served only by {seen}"
     status = _fleet_status(head_box)
     boxes = {n["box"]: n for n in status["nodes"] if n["alive"]}

@@ -7,7 +7,7 @@ render and tokenise), a batch of embeddings, OCR and detection uploads, admin st
 metrics scrapes (engine gauges, nvidia-smi where there is one), the usage CSV, key issues
 (audit rows with fsync), the audit chain check and a bundle upload that is refused after
 it was written to disk. The longest wait between two answers of ``/healthz`` must stay
-under ``MAX_GAP_S`` (see there why that is 1 s, not the 250 ms the issue asks for).
+under ``MAX_GAP_S``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -26,16 +27,19 @@ import numpy as np
 import pytest
 
 from tests.conftest import DETECTOR, LLM, OCR
+from tests.cpu_hog import HOGS_ENV
 from tests.hardening.conftest import admin, new_seat
 
 pytestmark = pytest.mark.slow
-# The issue's bound is 250 ms. On the 2-core test machine the worst gap is 260-450 ms, always
-# in the first second of the burst (30 requests and 4 engine workers starting at once), with
-# no loop callback over 100 ms (asyncio debug mode) and no loop lag over 120 ms seen by an
-# in-process watchdog thread: the whole process waits for a core, the loop is not blocked.
-# So the test bounds real stalls (a synchronous fsync, a subprocess, a CPU-bound step on the
-# loop) at 1 s and prints the worst gap; under `make test-busy` the same bound holds.
-MAX_GAP_S = 1.0
+# The issue's bound. What used to break it was not the loop: on the 2-core test machine the
+# loop thread waited for a core (its run-queue wait in /proc/thread-self/schedstat matched
+# the gap while its CPU time stayed near 1 ms), and the main competitor was this test's
+# own 30 client threads at the box's priority. Real clients run on other machines, so the
+# load generator runs nicer than the box (``_client_thread``); the box's own engine workers
+# still compete at their `worker_nice`. Under `make test-busy` (CPU hogs at the box's own
+# priority, on purpose) the bound is 1 s: that machine has no core to spare.
+MAX_GAP_S = 1.0 if os.environ.get(HOGS_ENV) else 0.25
+CLIENT_NICE = 10
 
 PINGER = textwrap.dedent("""
     import json, os, sys, threading, time, httpx
@@ -62,6 +66,11 @@ def _image() -> bytes:
     cv2.putText(img, "Invoice 2026 total 12.50", (20, 90), cv2.FONT_HERSHEY_SIMPLEX, 1.2,
                 (0, 0, 0), 2)
     return cv2.imencode(".png", img)[1].tobytes()
+
+
+def _client_thread() -> None:
+    """Each load thread runs nicer than the box, as a client on another machine would."""
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CLIENT_NICE)
 
 
 def _rotate_keys(box, seat_id: int, times: int) -> int:
@@ -123,7 +132,7 @@ def test_healthz_never_waits_behind_heavy_requests(fresh_box) -> None:
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert pinger.stdout.readline().strip() == "ready"
-        with ThreadPoolExecutor(len(jobs)) as pool:
+        with ThreadPoolExecutor(len(jobs), initializer=_client_thread) as pool:
             statuses = list(pool.map(lambda job: job(), jobs))
         out, _ = pinger.communicate("stop\n", timeout=60)
     finally:

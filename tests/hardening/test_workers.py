@@ -237,3 +237,14 @@ def _doctor(box: Box) -> str:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
+
+
+def test_the_box_runs_asyncio_and_h11_even_with_uvloop_installed(box: Box) -> None:
+    """The fleet extra installs uvloop and httptools (make test installs it); the box names
+    its loop and parser instead of letting uvicorn pick them (``appliance.cli.SERVER_IMPL``),
+    so installing an extra never changes the server a single box runs."""
+    import importlib.util
+
+    assert importlib.util.find_spec("uvloop") and importlib.util.find_spec("httptools")
+    maps = _maps(box.proc.pid)
+    assert "uvloop" not in maps and "httptools" not in maps

@@ -261,3 +261,16 @@ def test_evaluation_expires_after_30_days(tmp_path, db, clock, mono, facts, trus
     guard = LicenseGuard(tmp_path / "d", open_box_db(tmp_path / "appliance.db"), **kw)
     with pytest.raises(LicenceExpired, match="evaluation licence eval-"):
         guard.check(key)
+
+
+def test_egress_change_is_audited_and_reaches_the_seat_context(licensed) -> None:
+    guard, _, user_key = licensed
+    seat_id = user_key.info.seat_id
+    guard.set_limits("root", seat_id, SeatLimits(max_concurrent=2))  # egress unchanged
+    assert not [r for r in guard.audit.tail(50) if r.action == "seat.egress"]
+    guard.set_limits("root", seat_id, SeatLimits(egress="llm"))
+    rows = [r for r in guard.audit.tail(50) if r.action == "seat.egress"]
+    assert [(r.actor, r.details["from"], r.details["to"]) for r in rows] == [
+        ("root", "none", "llm")]
+    assert guard.check(user_key.secret).limits.egress == "llm"  # the cache was dropped
+    assert guard.audit.verify().ok

@@ -185,6 +185,29 @@ def test_v3_usage_rows_survive_the_box_column_migration(tmp_path) -> None:
     db.execute("INSERT INTO usage (seat_id, ts, day, month, route, model, status, tokens_in,"
                " tokens_out, images) VALUES (1, 5, '1970-01-01', '1970-01', '/v1/x', 'm',"
                " 200, 1, 2, 0)")
-    assert schema.migrate(db) == schema.VERSION == 4
+    assert schema.migrate(db) == schema.VERSION >= 4
     assert db.execute("SELECT tokens_out, box FROM usage").fetchall() == [(2, "")]
+    db.conn.close()
+
+
+def test_egress_policy_defaults_to_none_and_is_validated(store) -> None:
+    seat = store.create_seat("dave", max_seats=5)
+    assert seat.limits.egress == "none" and seat.to_json()["egress"] == "none"
+    changed = store.set_limits(seat.id, SeatLimits(egress="llm"))
+    assert changed.limits.egress == "llm" and store.get_seat(seat.id).limits.egress == "llm"
+    with pytest.raises(InvalidInput, match="egress"):
+        SeatLimits(egress="everything")
+
+
+def test_seats_made_before_the_egress_column_keep_everything_on_the_box(tmp_path) -> None:
+    from storage.db import migrate as db_migrate
+    from storage.db import sql_step
+    from tests.licensing.support import open_box_db
+
+    db = open_box_db(tmp_path / "old.db")
+    db_migrate(db, schema.COMPONENT, [sql_step(*m) for m in schema.MIGRATIONS[:4]])
+    db.execute("INSERT INTO seats (name, contact, role, max_concurrent, requests_per_minute,"
+               " tokens_per_day, created_at) VALUES ('old', '', 'user', 4, 60, 0, 5)")
+    assert schema.migrate(db) == schema.VERSION
+    assert SeatStore(db).list_seats()[0].limits.egress == "none"
     db.conn.close()

@@ -42,6 +42,24 @@ STATS: dict[str, Any] = {
     "ram_used_bytes": 3 * 2**30, "ram_total_bytes": 16 * 2**30, "gpu": [],
 }
 
+FLEET: dict[str, Any] = {
+    "address": "10.0.0.1:6380",
+    "nodes": [
+        {"node_id": "n-head", "box": "head", "address": "10.0.0.1", "alive": True,
+         "head": True, "cpus": 0.0, "gpus": 0.0, "memory_bytes": 8 * 2**30, "replicas": [],
+         "load": 0},
+        {"node_id": "n-a", "box": "box-a", "address": "10.0.0.2", "alive": True,
+         "head": False, "cpus": 8.0, "gpus": 1.0, "memory_bytes": 32 * 2**30, "load": 3,
+         "replicas": [{"model": "smollm2-135m-instruct", "replica": "k3v9x2", "node_id": "n-a",
+                       "pid": 4242, "ongoing": 3}]},
+        {"node_id": "n-b", "box": "box-b", "address": "10.0.0.3", "alive": False,
+         "head": False, "cpus": 8.0, "gpus": 0.0, "memory_bytes": 32 * 2**30, "replicas": [],
+         "load": 0},
+    ],
+    "models": {"smollm2-135m-instruct": {"status": "RUNNING", "running": 1,
+                                         "replica_states": {"RUNNING": 1, "STARTING": 1}}},
+}
+
 
 class FakeBox:
     """Same public methods as AdminClient; state lives in memory, guarded by a lock."""
@@ -51,6 +69,7 @@ class FakeBox:
     def __init__(self) -> None:
         self.down = False
         self.chain_ok = True
+        self.fleet_head = True
         self.fail: dict[str, BoxError] = {}
         self.calls: list[str] = []
         self.requests_total = STATS["requests_total"]
@@ -286,3 +305,7 @@ class FakeBox:
              "message": "context_length_exceeded: 2300 tokens > 2048"},
         ]
         return [x for x in lines if q.lower() in x["message"].lower()][:limit]
+
+    def fleet(self) -> dict[str, Any] | None:
+        self._enter("fleet")
+        return copy.deepcopy(FLEET) if self.fleet_head else None

@@ -16,6 +16,7 @@ from tui.client import AdminClient, BoxError
 from tui.screens.bundle_review import BundleReviewScreen
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.dashboard import DashboardScreen
+from tui.screens.fleet import NOT_A_HEAD, FleetScreen
 from tui.screens.key_shown import KeyShownScreen
 from tui.screens.licence import LicenceScreen
 from tui.screens.logs import LogsScreen
@@ -59,7 +60,7 @@ def test_fake_has_the_client_interface() -> None:
 
 async def test_navigate_every_screen(app: AdminApp) -> None:
     screens = {"d": DashboardScreen, "m": ModelsScreen, "s": SeatsScreen, "l": LicenceScreen,
-               "u": UpdatesScreen, "g": LogsScreen}
+               "u": UpdatesScreen, "g": LogsScreen, "F": FleetScreen}
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         for key, cls in [*screens.items(), ("d", DashboardScreen)]:
@@ -82,6 +83,37 @@ async def test_navigate_every_screen(app: AdminApp) -> None:
         await settle(pilot)
         tile = app.screen.query_one("#tile-requests")
         assert "1234 total" in tile.value
+
+
+async def test_fleet_screen_lists_nodes_replicas_and_load(app: AdminApp, fake: FakeBox
+                                                          ) -> None:
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("F")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, FleetScreen)
+        assert "3 node(s), 2 alive, 1 dead" in str(screen.query_one("#fleet-note", Label).render())
+        nodes = screen.query_one("#nodes", DataTable)
+        rows = {nodes.get_row_at(i)[0]: nodes.get_row_at(i) for i in range(nodes.row_count)}
+        assert list(rows) == ["head", "box-a", "box-b"]  # the head first
+        assert rows["box-a"][2] == "alive" and rows["box-a"][7:] == ["1", "3"]
+        assert rows["box-b"][2] == "DEAD"
+        replicas = screen.query_one("#replicas", DataTable)
+        assert replicas.get_row_at(0) == ["smollm2-135m-instruct", "k3v9x2", "box-a", "3"]
+        models = screen.query_one("#fleet-models", DataTable)
+        assert models.get_row_at(0)[1:] == ["RUNNING", "1", "running 1, starting 1"]
+
+
+async def test_fleet_screen_says_plainly_when_not_a_fleet_head(app: AdminApp, fake: FakeBox
+                                                               ) -> None:
+    fake.fleet_head = False
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("F")
+        await settle(pilot)
+        assert str(app.screen.query_one("#fleet-note", Label).render()) == NOT_A_HEAD
+        assert not app.screen.query_one("#nodes", DataTable).display
 
 
 async def test_dashboard_refreshes_and_draws_a_trend(fake: FakeBox) -> None:

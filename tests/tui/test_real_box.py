@@ -15,13 +15,14 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from textual.widgets import DataTable, Input
+from textual.widgets import DataTable, Input, Label
 
 from tests.conftest import LLM
 from tests.tui.support import settle, wait_until
 from tui.app import AdminApp
 from tui.client import AdminClient, BoxError
 from tui.screens.confirm import ConfirmScreen
+from tui.screens.fleet import NOT_A_HEAD, FleetScreen
 from tui.screens.key_shown import KeyShownScreen
 from tui.screens.seats import SeatsScreen
 
@@ -84,6 +85,20 @@ async def test_dashboard_counter_moves_with_real_requests(admin_box: Any,
                          timeout=15)
         await settle(pilot)
         assert f"{int(app.status['stats']['requests_total'])} total" in tile.value
+
+
+async def test_fleet_screen_on_a_single_box_says_it_is_not_a_fleet_head(
+        admin_box: Any, admin_client: AdminClient) -> None:
+    assert admin_client.fleet() is None  # the box answers 404: no fleet route
+    app = AdminApp(admin_client, refresh_s=5)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("F")
+        await settle(pilot)
+        assert isinstance(app.screen, FleetScreen)
+        note = app.screen.query_one("#fleet-note", Label)
+        await wait_until(pilot, lambda: str(note.render()) == NOT_A_HEAD, timeout=15)
+        assert not app.screen.query_one("#nodes", DataTable).display
 
 
 async def test_seat_and_key_made_in_the_tui_work_until_revoked(

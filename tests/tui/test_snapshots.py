@@ -32,8 +32,9 @@ def goto(key: str, *more: str) -> Callable[[Pilot[Any]], Awaitable[None]]:
     return run
 
 
-@pytest.mark.parametrize("key", ["d", "m", "s", "l", "u", "g"],
-                         ids=["dashboard", "models", "seats", "licence", "updates", "logs"])
+@pytest.mark.parametrize("key", ["d", "m", "s", "l", "u", "g", "F"],
+                         ids=["dashboard", "models", "seats", "licence", "updates", "logs",
+                              "fleet"])
 def test_screen(snap_compare: Any, key: str) -> None:
     assert snap_compare(AdminApp(FakeBox(), refresh_s=3600), terminal_size=SIZE,
                         run_before=goto(key))

@@ -1,0 +1,41 @@
+"""``NodeProcess.wait_started`` reads only what this start wrote to the node's log (the log
+is appended to: a box that leaves and joins again keeps the earlier run's lines). No Ray:
+a shell command stands in for ``ray start``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleet import node
+from fleet.errors import NodeError
+from fleet.node import STARTED_MARK, NodePlan, NodeProcess
+
+
+def _fake_ray(monkeypatch: pytest.MonkeyPatch, script: str) -> None:
+    monkeypatch.setattr(node, "ray_executable", lambda: "ray")
+    monkeypatch.setattr(node, "command", lambda plan, ray: ["sh", "-c", script])
+
+
+def test_an_earlier_runs_start_line_does_not_count(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "a.log"
+    log.write_text(f"yesterday\n{STARTED_MARK}.\n")
+    _fake_ray(monkeypatch, "sleep 30")  # still starting
+    proc = NodeProcess(NodePlan("a", "127.0.0.9"), tmp_path / "token", log)
+    with pytest.raises(NodeError, match="did not start"):
+        proc.wait_started(timeout=1.0)
+    assert proc.proc.poll() is not None  # the failed start was stopped
+
+
+def test_this_runs_start_line_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "a.log"
+    log.write_text(f"yesterday\n{STARTED_MARK}.\n")
+    _fake_ray(monkeypatch, f"sleep 0.3; echo '{STARTED_MARK}.'; sleep 30")
+    proc = NodeProcess(NodePlan("a", "127.0.0.9"), tmp_path / "token", log)
+    try:
+        proc.wait_started(timeout=20.0)
+    finally:
+        proc.stop(timeout=5)
+    assert log.read_text().count(STARTED_MARK) == 2
