@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from appliance.modelstore import ModelStore, fetch  # noqa: E402
+from bench.llm_peer import QUESTIONS  # noqa: E402  (the same 16 questions as the peer bench)
 from fleet.errors import NodeError  # noqa: E402
 from fleet.node import BOX_ENV, NodePlan, NodeProcess, free_ports, own_ports  # noqa: E402
 from fleet.token import new_token, write_token  # noqa: E402
@@ -69,14 +70,6 @@ SLOTS, CTX = 8, 1024
 #: and engine do, and a busy machine's other work weighs on both systems alike.
 SAME_NICE = {"RAY_worker_niceness": "0"}
 OBJECT_STORE = 80 << 20
-QUESTIONS = [
-    "What is the capital of France?", "Write a haiku about the sea.", "List three fruits.",
-    "Explain gravity to a child.", "What is 2+2?", "Name a famous painter.",
-    "How do birds fly?", "Tell me a joke about cats.", "Why is the sky blue?",
-    "What is a prime number?", "Describe a rainbow.", "How does a bicycle work?",
-    "What do bees make?", "Name three planets.", "What is the boiling point of water?",
-    "Who wrote Hamlet?",
-]
 SAME_REQUEST = [{"role": "user", "content": "Say hello in one short sentence."}]
 _serial = iter(range(1, 1 << 30))
 
