@@ -104,9 +104,9 @@ def llm_loader(settings: Settings, client: Any) -> Loader:
                                str(settings.data_dir), settings.worker_nice)
         return FleetLLMEngine(
             manifest.name, handle, on_close=lambda: client.undeploy(manifest.name),
-            running=(lambda: client.running(manifest.name)) if least == 0 else None,
+            running=lambda: client.running(manifest.name), scales_to_zero=least == 0,
             start_timeout=settings.worker_ready_timeout_s, load=client.load,
-            replicas=lambda: client.running(manifest.name), slots_per_replica=settings.llm_slots)
+            slots_per_replica=settings.llm_slots)
 
     return load
 

@@ -9,7 +9,7 @@ actor or node error) ends the generations in flight on it with ``Failed`` of
 ``EngineCrashedError`` (503 ``engine_crashed`` with Retry-After); Serve starts the replica
 again elsewhere if resources allow.
 
-A model allowed to scale to zero (``running`` given) is checked before each call: with no
+A model allowed to scale to zero (``scales_to_zero``) is checked before each call: with no
 replica running the call fails at once with ``ModelStartingError`` (503 ``model_starting``,
 Retry-After: the last start's duration, less the time it has been starting) instead of
 waiting in Serve's queue, and one wake-up call is sent through the handle, which is what
@@ -93,23 +93,22 @@ class FleetLLMEngine(LLMEngine):
     def __init__(self, name: str, handle: DeploymentHandle, *,
                  on_close: Callable[[], None] | None = None,
                  call_timeout: float = CALL_TIMEOUT_S,
-                 running: Callable[[], int] | None = None,
+                 running: Callable[[], int] | None = None, scales_to_zero: bool = False,
                  start_timeout: float = 900.0, load: ReplicaLoad | None = None,
-                 replicas: Callable[[], int] | None = None, slots_per_replica: int = 0
-                 ) -> None:
+                 slots_per_replica: int = 0) -> None:
         self.name = name
         self._handle = handle
         self._stream = handle.options(stream=True)
         self._on_close = on_close
         self._timeout = call_timeout
-        self._running = running
+        self._running = running  # replicas running now (a controller call)
+        self._scales_to_zero = scales_to_zero
         self._start_timeout = start_timeout
         self._lock = threading.Lock()
         self._seen_until = 0.0  # a replica was seen running; trusted until then
         self._waking_since: float | None = None
         self._start_s = FIRST_START_S
         self._load = load or ReplicaLoad()
-        self._replicas = replicas  # running replicas (a controller call): for stats()
         self._slots_per_replica = slots_per_replica
         self._replica_count: tuple[float, int] | None = None  # (asked at, count)
         self._in_flight = 0  # generations this head has open on the model's replicas
@@ -122,18 +121,32 @@ class FleetLLMEngine(LLMEngine):
     def _ensure_replica(self) -> None:
         """Return if a replica runs (or the model never scales to zero); else wake one and
         raise ``ModelStartingError``. Blocking (a controller call): from worker threads."""
-        if self._running is None or time.monotonic() < self._seen_until:
+        if not self._scales_to_zero or time.monotonic() < self._seen_until:
             return
         if self._waking_since is None:
-            try:
-                count = self._running()
-            except Exception as exc:  # the controller is busy: let Serve's queue decide
-                log.warning("replica count of %s unknown: %s", self.name, exc)
+            count = self._replicas_running(max_age=0.0)
+            if count is None:  # the controller is busy: let Serve's queue decide
                 return
             if count > 0:
                 self._seen_until = time.monotonic() + SEEN_TTL_S
                 return
         self._starting()
+
+    def _replicas_running(self, max_age: float) -> int | None:
+        """Replicas running, as the controller counted them at most ``max_age`` seconds ago
+        (one count serves both the scale-to-zero check and ``stats``); None when unknown.
+        Blocking (a controller call): from worker threads."""
+        if self._running is None:
+            return None
+        now = time.monotonic()
+        cached = self._replica_count
+        if cached is None or now - cached[0] > max_age:
+            try:
+                cached = self._replica_count = (now, int(self._running()))
+            except Exception as exc:
+                log.warning("replica count of %s unknown: %s", self.name, exc)
+                return None
+        return cached[1]
 
     def _starting(self) -> None:
         """Wake a replica (once) and raise ``ModelStartingError``."""
@@ -207,19 +220,12 @@ class FleetLLMEngine(LLMEngine):
         replicas × their slots, and the generations in flight through this head, the
         fleet's only ingress. Empty while the replica count is unknown. Blocking (a
         controller call at most every ``COUNT_TTL_S``): from worker threads."""
-        if self._replicas is None:
+        count = self._replicas_running(max_age=COUNT_TTL_S)
+        if count is None:
             return {}
-        now = time.monotonic()
-        cached = self._replica_count
-        if cached is None or now - cached[0] > COUNT_TTL_S:
-            try:
-                cached = self._replica_count = (now, int(self._replicas()))
-            except Exception as exc:  # the controller is busy: no gauges this time
-                log.warning("replica count of %s unknown: %s", self.name, exc)
-                return {}
         with self._lock:
             in_flight = self._in_flight
-        return slot_gauges(cached[1], self._slots_per_replica, in_flight)
+        return slot_gauges(count, self._slots_per_replica, in_flight)
 
     def _opened(self, delta: int) -> None:
         with self._lock:
