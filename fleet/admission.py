@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from fleet.boxapi import error_message
 from fleet.errors import FleetError, JoinRefusedError
 from fleet.token import read_token
 from licensing.activation import Activation
@@ -85,10 +86,7 @@ def ask_head(api: str, token: str, request: bytes, timeout: float = 30.0) -> dic
                          f"({exc}); is `appliance serve` running there? (--api URL)") from exc
     if r.status_code == 200:
         return r.json()
-    try:
-        message = r.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = r.text[:500]
+    message = error_message(r)
     if r.status_code in (400, 401, 403):
         raise JoinRefusedError(f"the head refused this box: {message}")
     raise FleetError(f"the head answered {r.status_code}: {message}")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.settings import Settings
-from fleet import remotes
+from fleet import boxapi, remotes
 from fleet.admission import ask_head, make_join_request
 from fleet.app import TOKEN_FILE, box_name
 from fleet.errors import FleetError, JoinRefusedError, NodeError
@@ -141,15 +141,8 @@ def _join(args: argparse.Namespace, settings: Settings, echo: Any) -> int:
 
 
 def _status(settings: Settings, echo: Any) -> int:
-    import httpx
-
-    key = settings.data_dir / "admin.key"
-    headers = {"Authorization": f"Bearer {key.read_text().strip()}"} if key.is_file() else {}
-    r = httpx.get(f"http://{settings.host}:{settings.port}/admin/fleet", headers=headers,
-                  timeout=30)
-    if r.status_code != 200:
-        raise FleetError(f"the box answered {r.status_code}: {r.text[:500]}")
-    echo(json.dumps(r.json(), indent=2))
+    echo(json.dumps(boxapi.call(settings, boxapi.base_url(settings), "GET", "/admin/fleet"),
+                    indent=2))
     return 0
 
 

@@ -11,10 +11,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from appliance.remotes import MAX_KEY_BYTES
 from appliance.settings import Settings
+from fleet.boxapi import base_url, call
 from fleet.errors import FleetError
-
-MAX_KEY_BYTES = 4096
 
 
 def add_parsers(fsub: Any) -> None:
@@ -59,39 +59,11 @@ def read_key_file(path: Path) -> str:
     return key
 
 
-def _api(args: argparse.Namespace, settings: Settings) -> str:
-    if args.api:
-        return args.api.rstrip("/")
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    return f"http://{host}:{settings.port}"
-
-
-def _call(settings: Settings, api: str, method: str, path: str, **kw: Any) -> Any:
-    import httpx
-
-    key = settings.data_dir / "admin.key"
-    if not key.is_file():
-        raise FleetError(f"no admin key in {key}: run this on the box, as its owner")
-    headers = {"Authorization": f"Bearer {key.read_text().strip()}"}
-    try:
-        r = httpx.request(method, api + path, headers=headers, timeout=30, **kw)
-    except httpx.HTTPError as exc:
-        raise FleetError(f"cannot reach the box's API at {api} ({exc}); is `appliance "
-                         "serve` running? (--api URL)") from exc
-    if r.status_code >= 400:
-        try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:500]
-        raise FleetError(f"the box answered {r.status_code}: {message}")
-    return r.json()
-
-
 def run(args: argparse.Namespace, settings: Settings, echo: Any) -> int:
-    api = _api(args, settings)
+    api = base_url(settings, args.api)
     if args.action == "add-remote":
         key = read_key_file(args.key_file)  # before anything is sent
-        remote = _call(settings, api, "POST", "/admin/remotes",
+        remote = call(settings, api, "POST", "/admin/remotes",
                        json={"name": args.name, "url": args.url, "key": key,
                              "models": args.models, "replace": args.replace})
         models = remote["models"]
@@ -101,10 +73,10 @@ def run(args: argparse.Namespace, settings: Settings, echo: Any) -> int:
              "{\"egress\": \"llm\"})")
         return 0
     if args.action == "remove-remote":
-        _call(settings, api, "DELETE", f"/admin/remotes/{args.name}")
+        call(settings, api, "DELETE", f"/admin/remotes/{args.name}")
         echo(f"remote {args.name} removed")
         return 0
-    remotes = _call(settings, api, "GET", "/admin/remotes")
+    remotes = call(settings, api, "GET", "/admin/remotes")
     if not remotes:
         echo("no remote endpoints; requests never leave this box")
     for r in remotes:

@@ -28,7 +28,7 @@ for _package in ("engines", "licensing", "firmware", "tui"):
 #: fleet modules that must import without Ray (the CLI refuses a join on a box without it)
 FLEET_WITHOUT_RAY = ("fleet.errors", "fleet.token", "fleet.node", "fleet.wire",
                      "fleet.headers", "fleet.app", "fleet.cli", "fleet.admission",
-                     "fleet.prefix", "fleet.load", "fleet.remotes")
+                     "fleet.prefix", "fleet.load", "fleet.remotes", "fleet.boxapi")
 
 
 def _modules(package: str) -> list[str]:
