@@ -84,7 +84,7 @@ class RemoteStream:
                 if "error" in obj:
                     err = obj["error"] if isinstance(obj["error"], dict) else {}
                     raise RemoteError(f"remote {self.remote.name!r} ended the stream: "
-                                      f"{str(err.get('message', obj['error']))[:500]}")
+                                      f"{str(err.get('message', obj['error']))[:MAX_ERROR_CHARS]}")
                 yield obj
         except httpx.HTTPError as exc:
             raise _unreachable(self.remote, exc) from exc

@@ -111,23 +111,21 @@ def test_a_box_joins_only_under_a_fleet_licence_that_names_it(tmp_path: Path, he
     auth = {"Authorization": f"Bearer {head_api.api_key}"}
     head_request = httpx.post(head_api.base_url + "/admin/licence/request", headers=auth,
                               timeout=30).json()
-    other = Activation(tmp_path / "other", {}).make_request()
-    licence = issue(parse_request(crypto.canonical_json(head_request)), vendor_key.key,
-                    customer="ACME", seats=5, days=30, models="*", features="*",
-                    now=int(time.time()),
-                    boxes=[parse_request(crypto.canonical_json(other))])
-    r = httpx.post(head_api.base_url + "/admin/licence/import", headers=auth, content=licence,
-                   timeout=30)
-    assert r.status_code == 200, r.text
+
+    def import_fleet_licence(naming: dict) -> None:
+        """Issue the head a fleet licence that lists the box of ``naming``; import it."""
+        licence = issue(parse_request(crypto.canonical_json(head_request)), vendor_key.key,
+                        customer="ACME", seats=5, days=30, models="*", features="*",
+                        now=int(time.time()),
+                        boxes=[parse_request(crypto.canonical_json(naming))])
+        r = httpx.post(head_api.base_url + "/admin/licence/import", headers=auth,
+                       content=licence, timeout=30)
+        assert r.status_code == 200, r.text
+
+    import_fleet_licence(Activation(tmp_path / "other", {}).make_request())
     r = appliance(box, *join)  # a fleet licence, but it names another box
     assert r.returncode == 2 and "does not list b1" in r.stdout + r.stderr
-    licence = issue(parse_request(crypto.canonical_json(head_request)), vendor_key.key,
-                    customer="ACME", seats=5, days=30, models="*", features="*",
-                    now=int(time.time()),
-                    boxes=[parse_request(crypto.canonical_json(b_request))])
-    r = httpx.post(head_api.base_url + "/admin/licence/import", headers=auth, content=licence,
-                   timeout=30)
-    assert r.status_code == 200, r.text
+    import_fleet_licence(b_request)
     r = appliance(box, *join)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "the head admits b1" in r.stdout
