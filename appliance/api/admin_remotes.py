@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from appliance.deps import AdminDep, GuardDep, RemotesDep
 from appliance.egress import NAME_RE, parse_models
+from appliance.remotes import MAX_KEY_BYTES
 from engines.errors import InvalidRequestError
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -27,7 +28,8 @@ class RemoteIn(BaseModel):
                       description="Its name in usage rows and X-Appliance-Node.")
     url: str = Field(min_length=1, max_length=2000,
                      description="Its OpenAI base URL, e.g. https://cloud.example/v1.")
-    key: str = Field(min_length=1, max_length=4096, description="Its API key (stored 0600).")
+    key: str = Field(min_length=1, max_length=MAX_KEY_BYTES,
+                     description="Its API key (stored 0600).")
     models: str = Field("*", max_length=10_000, description=(
         "Comma-separated models of this box it serves, each NAME or NAME=ITS_NAME; '*' "
         "(the default): every model, under the same name."))
