@@ -528,13 +528,18 @@ class BatchedLlamaEngine(LLMEngine):
         finally:
             self._shutdown()
 
+    def _running_per_seat(self) -> Counter[str]:
+        """How many requests each seat runs now (admission's headroom rule and the order
+        prompt chunks are read in both go by it)."""
+        return Counter(s.request.seat for s in self._running.values())
+
     def _take_from_queue(self) -> tuple[list[_Seq], list[_Seq]]:
         """Under the lock: pull cancelled and admissible requests off the queue."""
         dropped = self._queue.remove_where(lambda s: s.handle.cancelled)
         admitted: list[_Seq] = []
         free = [i for i in range(self._slots) if i not in self._running]
         donors: set[int] = set()  # copied from this round: nobody may overwrite them now
-        running = Counter(s.request.seat for s in self._running.values())
+        running = self._running_per_seat()
         now = time.monotonic()
         recent = {seat for seat, t in self._seen.items() if now - t < HEADROOM_S}
 
@@ -849,8 +854,8 @@ class BatchedLlamaEngine(LLMEngine):
             else:
                 take[seq.slot] = 1
         if readings:
-            load = Counter(s.request.seat for s in self._running.values())
-            for r in prompt_chunks(readings, budget, load, self._step_prompt):
+            for r in prompt_chunks(readings, budget, self._running_per_seat(),
+                                   self._step_prompt):
                 take[r.key] = r.chunk
         return [(self._running[slot], n) for slot, n in sorted(take.items()) if n > 0]
 
