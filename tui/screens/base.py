@@ -46,6 +46,14 @@ class BoxScreen(Screen[None]):
     def on_mount(self) -> None:
         self.watch(self.app, "connected", self._connection_changed, init=False)
 
+    def follow(self, every_s: float) -> None:
+        """Reload every ``every_s`` seconds while this screen is shown and the box answers."""
+        self.set_interval(every_s, self._follow_tick)
+
+    def _follow_tick(self) -> None:
+        if self.is_current and self.admin.connected:
+            self.reload()
+
     def on_screen_resume(self) -> None:
         if self._back_from_modal:  # the modal's own action refreshes what it changed
             self._back_from_modal = False

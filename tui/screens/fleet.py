@@ -44,11 +44,7 @@ class FleetScreen(BoxScreen):
                                                            "in flight")
         self.query_one("#fleet-models", DataTable).add_columns("model", "status", "running",
                                                                "replica states")
-        self.set_interval(max(3.0, self.admin.refresh_s * 2), self._tick)
-
-    def _tick(self) -> None:
-        if self.is_current and self.admin.connected:
-            self.reload()
+        self.follow(max(3.0, self.admin.refresh_s * 2))
 
     def reload(self) -> None:
         self.call_box(self.client.fleet, self.show)

@@ -39,12 +39,7 @@ class LogsScreen(BoxScreen):
                                                         "details")
         self.query_one("#errors", DataTable).add_columns("time", "level", "logger", "message")
         self.query_one("#audit", DataTable).focus()
-        self.set_interval(max(3.0, self.admin.refresh_s * 3), self._tick)
-
-    def _tick(self) -> None:
-        """Follow the tail while this screen is shown and the box answers."""
-        if self.is_current and self.admin.connected:
-            self.reload()
+        self.follow(max(3.0, self.admin.refresh_s * 3))  # the tail, while shown
 
     @property
     def query_text(self) -> str:
@@ -68,12 +63,6 @@ class LogsScreen(BoxScreen):
 
     def action_leave_filter(self) -> None:
         self.query_one("#audit", DataTable).focus()
-        self.set_interval(max(3.0, self.admin.refresh_s * 3), self._tick)
-
-    def _tick(self) -> None:
-        """Follow the tail while this screen is shown and the box answers."""
-        if self.is_current and self.admin.connected:
-            self.reload()
 
     def show_audit(self, audit: AuditLog) -> None:
         ok = audit.get("chain_ok")
