@@ -79,9 +79,15 @@ def det_size(h: int, w: int, limit_side: int = DET_LIMIT_SIDE,
     ratio = limit_side / min(h, w) if min(h, w) < limit_side else 1.0
     if max(h, w) * ratio > max_side:
         ratio = max_side / max(h, w)
-    # truncate, then round to a multiple of 32, as the reference does (a pixel of
-    # difference in the map moves box edges, and word spaces with them)
-    return (max(32, round(int(h * ratio) / 32) * 32), max(32, round(int(w * ratio) / 32) * 32))
+    return scaled32(h, w, ratio)
+
+
+def scaled32(h: int, w: int, times: float, over: float = 1.0) -> tuple[int, int]:
+    """(h, w) scaled by ``times / over``, truncated, then rounded to multiples of 32 (at
+    least 32), as the reference does: a pixel of difference in the map moves box edges,
+    and word spaces with them. (``over`` keeps the reference's ``h * limit / side``.)"""
+    return (max(32, round(int(h * times / over) / 32) * 32),
+            max(32, round(int(w * times / over) / 32) * 32))
 
 
 def det_preprocess(img: np.ndarray, limit_side: int = DET_LIMIT_SIDE) -> np.ndarray:
@@ -168,8 +174,7 @@ def fit_sides(img: np.ndarray) -> tuple[np.ndarray, float, float]:
         h, w = out.shape[:2]
         side = max(h, w) if too_big else min(h, w)
         if (side > limit) if too_big else (side < limit):
-            nh = max(32, round(int(h * limit / side) / 32) * 32)
-            nw = max(32, round(int(w * limit / side) / 32) * 32)
+            nh, nw = scaled32(h, w, limit, side)
             out = cv2.resize(out, (nw, nh))
             sy, sx = sy * h / nh, sx * w / nw
     return out, sy, sx
