@@ -233,7 +233,8 @@ class Fleet:
             with pinned(head_cores):
                 self._start("head", lambda: NodePlan(
                     "head", HEAD_IP, port=self.port, num_cpus=0,
-                    object_store_bytes=OBJECT_STORE, ports=own_ports(1, HEAD_IP)[0],
+                    object_store_bytes=OBJECT_STORE,
+                    ports=own_ports(1, HEAD_IP, avoid={self.port})[0],
                     temp_dir=self.short / "h"))
             for box, core in box_cores.items():
                 ip = BOX_IPS[box]

@@ -81,9 +81,11 @@ def _check_address(address: str | None) -> str:
     return address
 
 
-def _local(args: argparse.Namespace, address: str) -> dict[str, Any]:
+def _local(args: argparse.Namespace, address: str, gcs_port: int | None = None
+           ) -> dict[str, Any]:
+    avoid = {gcs_port} if gcs_port else set()
     return {"temp_dir": args.temp_dir,
-            "ports": own_ports(1, address)[0] if args.own_ports else {}}
+            "ports": own_ports(1, address, avoid)[0] if args.own_ports else {}}
 
 
 def _start(plan: NodePlan, token: Path, settings: Settings, echo: Any) -> NodeProcess:
@@ -113,7 +115,7 @@ def _init(args: argparse.Namespace, settings: Settings, echo: Any) -> int:
     box = args.box or box_name(settings)
     plan = NodePlan(box, address, port=port, num_cpus=args.cpus, num_gpus=args.gpus,
                     object_store_bytes=settings.fleet_object_store_mb << 20,
-                    **_local(args, address))
+                    **_local(args, address, port))
     _start(plan, token, settings, echo)
     echo(f"fleet head {box} runs on {address}:{port}; join token: {token} (mode 0600)")
     echo(f"on another box: appliance fleet join {address}:{port} --token FILE")

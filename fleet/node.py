@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,25 +103,30 @@ def environment(token_path: Path, address: str) -> dict[str, str]:
     return env
 
 
-def free_ports(n: int, address: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct free TCP ports (several nodes on one machine need their own)."""
+def free_ports(n: int, address: str = "127.0.0.1", avoid: Collection[int] = ()) -> list[int]:
+    """``n`` distinct free TCP ports, none of them in ``avoid`` (several nodes on one machine
+    need their own, and a node's services must not be handed the port its GCS was given)."""
     socks, out = [], []
     try:
-        for _ in range(n):
+        while len(out) < n:
             s = socket.socket()
             s.bind((address, 0))
-            socks.append(s)
-            out.append(int(s.getsockname()[1]))
+            socks.append(s)  # held until the end, so a skipped port is not drawn again
+            port = int(s.getsockname()[1])
+            if port not in avoid:
+                out.append(port)
     finally:
         for s in socks:
             s.close()
     return out
 
 
-def own_ports(n_nodes: int, address: str = "127.0.0.1") -> list[dict[str, int]]:
+def own_ports(n_nodes: int, address: str = "127.0.0.1",
+              avoid: Collection[int] = ()) -> list[dict[str, int]]:
     """Distinct ports for each per-node service of ``n_nodes`` nodes on one host (taken in
-    one go, so no two nodes are handed the same just-released port)."""
-    ports = free_ports(len(PORT_FLAGS) * n_nodes, address)
+    one go, so no two nodes are handed the same just-released port), none in ``avoid`` (pass
+    the head's GCS port: it was free when drawn, so it can be drawn again)."""
+    ports = free_ports(len(PORT_FLAGS) * n_nodes, address, avoid)
     k = len(PORT_FLAGS)
     return [dict(zip(PORT_FLAGS, ports[i * k:(i + 1) * k], strict=True))
             for i in range(n_nodes)]

@@ -52,7 +52,8 @@ class LoopbackFleet:
 
     def start_head(self) -> None:
         plan = NodePlan("head", self.head_ip, port=self.port, num_cpus=0,
-                        object_store_bytes=OBJECT_STORE, ports=own_ports(1, self.head_ip)[0],
+                        object_store_bytes=OBJECT_STORE,
+                        ports=own_ports(1, self.head_ip, avoid={self.port})[0],
                         temp_dir=self.short / "h")
         self.head = NodeProcess(plan, self.token, self.root / "head.log",
                                 extra_env={BOX_ENV: "head"})

@@ -39,3 +39,20 @@ def test_this_runs_start_line_counts(tmp_path: Path, monkeypatch: pytest.MonkeyP
     finally:
         proc.stop(timeout=5)
     assert log.read_text().count(STARTED_MARK) == 2
+
+
+def test_a_nodes_own_ports_never_include_the_port_its_gcs_was_given() -> None:
+    """CI once handed the head's GCS port to its object manager too (both drawn free,
+    released, drawn again) and `ray start` refused: the drawn ports must skip it."""
+    for _ in range(50):
+        gcs = node.free_ports(1)[0]
+        ports = node.own_ports(2, avoid={gcs})
+        drawn = [p for plan in ports for p in plan.values()]
+        assert gcs not in drawn
+        assert len(set(drawn)) == len(drawn) == 2 * len(node.PORT_FLAGS)
+
+
+def test_free_ports_skips_every_avoided_port() -> None:
+    first = node.free_ports(20)
+    again = node.free_ports(20, avoid=set(first))
+    assert not set(first) & set(again)
