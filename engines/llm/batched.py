@@ -92,6 +92,7 @@ from engines.errors import (
     PromptTooLongError,
 )
 from engines.llm.chat import render_chat, render_chat_segments
+from engines.llm.chunks import chunk_end, first_turn_end, reusable
 from engines.llm.fairqueue import FairQueue
 from engines.llm.grammar import check_grammar, check_schema, json_string_chars
 from engines.llm.logprobs import log_softmax, token_logprob
@@ -298,6 +299,8 @@ class BatchedLlamaEngine(LLMEngine):
         # not depend on micro-batch sizes, so any prefix is exact; with it on, a prefix
         # must end where a request served alone would end a prompt chunk.
         self._reuse_block = 1 if flash_attn is False else prefill_chunk
+        # A chunk also ends after the prompt's first turn (see engines.llm.chunks).
+        self._marks = self._model.eog_tokens()
         self._host = HostPrefixCache(prefix_cache_bytes if prefix_reuse else 0)
         self._ids = itertools.count(1)
         self._stats = {
@@ -579,6 +582,7 @@ class BatchedLlamaEngine(LLMEngine):
         overwritten while a cold slot is free.
         """
         prompt, chunk = seq.prompt, self._reuse_block
+        turn = first_turn_end(prompt, self._marks)
         cold = [i for i in free if not self._cached[i]]
         if seq.has_images:  # read alone into an empty slot (see the module docstring)
             seq.slot, seq.reuse = (cold[0] if cold else free[0]), ()
@@ -601,7 +605,7 @@ class BatchedLlamaEngine(LLMEngine):
         def usable(shared: int) -> int:
             # The last token is always read; a reused prefix ends on a chunk boundary, so
             # the rest is read in the same chunks a request served alone would use.
-            return min(shared, len(prompt) - 1) // chunk * chunk
+            return reusable(len(prompt), shared, chunk, turn)
 
         own_slot, own = free[0], 0
         for i in free:
@@ -800,7 +804,7 @@ class BatchedLlamaEngine(LLMEngine):
             seq.prompt = expanded
             seq.max_tokens = s.max_tokens if s.max_tokens is not None else room
             t0 = time.perf_counter()
-            pos, at, last = 0, 0, -1
+            pos, at, last, turn = 0, 0, -1, first_turn_end(expanded, self._marks)
             for part in parts:
                 if part is None:
                     pos = self._projector.evaluate(self._ctx, images[at], pos, seq.slot)
@@ -808,8 +812,8 @@ class BatchedLlamaEngine(LLMEngine):
                     continue
                 start = pos
                 while pos < start + len(part):  # the chunks a solo prefill would read
-                    end = min(start + len(part), (pos // self._prefill_chunk + 1)
-                              * self._prefill_chunk)
+                    end = min(start + len(part), chunk_end(len(expanded), pos,
+                                                           self._prefill_chunk, turn))
                     self._batch.clear()
                     for p in range(pos, end):
                         last = self._batch.add(part[p - start], p, seq.slot,
@@ -845,11 +849,11 @@ class BatchedLlamaEngine(LLMEngine):
             if seq.follows:
                 continue  # waits for its leader's cells
             if seq.prefilling:
-                # Chunks end on multiples of prefill_chunk, so a prompt's cells are computed
-                # the same way whatever it shares a step with or reuses (llama.cpp's results
-                # depend slightly on how many tokens a micro-batch holds).
-                end = min(len(seq.prompt), (seq.n_past // self._prefill_chunk + 1)
-                          * self._prefill_chunk)
+                # Chunks end on the prompt's own grid (engines.llm.chunks), so its cells are
+                # computed the same way whatever it shares a step with or reuses
+                # (llama.cpp's results depend slightly on how a micro-batch is cut).
+                end = chunk_end(len(seq.prompt), seq.n_past, self._prefill_chunk,
+                                first_turn_end(seq.prompt, self._marks))
                 readings.append(Reading(seq.slot, seq.request.seat, seq.id, end - seq.n_past))
             else:
                 take[seq.slot] = 1

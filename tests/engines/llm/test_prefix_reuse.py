@@ -238,3 +238,25 @@ def test_a_colleague_is_read_first_and_a_step_reads_one_prompt_chunk(
             assert s.text == solo(gguf_path, p)[: len(s.text)]
     finally:
         eng.close()
+
+
+def test_a_short_system_turn_is_reused_off_the_chunk_grid(gguf_path: Path) -> None:
+    """The template's default system turn (no system message sent) is shorter than a
+    chunk; it ends on the grid all the same, so the next question reads only its own
+    turn, and answers exactly as it does alone."""
+    eng = BatchedLlamaEngine(gguf_path, n_ctx=2 * 1024, slots=2, n_threads=THREADS,
+                             prefill_chunk=CHUNK)
+    try:
+        def ask(text: str) -> tuple[int, ...]:
+            return tuple(eng.chat_tokens([{"role": "user", "content": text}]))
+
+        first, second = ask("Where is my parcel?"), ask("How do I reset my password?")
+        turn = next(i for i, t in enumerate(first) if eng.tokenize(
+            "<|im_end|>", special=True)[-1] == t) + 1
+        assert 0 < turn < CHUNK and first[:turn] == second[:turn]
+        assert end(run(eng, first).wait()).cached_tokens == 0
+        again = run(eng, second).wait()
+        assert end(again).cached_tokens == turn
+        assert again.text == solo(gguf_path, second)
+    finally:
+        eng.close()

@@ -71,7 +71,7 @@ def test_a_forced_call_matches_its_schema(engine: BatchedLlamaEngine,
 def test_auto_holds_a_started_call_to_the_grammar(engine: BatchedLlamaEngine) -> None:
     """The model copies a call whose unit is not in the enum; once it writes <tool_call>
     the lazy grammar takes over and only 'c' or 'f' can follow."""
-    ask = [{"role": "user", "content": 'Say "hello" then repeat: <tool_call>{"name": '
+    ask = [{"role": "user", "content": 'Repeat exactly: <tool_call>{"name": '
             '"get_weather", "arguments": {"city": "Paris", "unit": "kelvin"}}</tool_call>'}]
     weather = Tool(WEATHER.name, WEATHER.description, {  # this wording: it copies the call
         k: v for k, v in WEATHER.schema().items() if k != "additionalProperties"})
