@@ -77,6 +77,30 @@ def llm_loader(settings: Settings, on_event: EventHook | None = None) -> Loader:
     return load
 
 
+def prompt_spec(settings: Settings, manifest: Manifest, directory: Path) -> EngineSpec:
+    """A worker that holds only a chat model's vocabulary and template (a fleet head
+    tokenises its requests with it; ``engines.llm.vocab``)."""
+    params = {"vocab_only": True, "model_path": str(directory / manifest.file("weights").path),
+              "n_ctx": settings.llm_ctx}
+    return EngineSpec("llm", manifest.name, params, _identity(manifest) + " vocabulary",
+                      LLAMA_CONFIGS[:1])
+
+
+def prompt_worker(settings: Settings, manifest: Manifest, directory: Path
+                  ) -> WorkerLLMEngine | None:
+    """A started prompt worker for a chat model, or None (an embedding or vision-language
+    model, or a worker that would not start: then replicas tokenise, as before)."""
+    if manifest.purpose == "embeddings" or manifest.has_projector:
+        return None
+    try:
+        return WorkerLLMEngine(_supervisor(settings, prompt_spec(settings, manifest, directory),
+                                           None))
+    except Exception as exc:
+        log.warning("no prompt worker for %s (its replicas tokenise instead): %s",
+                    manifest.name, exc)
+        return None
+
+
 def vision_spec(settings: Settings, manifest: Manifest, directory: Path,
                 workers: int | None = None) -> EngineSpec:
     """The worker spec of a vision pack (also what a fleet replica builds). ``workers``:

@@ -79,7 +79,7 @@ def start(settings: Settings) -> Any:
 
 def llm_loader(settings: Settings, client: Any) -> Loader:
     """Load a language model as a Serve deployment whose replicas are engine workers."""
-    from appliance.loaders import llm_spec
+    from appliance.loaders import llm_spec, prompt_worker
     from fleet.cluster import app_name
     from fleet.engine import FleetLLMEngine
     from fleet.placement import llm_resources, unplaceable
@@ -102,11 +102,17 @@ def llm_loader(settings: Settings, client: Any) -> Loader:
             look_back_s=settings.fleet_look_back_s)
         handle = client.deploy(manifest.name, dep, spec, settings.worker_ready_timeout_s,
                                str(settings.data_dir), settings.worker_nice)
-        return FleetLLMEngine(
-            manifest.name, handle, on_close=lambda: client.undeploy(manifest.name),
-            running=lambda: client.running(manifest.name), scales_to_zero=least == 0,
-            start_timeout=settings.worker_ready_timeout_s, load=client.load,
-            slots_per_replica=settings.llm_slots)
+        prompts = prompt_worker(settings, manifest, directory)
+        try:
+            return FleetLLMEngine(
+                manifest.name, handle, on_close=lambda: client.undeploy(manifest.name),
+                running=lambda: client.running(manifest.name), scales_to_zero=least == 0,
+                start_timeout=settings.worker_ready_timeout_s, load=client.load,
+                slots_per_replica=settings.llm_slots, prompts=prompts)
+        except BaseException:
+            if prompts is not None:
+                prompts.close()
+            raise
 
     return load
 

@@ -95,8 +95,11 @@ class FleetLLMEngine(LLMEngine):
                  call_timeout: float = CALL_TIMEOUT_S,
                  running: Callable[[], int] | None = None, scales_to_zero: bool = False,
                  start_timeout: float = 900.0, load: ReplicaLoad | None = None,
-                 slots_per_replica: int = 0) -> None:
+                 slots_per_replica: int = 0, prompts: LLMEngine | None = None) -> None:
+        """``prompts``: an engine on the head that tokenises as the replicas do (a prompt
+        worker, ``engines.llm.vocab``); without one each prompt is a call to a replica."""
         self.name = name
+        self._prompts = prompts
         self._handle = handle
         self._stream = handle.options(stream=True)
         self._on_close = on_close
@@ -196,21 +199,32 @@ class FleetLLMEngine(LLMEngine):
         """The head holds no weights; replicas' memory is their boxes' business."""
         return 1
 
+    def _prepare(self, method: str, *args: Any) -> Any:
+        """A prompt call: on the head's prompt worker when there is one (a pipe round trip
+        instead of a routed Serve call to another box), else on a replica."""
+        if self._prompts is None:
+            return self._call(method, *args)
+        self._ensure_replica()
+        return getattr(self._prompts, method)(*args)
+
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        return self._call("tokenize", text, special)
+        if self._prompts is None:
+            return self._call("tokenize", text, special)
+        self._ensure_replica()
+        return self._prompts.tokenize(text, special=special)
 
     def render_chat(self, messages: Sequence[dict[str, Any]],
                     tools: Sequence[dict[str, Any]] | None = None) -> str:
-        return self._call("render_chat", [dict(m) for m in messages],
-                          None if tools is None else [dict(t) for t in tools])
+        return self._prepare("render_chat", [dict(m) for m in messages],
+                             None if tools is None else [dict(t) for t in tools])
 
     def chat_tokens(self, messages: Sequence[dict[str, Any]],
                     tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
-        return self._call("chat_tokens", [dict(m) for m in messages],
-                          None if tools is None else [dict(t) for t in tools])
+        return self._prepare("chat_tokens", [dict(m) for m in messages],
+                             None if tools is None else [dict(t) for t in tools])
 
     def json_schema_grammar(self, schema: dict) -> str:
-        return self._call("json_schema_grammar", schema)
+        return self._prepare("json_schema_grammar", schema)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         return self._call("embed", list(texts))
@@ -324,5 +338,7 @@ class FleetLLMEngine(LLMEngine):
         return crashed(self.name, exc)
 
     def close(self) -> None:
+        if self._prompts is not None:
+            self._prompts.close()
         if self._on_close is not None:
             self._on_close()

@@ -69,7 +69,6 @@ the last free slot, so that colleague starts at once instead of after a whole ge
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import threading
@@ -89,12 +88,9 @@ from engines.errors import (
     EngineError,
     InvalidRequestError,
     OverloadedError,
-    PromptTooLongError,
 )
-from engines.llm.chat import render_chat, render_chat_segments
 from engines.llm.chunks import chunk_end, first_turn_end, reusable
 from engines.llm.fairqueue import FairQueue
-from engines.llm.grammar import check_grammar, check_schema, json_string_chars
 from engines.llm.logprobs import log_softmax, token_logprob
 from engines.llm.lowlevel import (
     Batch,
@@ -109,6 +105,7 @@ from engines.llm.lowlevel import (
 from engines.llm.multimodal import ImageChunks, Projector
 from engines.llm.prefix import MIN_REUSE, HostPrefixCache, Saved, common_prefix
 from engines.llm.promptplan import Reading, prompt_chunks
+from engines.llm.prompts import EMBED_CTX, MAX_CHARS_PER_TOKEN, PromptBuilder
 from engines.llm.textstream import TextStream
 from engines.types import (
     IMAGE_TOKEN,
@@ -126,11 +123,6 @@ from engines.types import (
 
 log = logging.getLogger(__name__)
 
-EMBED_CTX = 2048  # tokens per text for embed(); capped at the model's training context
-# No token of a real vocabulary is this long: text longer than this many characters per
-# token of context cannot fit, and is refused without tokenising (a 30 MB message would
-# otherwise keep a worker busy for seconds).
-MAX_CHARS_PER_TOKEN = 64
 HEADROOM_S = 30.0  # a seat seen this recently keeps a slot free from other seats' bursts
 
 
@@ -273,9 +265,6 @@ class BatchedLlamaEngine(LLMEngine):
             self._model.close()
             raise
         self._n_ctx_slot = min(self._ctx.n_ctx_seq, self._model.n_ctx_train)
-        self._chat_template = self._model.meta("tokenizer.chat_template")
-        self._bos_text = self._model.bos_text()
-        self._eos_text = self._model.eos_text()
         self._info = LLMInfo(
             n_ctx=self._n_ctx_slot,
             n_ctx_train=self._model.n_ctx_train,
@@ -283,7 +272,7 @@ class BatchedLlamaEngine(LLMEngine):
             backend="cuda" if n_gpu_layers != 0 and gpu_offload_supported() else "cpu",
             n_gpu_layers=n_gpu_layers,
             slots=slots,
-            chat_template=self._chat_template,
+            chat_template=self._model.meta("tokenizer.chat_template"),
             images=self._projector is not None,
         )
         self._cond = threading.Condition()
@@ -313,6 +302,7 @@ class BatchedLlamaEngine(LLMEngine):
         }
         self._embed_lock = threading.Lock()  # serialises embed(); taken before _life_lock
         self._life_lock = threading.Lock()  # held by callers of the model outside the scheduler
+        self._prompts = PromptBuilder(self._model, self._n_ctx_slot, self._life_lock)
         self._embedder: Embedder | None = None  # created on first embed()
         self._thread = threading.Thread(
             target=self._run, name=f"llm-batched-{self._model.path.stem}", daemon=True
@@ -330,15 +320,11 @@ class BatchedLlamaEngine(LLMEngine):
         return self._info
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        self._check_length(len(text))
-        with self._life_lock:  # the model must outlive the call
-            if self._model.ptr is None:
-                raise EngineClosedError("the model is unloaded")
-            return self._model.tokenize(text, add_special=True, parse_special=special)
+        return self._prompts.tokenize(text, special)
 
     def chat_tokens(self, messages: Sequence[dict[str, Any]],
                     tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
-        return self._chat_ids(messages, tools, None)
+        return self._prompts.chat_ids(messages, tools, None)
 
     def vision_chat_tokens(self, messages: Sequence[dict[str, Any]],
                            tools: Sequence[dict[str, Any]] | None, marker: str) -> list[int]:
@@ -347,66 +333,14 @@ class BatchedLlamaEngine(LLMEngine):
         if self._projector is None:
             raise InvalidRequestError(f"model {self._model.path.stem!r} does not take images "
                                       "(it has no projector)")
-        return self._chat_ids(messages, tools, marker)
-
-    def _chat_ids(self, messages: Sequence[dict[str, Any]],
-                  tools: Sequence[dict[str, Any]] | None, marker: str | None) -> list[int]:
-        """Template pieces tokenised: control text parsed for special tokens, content
-        never; with ``marker``, each one in content becomes ``IMAGE_TOKEN``."""
-        pieces = render_chat_segments(messages, self._chat_template, tools=tools,
-                                      bos_token=self._bos_text, eos_token=self._eos_text)
-        self._check_length(sum(len(text) for text, _ in pieces))
-        ids: list[int] = []
-        with self._life_lock:
-            if self._model.ptr is None:
-                raise EngineClosedError("the model is unloaded")
-            for i, (text, is_content) in enumerate(pieces):
-                parts = text.split(marker) if marker and is_content else [text]
-                for j, part in enumerate(parts):
-                    if j:
-                        ids.append(IMAGE_TOKEN)
-                    if part or (i == 0 and j == 0):  # the first call adds BOS if wanted
-                        ids += self._model.tokenize(part, add_special=i == 0 and j == 0,
-                                                    parse_special=not is_content)
-        return ids
-
-    def _check_length(self, chars: int) -> None:
-        """Refuse, before tokenising, text that cannot fit the context whatever its tokens."""
-        limit = max(self._n_ctx_slot, EMBED_CTX) * MAX_CHARS_PER_TOKEN
-        if chars > limit:
-            raise PromptTooLongError(chars, self._n_ctx_slot)
+        return self._prompts.chat_ids(messages, tools, marker)
 
     def render_chat(self, messages: Sequence[dict[str, Any]],
                     tools: Sequence[dict[str, Any]] | None = None) -> str:
-        return render_chat(
-            messages,
-            self._chat_template,
-            bos_token=self._bos_text,
-            eos_token=self._eos_text,
-            tools=tools,
-        )
+        return self._prompts.render(messages, tools)
 
     def json_schema_grammar(self, schema: dict) -> str:
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-        check_schema(schema)
-        try:
-            grammar = json_schema_to_gbnf(json.dumps(schema))
-        except RecursionError as exc:
-            raise InvalidRequestError("the JSON schema is too deeply recursive") from exc
-        except Exception as exc:  # the converter raises plain Exceptions of many kinds
-            raise InvalidRequestError(f"unsupported JSON schema: {str(exc)[:300]}") from exc
-        grammar = json_string_chars(grammar)
-        check_grammar(grammar)
-        with self._life_lock:  # the converter can emit GBNF llama.cpp refuses (a quote in a
-            if self._model.ptr is None:  # property name): refuse it here, not at submit
-                raise EngineClosedError("the model is unloaded")
-            try:
-                Sampler(self._model, temperature=0, top_p=1, seed=None, grammar=grammar).close()
-            except InvalidRequestError as exc:
-                raise InvalidRequestError("unsupported JSON schema: it becomes a grammar "
-                                          "llama.cpp cannot parse") from exc
-        return grammar
+        return self._prompts.json_schema_grammar(schema)
 
     def submit(self, request: GenerationRequest, sink: EventSink) -> GenerationHandle:
         if request.images:

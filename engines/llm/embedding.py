@@ -21,8 +21,9 @@ from engines.errors import (
     InvalidRequestError,
     PromptTooLongError,
 )
-from engines.llm.batched import MAX_CHARS_PER_TOKEN, _default_threads
+from engines.llm.batched import _default_threads
 from engines.llm.lowlevel import Embedder, Model, gpu_offload_supported
+from engines.llm.prompts import MAX_CHARS_PER_TOKEN
 from engines.types import GenerationRequest, LLMInfo
 
 log = logging.getLogger(__name__)

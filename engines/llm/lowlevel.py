@@ -76,15 +76,18 @@ def gpu_offload_supported() -> bool:
 class Model:
     """A GGUF model loaded into memory; its vocabulary and metadata."""
 
-    def __init__(self, path: Path, *, n_gpu_layers: int, use_extra_bufts: bool = True) -> None:
+    def __init__(self, path: Path, *, n_gpu_layers: int, use_extra_bufts: bool = True,
+                 vocab_only: bool = False) -> None:
         """``use_extra_bufts=False`` keeps weights out of llama.cpp's extra buffer types
-        (repacked CPU layouts, AMX): slower on some CPUs, but none of those kernels run."""
+        (repacked CPU layouts, AMX): slower on some CPUs, but none of those kernels run.
+        ``vocab_only``: the vocabulary and metadata without the weights (tokenising only)."""
         _init_backend()
         if not Path(path).is_file():
             raise ModelLoadError(f"model file not found: {path}")
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.use_extra_bufts = use_extra_bufts
+        params.vocab_only = vocab_only
         ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not ptr:
             raise ModelLoadError(f"llama.cpp could not load {path}")

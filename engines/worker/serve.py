@@ -47,6 +47,10 @@ SELFTEST_PROMPT = "The sky is"
 def build(spec: EngineSpec, config: Config) -> Any:
     """The engine ``spec`` describes, in ``config``."""
     params = {**spec.params, **config.options}
+    if spec.kind == "llm" and params.pop("vocab_only", False):
+        from engines.llm.vocab import VocabLlamaEngine
+
+        return VocabLlamaEngine(Path(params["model_path"]), n_ctx=params["n_ctx"])
     if spec.kind == "llm" and params.pop("embedding", False):
         from engines.llm.embedding import LlamaEmbeddingEngine
 
@@ -71,6 +75,10 @@ def selftest(spec: EngineSpec, engine: Any, crash: bool) -> None:
         log.warning("test switch %s: crashing the self-test", CRASH_SELFTEST_ENV)
         os.kill(os.getpid(), signal.SIGSEGV)
     if spec.kind == "vision":
+        return
+    if not engine.info.slots:  # a vocabulary only: it tokenises, and that is all
+        if not engine.tokenize(SELFTEST_PROMPT):
+            raise EngineError("the self-test prompt became no tokens")
         return
     if engine.info.purpose == "embeddings":
         (vector,) = engine.embed([SELFTEST_PROMPT])
