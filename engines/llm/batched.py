@@ -303,6 +303,7 @@ class BatchedLlamaEngine(LLMEngine):
         self._embed_lock = threading.Lock()  # serialises embed(); taken before _life_lock
         self._life_lock = threading.Lock()  # held by callers of the model outside the scheduler
         self._prompts = PromptBuilder(self._model, self._n_ctx_slot, self._life_lock)
+        self._header = self._prompts.turn_header(self._marks)
         self._embedder: Embedder | None = None  # created on first embed()
         self._thread = threading.Thread(
             target=self._run, name=f"llm-batched-{self._model.path.stem}", daemon=True
@@ -516,7 +517,7 @@ class BatchedLlamaEngine(LLMEngine):
         overwritten while a cold slot is free.
         """
         prompt, chunk = seq.prompt, self._reuse_block
-        turn = first_turn_end(prompt, self._marks)
+        turn = first_turn_end(prompt, self._marks, self._header)
         cold = [i for i in free if not self._cached[i]]
         if seq.has_images:  # read alone into an empty slot (see the module docstring)
             seq.slot, seq.reuse = (cold[0] if cold else free[0]), ()
@@ -738,7 +739,7 @@ class BatchedLlamaEngine(LLMEngine):
             seq.prompt = expanded
             seq.max_tokens = s.max_tokens if s.max_tokens is not None else room
             t0 = time.perf_counter()
-            pos, at, last, turn = 0, 0, -1, first_turn_end(expanded, self._marks)
+            pos, at, last, turn = 0, 0, -1, first_turn_end(expanded, self._marks, self._header)
             for part in parts:
                 if part is None:
                     pos = self._projector.evaluate(self._ctx, images[at], pos, seq.slot)
@@ -787,7 +788,7 @@ class BatchedLlamaEngine(LLMEngine):
                 # computed the same way whatever it shares a step with or reuses
                 # (llama.cpp's results depend slightly on how a micro-batch is cut).
                 end = chunk_end(len(seq.prompt), seq.n_past, self._prefill_chunk,
-                                first_turn_end(seq.prompt, self._marks))
+                                first_turn_end(seq.prompt, self._marks, self._header))
                 readings.append(Reading(seq.slot, seq.request.seat, seq.id, end - seq.n_past))
             else:
                 take[seq.slot] = 1

@@ -8,12 +8,14 @@ cached output is identical to uncached output.
 
 The grid is a function of the prompt's own tokens: a chunk ends every ``chunk`` tokens and
 right after the prompt's first end-of-turn token (``marks``: the model's end-of-generation
-tokens, ``<|im_end|>`` in ChatML). That first turn is the system prompt (the chat
+tokens, ``<|im_end|>`` in ChatML) and the header the template writes before the next
+turn's text (``\n<|im_start|>user\n``). That first turn is the system prompt (the chat
 template's default one when the client sends none), so it ends on the grid and the next
-question reuses it whatever its length: on a 64-token grid alone a 20-token default system
-turn was read again by every request. Only the first turn: each extra boundary costs a
-short prompt one more step (a pass over the weights) when it is read. The boundary depends
-only on the tokens before it, so two prompts that share a start share its boundaries.
+question reuses it, header included, whatever its length: on a 64-token grid alone a
+24-token default system turn was read again by every request. Only the first turn: each
+extra boundary costs a short prompt one more step (a pass over the weights) when it is
+read. A boundary depends only on the tokens before it (no boundary at all when another
+header follows the turn), so two prompts that share a start share its boundaries.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 
-def first_turn_end(prompt: Sequence[int], marks: Collection[int]) -> int:
-    """Position just after the first end-of-turn token (0: none)."""
+def first_turn_end(prompt: Sequence[int], marks: Collection[int],
+                   header: Sequence[int] = ()) -> int:
+    """Position just after the first end-of-turn token and the ``header`` the template
+    puts before the next turn's text (0: none, or another header follows the turn)."""
     for i, token in enumerate(prompt):
         if token in marks:
-            return i + 1
+            end = i + 1 + len(header)
+            return end if tuple(prompt[i + 1:end]) == tuple(header) else 0
     return 0
 
 

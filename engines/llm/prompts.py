@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from engines.errors import EngineClosedError, InvalidRequestError, PromptTooLongError
@@ -73,6 +73,29 @@ class PromptBuilder:
                         ids += model.tokenize(part, add_special=i == 0 and j == 0,
                                               parse_special=not is_content)
         return ids
+
+    def turn_header(self, marks: Collection[int]) -> tuple[int, ...]:
+        """The tokens the template writes between the end of a system turn (its first
+        token in ``marks``) and a user's text (ChatML: ``\n<|im_start|>user\n``); () when
+        the template does not show one."""
+        try:
+            pieces = render_chat_segments(
+                [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
+                self.chat_template, bos_token=self._bos_text, eos_token=self._eos_text)
+        except Exception:  # a template that wants something else: no header
+            return ()
+        ids: list[int] = []
+        starts: list[int] = []
+        with self._lock:
+            model = self._open()
+            for i, (text, is_content) in enumerate(pieces):
+                if is_content:
+                    starts.append(len(ids))
+                ids += model.tokenize(text, add_special=i == 0, parse_special=not is_content)
+        if len(starts) < 2:
+            return ()
+        turn = next((i + 1 for i, t in enumerate(ids[:starts[1]]) if t in marks), 0)
+        return tuple(ids[turn:starts[1]]) if turn else ()
 
     def render(self, messages: Sequence[dict[str, Any]],
                tools: Sequence[dict[str, Any]] | None = None) -> str:
