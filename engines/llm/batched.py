@@ -207,7 +207,7 @@ class BatchedLlamaEngine(LLMEngine):
     ``n_ctx`` is the total KV cache across slots (see the module docstring); ``max_queue``
     bounds the requests waiting for a slot; ``prefill_chunk`` bounds the prompt tokens
     read per step and request; ``step_prompt_tokens`` bounds those one step reads in all
-    (default one chunk; a chunk is never split); ``use_extra_bufts=False`` is the safe
+    (default half a chunk; a chunk is never split); ``use_extra_bufts=False`` is the safe
     configuration (see ``lowlevel.Model``); ``prefix_cache_bytes`` bounds the host-RAM
     prefix cache (0: off); ``prefix_reuse=False`` reads every prompt whole (for
     comparisons).
@@ -239,9 +239,12 @@ class BatchedLlamaEngine(LLMEngine):
         self._slots = slots
         self._max_queue = max_queue
         self._prefill_chunk = prefill_chunk
-        # Prompt tokens one step reads: one chunk, so first tokens come one prompt after
-        # another and a request arriving mid-step waits for a short step (see promptplan).
-        self._step_prompt = step_prompt_tokens or prefill_chunk
+        # Prompt tokens one step reads: half a chunk (a bigger chunk is read alone), so
+        # first tokens come one prompt after another and a request arriving mid-step waits
+        # for a short step (see promptplan). Against one whole chunk, measured on 2 cores:
+        # 16 short questions at once, TTFT p50 1.81 -> 1.33 s at the same tokens/s; a
+        # colleague's TTFT p95 during a 64-request burst 0.49 -> 0.38 s.
+        self._step_prompt = step_prompt_tokens or max(1, prefill_chunk // 2)
         self._n_gpu_layers = n_gpu_layers
         # Tokens one step may decode: every slot's next token or prompt chunk. Chunks are
         # small (reused prefixes end on chunk boundaries) and several prompts share a step.

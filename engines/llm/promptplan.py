@@ -7,7 +7,7 @@ delaying a colleague's first token:
 - order: the prompt of a seat that runs fewer requests is read first (a colleague's only
   request before the tenth request of a batch job), then the oldest request first, so a
   seat's own prompts keep their order;
-- cap: a step reads at most ``cap`` prompt tokens (the engine's default: one chunk), so a
+- cap: a step reads at most ``cap`` prompt tokens (the engine's default: half a chunk), so a
   request that arrives mid-step waits for a short step, not for a whole burst's prompts,
   its own prompt is read in the very next step, and requests arriving together get their
   first tokens one after another instead of all at the end of one long step. Reading
