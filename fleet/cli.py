@@ -39,7 +39,8 @@ def add_parser(sub: Any) -> None:
     j.add_argument("--address", help="this box's IP on the fleet network")
     j.add_argument("--api", help="the head's API, which checks the fleet licence "
                                  "(default: http://HEAD_IP:<port in the config>)")
-    fsub.add_parser("status", help="nodes, their health and replicas (asks the head's API)")
+    st = fsub.add_parser("status", help="nodes, their health and replicas (asks the head's API)")
+    st.add_argument("--api", help="the head's API (default: http://HOST:PORT from the config)")
     lv = fsub.add_parser("leave", help="drain this box's node, then stop it")
     lv.add_argument("--timeout", type=float, default=120.0,
                     help="seconds in-flight requests get to finish")
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace, settings: Settings, echo: Any) -> int:
     if action == "join":
         return _join(args, settings, echo)
     if action == "status":
-        return _status(settings, echo)
+        return _status(settings, echo, args.api)
     if action == "leave":
         return _leave(args, settings, echo)
     if action in ("add-remote", "remove-remote", "remotes"):
@@ -142,9 +143,9 @@ def _join(args: argparse.Namespace, settings: Settings, echo: Any) -> int:
     return 0
 
 
-def _status(settings: Settings, echo: Any) -> int:
-    echo(json.dumps(boxapi.call(settings, boxapi.base_url(settings), "GET", "/admin/fleet"),
-                    indent=2))
+def _status(settings: Settings, echo: Any, api: str | None = None) -> int:
+    echo(json.dumps(boxapi.call(settings, boxapi.base_url(settings, api), "GET",
+                                "/admin/fleet"), indent=2))
     return 0
 
 

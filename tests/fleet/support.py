@@ -8,8 +8,11 @@ its own. Every node runs in its own process group and is stopped by the fixture.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +25,7 @@ import httpx
 
 from fleet.node import BOX_ENV, NodePlan, NodeProcess, free_ports, own_ports
 from fleet.token import new_token, write_token
-from tests.conftest import Box, linked_models
+from tests.conftest import ROOT, Box, linked_models
 
 HEAD_IP = "127.0.0.2"
 BOX_IPS = {"a": "127.0.0.3", "b": "127.0.0.4", "c": "127.0.0.5"}
@@ -157,3 +160,11 @@ def fleet_head_box(fleet: LoopbackFleet, store: Path, tmp: Path, env: dict[str, 
     return Box(data, models, env={
         "APPLIANCE_FLEET_ENABLED": "1", "APPLIANCE_FLEET_ADDRESS": fleet.head_ip,
         "APPLIANCE_FLEET_PORT": str(fleet.port), **env})
+
+
+def appliance(data: Path, *args: str) -> subprocess.CompletedProcess:
+    """``appliance --data-dir DATA fleet ARGS`` as an admin types it."""
+    env = {**os.environ, "APPLIANCE_CONFIG": os.devnull}
+    return subprocess.run([sys.executable, "-m", "appliance.cli", "--data-dir", str(data),
+                           "fleet", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,17 +17,11 @@ from fleet.token import new_token, write_token
 from licensing import crypto
 from licensing.activation import Activation
 from licensing.issuer import issue, parse_request
-from tests.conftest import ROOT, Box
+from tests.conftest import Box
+from tests.fleet.support import appliance
 
 pytestmark = [pytest.mark.fleet, pytest.mark.timeout(600)]
 HEAD, BOX = "127.0.0.2", "127.0.0.6"
-
-
-def appliance(data: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "APPLIANCE_CONFIG": os.devnull}
-    return subprocess.run([sys.executable, "-m", "appliance.cli", "--data-dir", str(data),
-                           "fleet", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ real SmolLM2 in engine workers inside Serve replicas. Slow: about two minutes on
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +17,7 @@ import ray  # noqa: F401  (no fleet extra: fail loudly; make test installs it)
 from tests.conftest import LLM, Box
 from tests.fleet.support import (
     LoopbackFleet,
+    appliance,
     fleet_head_box,
     running_fleet,
     sse_stream,
@@ -84,6 +86,14 @@ def _burst(box: Box, key: str, n: int, max_tokens: int) -> list[dict]:
     with ThreadPoolExecutor(n) as pool:
         return list(pool.map(lambda _: sse_stream(box.base_url, key, LLM,
                                                   max_tokens=max_tokens), range(n)))
+
+
+def test_fleet_status_on_the_command_line(head_box: Box) -> None:
+    r = appliance(head_box.data_dir, "status", "--api", head_box.base_url)
+    assert r.returncode == 0, r.stdout + r.stderr
+    status = json.loads(r.stdout)
+    assert {"a", "b", "head"} <= {n["box"] for n in status["nodes"] if n["alive"]}
+    assert LLM in status["models"]
 
 
 def test_burst_scales_out_onto_both_boxes_and_idle_scales_back(head_box: Box, key: str
