@@ -275,22 +275,18 @@ class FleetLLMEngine(LLMEngine):
         thread.start()
         return _Handle(stream.cancel)
 
-    def _see(self, items: Any, sink: EventSink, placed: list[str]) -> bool:
-        """Deliver one stream item (a tuple of events, ``fleet.wire``); True once the
-        generation has ended. A placement is noted for the response and counted on its
-        replica (into ``placed``)."""
-        for item in items:
-            if isinstance(item, Placement):
-                self.last_box = item.box
-                note_placement(item.box, item.replica)
-                if item.replica:
-                    self._load.begin(item.replica)
-                    placed.append(item.replica)
-                continue
-            sink(item)
-            if isinstance(item, Finished | Failed):
-                return True
-        return False
+    def _see(self, item: Any, sink: EventSink, placed: list[str]) -> bool:
+        """Deliver one stream item; True once the generation has ended. A placement is
+        noted for the response and counted on its replica (into ``placed``)."""
+        if isinstance(item, Placement):
+            self.last_box = item.box
+            note_placement(item.box, item.replica)
+            if item.replica:
+                self._load.begin(item.replica)
+                placed.append(item.replica)
+            return False
+        sink(item)
+        return isinstance(item, Finished | Failed)
 
     async def _pump_async(self, stream: Any, sink: EventSink) -> None:
         ended = False

@@ -97,28 +97,23 @@ class LLMReplica:
 
     async def generate(self, request: GenerationRequest
                        ) -> AsyncIterator[Placement | GenerationEvent]:
-        """``Placement``, then the generation's events, in tuples (``fleet.wire``): the
-        placement with the first event, then whatever events are ready at once. Closing the
-        stream (the client hung up, the head cancelled) cancels the generation and frees
-        its slot."""
+        """``Placement``, then the generation's events; closing the stream (the client hung
+        up, the head cancelled) cancels the generation and frees its slot."""
+        yield self.placement()
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerationEvent] = asyncio.Queue()
         try:
             handle = self.engine.submit(
                 request, lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
         except EngineError as exc:
-            yield (self.placement(), Failed(exc))
+            yield Failed(exc)
             return
         done = False
-        first: tuple[Placement, ...] = (self.placement(),)
         try:
             while not done:
-                batch: list[Placement | GenerationEvent] = [*first, await events.get()]
-                first = ()
-                while not events.empty():
-                    batch.append(events.get_nowait())
-                done = any(isinstance(e, Finished | Failed) for e in batch)
-                yield tuple(batch)
+                event = await events.get()
+                done = isinstance(event, Finished | Failed)
+                yield event
         finally:
             if not done:
                 handle.cancel()

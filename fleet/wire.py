@@ -3,9 +3,7 @@
 The events themselves (``TextDelta``, ``Finished``, ``Failed``) cross Ray as they are (frozen
 dataclasses; engine errors pickle intact). Before them a replica sends one ``Placement``
 saying where the request runs, so the head can name the box in a response header and in
-the usage row. Each streamed item is a tuple of these, in order: the placement goes with
-the first event, and events that are ready together travel together (every streamed item
-costs CPU on the replica's box, whose core the engine needs). Plain data; no Ray.
+the usage row. Plain data; no Ray.
 """
 
 from __future__ import annotations
