@@ -104,7 +104,7 @@ from engines.llm.lowlevel import (
 )
 from engines.llm.multimodal import ImageChunks, Projector
 from engines.llm.prefix import MIN_REUSE, HostPrefixCache, Saved, common_prefix
-from engines.llm.promptplan import Reading, prompt_chunks
+from engines.llm.promptplan import Reading, decodes_wait, prompt_chunks
 from engines.llm.prompts import EMBED_CTX, MAX_CHARS_PER_TOKEN, PromptBuilder
 from engines.llm.textstream import TextStream
 from engines.types import (
@@ -301,8 +301,9 @@ class BatchedLlamaEngine(LLMEngine):
             "prompt_tokens_total": 0.0, "completion_tokens_total": 0.0, "decode_seconds": 0.0,
             "slot_moves": 0.0, "prefix_hits": 0.0, "prefix_misses": 0.0,
             "prefix_cached_tokens_total": 0.0, "prefix_host_restores": 0.0,
-            "prefix_host_saves": 0.0, "prefix_forks": 0.0,
+            "prefix_host_saves": 0.0, "prefix_forks": 0.0, "decode_waits": 0.0,
         }
+        self._decodes_waited = False  # the last step left the running requests' tokens out
         self._embed_lock = threading.Lock()  # serialises embed(); taken before _life_lock
         self._life_lock = threading.Lock()  # held by callers of the model outside the scheduler
         self._prompts = PromptBuilder(self._model, self._n_ctx_slot, self._life_lock)
@@ -792,12 +793,19 @@ class BatchedLlamaEngine(LLMEngine):
                 # (llama.cpp's results depend slightly on how a micro-batch is cut).
                 end = chunk_end(len(seq.prompt), seq.n_past, self._prefill_chunk,
                                 first_turn_end(seq.prompt, self._marks, self._header))
-                readings.append(Reading(seq.slot, seq.request.seat, seq.id, end - seq.n_past))
+                readings.append(Reading(seq.slot, seq.request.seat, seq.id, end - seq.n_past,
+                                        end == len(seq.prompt)))
             else:
                 take[seq.slot] = 1
+        waited, self._decodes_waited = self._decodes_waited, False
         if readings:
-            for r in prompt_chunks(readings, budget, self._running_per_seat(),
-                                   self._step_prompt):
+            load = self._running_per_seat()
+            chosen = prompt_chunks(readings, budget, load, self._step_prompt)
+            if decodes_wait(chosen, load, waited):  # a colleague's first token first
+                take = {}
+                self._decodes_waited = True
+                self._stats["decode_waits"] += 1
+            for r in chosen:
                 take[r.key] = r.chunk
         return [(self._running[slot], n) for slot, n in sorted(take.items()) if n > 0]
 

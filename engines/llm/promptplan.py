@@ -34,6 +34,7 @@ class Reading:
     seat: str
     age: int  # lower is older (the request id)
     chunk: int
+    last: bool = False  # the prompt's last chunk: its first token comes out of this step
 
 
 def prompt_chunks(readings: Sequence[Reading], budget: int, load: Mapping[str, int],
@@ -51,3 +52,13 @@ def prompt_chunks(readings: Sequence[Reading], budget: int, load: Mapping[str, i
             limit -= r.chunk
             budget -= r.chunk
     return out
+
+
+def decodes_wait(chosen: Sequence[Reading], load: Mapping[str, int], waited: bool) -> bool:
+    """Whether this step leaves out the running requests' next tokens: it reads the last
+    chunk of a seat's only request while another seat runs several, so that colleague's
+    first token comes a few decode tokens sooner (7 of them cost ~25 ms on 2 cores).
+    Never two steps in a row (``waited``: the step before did), so decoding goes on."""
+    if waited or max(load.values(), default=0) < 2:
+        return False
+    return any(r.last and load.get(r.seat, 0) == 1 for r in chosen)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engines.llm.promptplan import Reading, prompt_chunks
+from engines.llm.promptplan import Reading, decodes_wait, prompt_chunks
 
 
 def keys(chosen: list[Reading]) -> list[int]:
@@ -39,3 +39,15 @@ def test_a_prompt_longer_than_the_cap_still_moves() -> None:
     assert keys(prompt_chunks(readings, 200, {"A": 1, "B": 1}, cap=32)) == [0]
     assert keys(prompt_chunks(readings, 50, {"A": 1, "B": 1}, cap=32)) == [1]  # over budget
     assert prompt_chunks([], 200, {}, cap=32) == []
+
+
+def test_a_colleagues_last_chunk_holds_the_decodes_for_one_step() -> None:
+    b_last = Reading(key=7, seat="bob", age=9, chunk=20, last=True)
+    load = {"alice": 7, "bob": 1}
+    assert decodes_wait([b_last], load, waited=False)
+    assert not decodes_wait([b_last], load, waited=True)  # never two steps in a row
+    b_more = Reading(key=7, seat="bob", age=9, chunk=32, last=False)
+    assert not decodes_wait([b_more], load, waited=False)  # not its first token yet
+    a_last = Reading(key=1, seat="alice", age=3, chunk=20, last=True)
+    assert not decodes_wait([a_last], load, waited=False)  # the busy seat's own prompt
+    assert not decodes_wait([b_last], {"alice": 1, "bob": 1}, waited=False)  # nobody busy
