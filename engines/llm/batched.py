@@ -105,7 +105,7 @@ from engines.llm.lowlevel import (
 from engines.llm.multimodal import ImageChunks, Projector
 from engines.llm.prefix import MIN_REUSE, HostPrefixCache, Saved, common_prefix
 from engines.llm.promptplan import Reading, decodes_wait, prompt_chunks
-from engines.llm.prompts import EMBED_CTX, MAX_CHARS_PER_TOKEN, PromptBuilder
+from engines.llm.prompts import EMBED_CTX, MAX_CHARS_PER_TOKEN, PromptBuilder, PromptMethods
 from engines.llm.textstream import TextStream
 from engines.types import (
     IMAGE_TOKEN,
@@ -201,7 +201,7 @@ class _Seq:
         return n
 
 
-class BatchedLlamaEngine(LLMEngine):
+class BatchedLlamaEngine(PromptMethods, LLMEngine):
     """A GGUF model served to up to ``slots`` concurrent generations by continuous batching.
 
     ``n_ctx`` is the total KV cache across slots (see the module docstring); ``max_queue``
@@ -320,17 +320,6 @@ class BatchedLlamaEngine(LLMEngine):
 
     # ----------------------------------------------------------------- public API
 
-    @property
-    def info(self) -> LLMInfo:
-        return self._info
-
-    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        return self._prompts.tokenize(text, special)
-
-    def chat_tokens(self, messages: Sequence[dict[str, Any]],
-                    tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
-        return self._prompts.chat_ids(messages, tools, None)
-
     def vision_chat_tokens(self, messages: Sequence[dict[str, Any]],
                            tools: Sequence[dict[str, Any]] | None, marker: str) -> list[int]:
         """``chat_tokens`` where each ``marker`` in message content becomes ``IMAGE_TOKEN``
@@ -339,13 +328,6 @@ class BatchedLlamaEngine(LLMEngine):
             raise InvalidRequestError(f"model {self._model.path.stem!r} does not take images "
                                       "(it has no projector)")
         return self._prompts.chat_ids(messages, tools, marker)
-
-    def render_chat(self, messages: Sequence[dict[str, Any]],
-                    tools: Sequence[dict[str, Any]] | None = None) -> str:
-        return self._prompts.render(messages, tools)
-
-    def json_schema_grammar(self, schema: dict) -> str:
-        return self._prompts.json_schema_grammar(schema)
 
     def submit(self, request: GenerationRequest, sink: EventSink) -> GenerationHandle:
         if request.images:

@@ -17,7 +17,7 @@ from engines.errors import EngineClosedError, InvalidRequestError, PromptTooLong
 from engines.llm.chat import render_chat, render_chat_segments
 from engines.llm.grammar import check_grammar, check_schema, json_string_chars
 from engines.llm.lowlevel import Model, Sampler
-from engines.types import IMAGE_TOKEN
+from engines.types import IMAGE_TOKEN, LLMInfo
 
 EMBED_CTX = 2048  # tokens per text for embed(); capped at the model's training context
 # No token of a real vocabulary is this long: text longer than this many characters per
@@ -122,3 +122,29 @@ class PromptBuilder:
                 raise InvalidRequestError("unsupported JSON schema: it becomes a grammar "
                                           "llama.cpp cannot parse") from exc
         return grammar
+
+
+class PromptMethods:
+    """The prompt half of the ``LLMEngine`` contract, answered by the engine's
+    ``_prompts`` (a ``PromptBuilder``) and ``_info``; engines list it before ``LLMEngine``."""
+
+    _prompts: PromptBuilder
+    _info: LLMInfo
+
+    @property
+    def info(self) -> LLMInfo:
+        return self._info
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        return self._prompts.tokenize(text, special)
+
+    def chat_tokens(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
+        return self._prompts.chat_ids(messages, tools, None)
+
+    def render_chat(self, messages: Sequence[dict[str, Any]],
+                    tools: Sequence[dict[str, Any]] | None = None) -> str:
+        return self._prompts.render(messages, tools)
+
+    def json_schema_grammar(self, schema: dict) -> str:
+        return self._prompts.json_schema_grammar(schema)

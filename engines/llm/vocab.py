@@ -11,16 +11,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from engines.base import EventSink, GenerationHandle, LLMEngine
 from engines.errors import EngineError
 from engines.llm.lowlevel import Model
-from engines.llm.prompts import PromptBuilder
+from engines.llm.prompts import PromptBuilder, PromptMethods
 from engines.types import GenerationRequest, LLMInfo
 
 
-class VocabLlamaEngine(LLMEngine):
+class VocabLlamaEngine(PromptMethods, LLMEngine):
     """The prompt half of a GGUF model; ``n_ctx`` is the context a replica gives one
     request (prompts longer than it are refused before tokenising, as there)."""
 
@@ -31,24 +30,6 @@ class VocabLlamaEngine(LLMEngine):
         self._info = LLMInfo(n_ctx=n_ctx, n_ctx_train=self._model.n_ctx_train,
                              n_embd=self._model.n_embd, backend="cpu", n_gpu_layers=0,
                              slots=0, chat_template=self._prompts.chat_template)
-
-    @property
-    def info(self) -> LLMInfo:
-        return self._info
-
-    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        return self._prompts.tokenize(text, special)
-
-    def chat_tokens(self, messages: Sequence[dict[str, Any]],
-                    tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
-        return self._prompts.chat_ids(messages, tools, None)
-
-    def render_chat(self, messages: Sequence[dict[str, Any]],
-                    tools: Sequence[dict[str, Any]] | None = None) -> str:
-        return self._prompts.render(messages, tools)
-
-    def json_schema_grammar(self, schema: dict) -> str:
-        return self._prompts.json_schema_grammar(schema)
 
     def submit(self, request: GenerationRequest, sink: EventSink) -> GenerationHandle:
         raise EngineError("a vocabulary-only model does not generate")
