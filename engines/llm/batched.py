@@ -5,7 +5,10 @@ one chunk of a prompt still being read (chunked prefill, so a long prompt never 
 the others; ``promptplan`` picks the chunk: the seat running fewest requests first, then
 the oldest), decodes it once and samples one token per sequence that asked for logits.
 Requests arriving together thus get their first tokens one prompt after another, and one
-arriving mid-step waits for a short step, not for a burst's prompts.
+arriving mid-step waits for a short step, not for a burst's prompts; the step that gives a
+colleague's only request its first token leaves the busy seat's decode tokens out
+(``promptplan.decodes_wait``). Prompts are read on their own grid of chunks
+(``chunks``), the same whatever else is in the step.
 Sequence ids are slot numbers; a finished or cancelled sequence's KV cells are dropped
 with ``llama_memory_seq_rm`` before the next step.
 
@@ -30,9 +33,11 @@ free slot whose cells share the longest start with its prompt (the same system p
 the earlier turns of the same chat) and reads only the rest; when another slot or the
 host-RAM cache (``prefix.HostPrefixCache``, saved states, LRU by bytes) shares more, its
 cells are copied or restored into the slot first. A slot's cells are saved to the host
-cache before an unrelated prompt overwrites them. The reused cells are the ones a solo
-run computes, so greedy output does not change; ``Finished.cached_tokens`` says how many
-prompt tokens were not read again.
+cache before an unrelated prompt overwrites them. Copies go through a state buffer of the
+cells in use (``lowlevel.Context.copy_prefix``), never llama.cpp's whole-stream copy. The
+reused cells are the ones a solo run computes (they end on the prompt's grid, which puts a
+boundary after the system turn whatever its length), so greedy output does not change;
+``Finished.cached_tokens`` says how many prompt tokens were not read again.
 
 Forks: a request whose prompt is exactly a running request's prompt (the ``n`` choices of
 one API request, or the same prompt sent twice at once) reads none of it. It copies that
