@@ -26,7 +26,7 @@ import sqlite_utils
 from licensing import crypto, schema
 from licensing.errors import InvalidInput
 from licensing.trust import TrustStore
-from storage.db import immediate, locked
+from storage.db import after_commit, immediate, locked
 
 GENESIS = "0" * 64
 MAX_DETAILS = 16 * 1024
@@ -116,9 +116,12 @@ class AuditLog:
                 [row_id, ts, actor, action, text, prev, digest],
             )
         if self._trust is not None:  # after commit: the mirror never runs ahead of the rows
-            head = (row_id, digest)
-            self._trust.update(lambda r: r if r.audit_head[0] >= row_id else replace(
-                r, audit_head=head))
+            trust, head = self._trust, (row_id, digest)
+            # inside a caller's transaction (a key and its audit row commit together) the
+            # row is not committed when the ``with`` above ends: a crash before the
+            # caller's commit would leave the mirror ahead of the rows, read as deletion
+            after_commit(self.db, lambda: trust.update(
+                lambda r: r if r.audit_head[0] >= head[0] else replace(r, audit_head=head)))
         return AuditRow(row_id, ts, actor, action, details, prev, digest)
 
     def _rows(self, sql: str, params: list[Any]) -> Iterator[AuditRow]:

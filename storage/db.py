@@ -46,6 +46,7 @@ class _ConnLock:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.depth = 0
+        self.after: list[Callable[[], None]] = []  # run once the outermost one commits
 
 
 def _lock_for(db: sqlite_utils.Database) -> _ConnLock:
@@ -89,6 +90,7 @@ def immediate(db: sqlite_utils.Database) -> Iterator[None]:
             return
         db.conn.execute("BEGIN IMMEDIATE")
         cl.depth = 1
+        committed = False
         try:
             yield
         except BaseException:
@@ -96,8 +98,25 @@ def immediate(db: sqlite_utils.Database) -> Iterator[None]:
             raise
         else:
             db.conn.execute("COMMIT")
+            committed = True
         finally:
             cl.depth = 0
+            callbacks, cl.after = cl.after, []
+        if committed:
+            for callback in callbacks:
+                callback()
+
+
+def after_commit(db: sqlite_utils.Database, callback: Callable[[], None]) -> None:
+    """Run ``callback`` once what this thread has written to ``db`` is committed: at once
+    outside a transaction, after the outermost ``immediate`` commits inside one, never if
+    it rolls back (a nested ``immediate`` has committed nothing yet when it returns)."""
+    cl = _lock_for(db)
+    with cl.lock:
+        if cl.depth:
+            cl.after.append(callback)
+            return
+    callback()
 
 
 def sql_step(*statements: str) -> Step:

@@ -78,3 +78,24 @@ def test_concurrent_appends_keep_the_chain(audit) -> None:
         list(pool.map(writer, range(8)))
     report = audit.verify_chain()
     assert report.ok and report.rows == 5 + 160
+
+
+def test_the_mirrored_head_waits_for_the_callers_commit(db, clock, tmp_path) -> None:
+    """A key and its audit row commit together in the caller's transaction; the head
+    mirrored outside the database must not pass the rows before that commit (a crash in
+    between read as deleted rows: found by the SIGKILL test)."""
+    from licensing.trust import TrustStore
+    from storage.db import immediate
+
+    trust = TrustStore(tmp_path / "state", lambda: {"machine": "test"}, db)
+    log = AuditLog.keyed(db, trust, clock)
+    log.append("admin", "seat.create", {"seat_id": 1})
+    assert trust.load().audit_head[0] == 1
+    with immediate(db):
+        log.append("admin", "key.issue", {"key_id": "k2"})
+        assert trust.load().audit_head[0] == 1  # not committed yet: the mirror waits
+    assert trust.load().audit_head[0] == 2 and log.verify().ok
+    with pytest.raises(RuntimeError), immediate(db):
+        log.append("admin", "key.issue", {"key_id": "k3"})
+        raise RuntimeError("the caller fails: its transaction rolls back")
+    assert trust.load().audit_head[0] == 2 and log.verify().ok  # no row 3, no mirror of it

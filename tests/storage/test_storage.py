@@ -64,3 +64,23 @@ def test_a_box_from_before_the_scheme_continues_from_its_old_version_table(tmp_p
     db.execute("CREATE TABLE a (x INTEGER)")  # step 1 ran under the old scheme
     assert migrate(db, "one", STEPS, legacy_table="old_versions") == 2
     assert "b" in db.table_names() and version(db, "one") == 2
+
+
+def test_after_commit_runs_once_the_outermost_transaction_commits(tmp_path) -> None:
+    from storage.db import after_commit, immediate, open_db
+
+    db = open_db(tmp_path / "a.db")
+    ran: list[str] = []
+    after_commit(db, lambda: ran.append("now"))  # no transaction: at once
+    assert ran == ["now"]
+    with immediate(db):
+        with immediate(db):
+            after_commit(db, lambda: ran.append("outer"))
+        assert ran == ["now"]  # the nested block committed nothing
+    assert ran == ["now", "outer"]
+    with pytest.raises(ValueError), immediate(db):
+        after_commit(db, lambda: ran.append("rolled back"))
+        raise ValueError
+    with immediate(db):
+        pass
+    assert ran == ["now", "outer"]  # dropped with its rollback, never run later
