@@ -163,6 +163,7 @@ class _Seq:
     handle: _Handle
     stream: TextStream
     slot: int = -1
+    turn: int = 0  # where the prompt's first turn ends on its chunk grid (engines.llm.chunks)
     sampler: Sampler | None = None
     n_past: int = 0  # tokens of this sequence already in the KV cache
     next_token: int | None = None  # sampled, not yet decoded
@@ -367,6 +368,7 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
             sink=sink,
             handle=handle,
             stream=TextStream(stop=tuple(x for x in s.stop if x)),
+            turn=first_turn_end(prompt, self._marks, self._header),
         )
         with self._cond:
             if self._closing:
@@ -507,8 +509,7 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
         on past the shared prefix (another chat's later turns) is copied from rather than
         overwritten while a cold slot is free.
         """
-        prompt, chunk = seq.prompt, self._reuse_block
-        turn = first_turn_end(prompt, self._marks, self._header)
+        prompt, chunk, turn = seq.prompt, self._reuse_block, seq.turn
         cold = [i for i in free if not self._cached[i]]
         if seq.has_images:  # read alone into an empty slot (see the module docstring)
             seq.slot, seq.reuse = (cold[0] if cold else free[0]), ()
@@ -728,9 +729,10 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
             if expanded[-1] == IMAGE_TOKEN:
                 raise InvalidRequestError("a prompt cannot end with an image")
             seq.prompt = expanded
+            seq.turn = first_turn_end(expanded, self._marks, self._header)
             seq.max_tokens = s.max_tokens if s.max_tokens is not None else room
             t0 = time.perf_counter()
-            pos, at, last, turn = 0, 0, -1, first_turn_end(expanded, self._marks, self._header)
+            pos, at, last = 0, 0, -1
             for part in parts:
                 if part is None:
                     pos = self._projector.evaluate(self._ctx, images[at], pos, seq.slot)
@@ -739,7 +741,7 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
                 start = pos
                 while pos < start + len(part):  # the chunks a solo prefill would read
                     end = min(start + len(part), chunk_end(len(expanded), pos,
-                                                           self._prefill_chunk, turn))
+                                                           self._prefill_chunk, seq.turn))
                     self._batch.clear()
                     for p in range(pos, end):
                         last = self._batch.add(part[p - start], p, seq.slot,
@@ -778,8 +780,7 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
                 # Chunks end on the prompt's own grid (engines.llm.chunks), so its cells are
                 # computed the same way whatever it shares a step with or reuses
                 # (llama.cpp's results depend slightly on how a micro-batch is cut).
-                end = chunk_end(len(seq.prompt), seq.n_past, self._prefill_chunk,
-                                first_turn_end(seq.prompt, self._marks, self._header))
+                end = chunk_end(len(seq.prompt), seq.n_past, self._prefill_chunk, seq.turn)
                 readings.append(Reading(seq.slot, seq.request.seat, seq.id, end - seq.n_past,
                                         end == len(seq.prompt)))
             else:
