@@ -15,6 +15,7 @@ from typing import Any
 
 from engines.errors import EngineClosedError, InvalidRequestError, PromptTooLongError
 from engines.llm.chat import render_chat, render_chat_segments
+from engines.llm.chunks import first_turn_end
 from engines.llm.grammar import check_grammar, check_schema, json_string_chars
 from engines.llm.lowlevel import Model, Sampler
 from engines.types import IMAGE_TOKEN, LLMInfo
@@ -61,10 +62,18 @@ class PromptBuilder:
         pieces = render_chat_segments(messages, self.chat_template, tools=tools,
                                       bos_token=self._bos_text, eos_token=self._eos_text)
         self.check_length(sum(len(text) for text, _ in pieces))
+        return self._piece_ids(pieces, marker)[0]
+
+    def _piece_ids(self, pieces: Sequence[tuple[str, bool]], marker: str | None
+                   ) -> tuple[list[int], list[int]]:
+        """The pieces' token ids, and where each content piece starts among them."""
         ids: list[int] = []
+        starts: list[int] = []
         with self._lock:
             model = self._open()
             for i, (text, is_content) in enumerate(pieces):
+                if is_content:
+                    starts.append(len(ids))
                 parts = text.split(marker) if marker and is_content else [text]
                 for j, part in enumerate(parts):
                     if j:
@@ -72,7 +81,7 @@ class PromptBuilder:
                     if part or (i == 0 and j == 0):  # the first call adds BOS if wanted
                         ids += model.tokenize(part, add_special=i == 0 and j == 0,
                                               parse_special=not is_content)
-        return ids
+        return ids, starts
 
     def turn_header(self, marks: Collection[int]) -> tuple[int, ...]:
         """The tokens the template writes between the end of a system turn (its first
@@ -84,17 +93,10 @@ class PromptBuilder:
                 self.chat_template, bos_token=self._bos_text, eos_token=self._eos_text)
         except Exception:  # a template that wants something else: no header
             return ()
-        ids: list[int] = []
-        starts: list[int] = []
-        with self._lock:
-            model = self._open()
-            for i, (text, is_content) in enumerate(pieces):
-                if is_content:
-                    starts.append(len(ids))
-                ids += model.tokenize(text, add_special=i == 0, parse_special=not is_content)
+        ids, starts = self._piece_ids(pieces, None)
         if len(starts) < 2:
             return ()
-        turn = next((i + 1 for i, t in enumerate(ids[:starts[1]]) if t in marks), 0)
+        turn = first_turn_end(ids[:starts[1]], marks)
         return tuple(ids[turn:starts[1]]) if turn else ()
 
     def render(self, messages: Sequence[dict[str, Any]],
