@@ -199,19 +199,16 @@ class FleetLLMEngine(LLMEngine):
         """The head holds no weights; replicas' memory is their boxes' business."""
         return 1
 
-    def _prepare(self, method: str, *args: Any) -> Any:
+    def _prepare(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """A prompt call: on the head's prompt worker when there is one (a pipe round trip
         instead of a routed Serve call to another box), else on a replica."""
         if self._prompts is None:
-            return self._call(method, *args)
+            return self._call(method, *args, **kwargs)
         self._ensure_replica()
-        return getattr(self._prompts, method)(*args)
+        return getattr(self._prompts, method)(*args, **kwargs)
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        if self._prompts is None:
-            return self._call("tokenize", text, special)
-        self._ensure_replica()
-        return self._prompts.tokenize(text, special=special)
+        return self._prepare("tokenize", text, special=special)
 
     def render_chat(self, messages: Sequence[dict[str, Any]],
                     tools: Sequence[dict[str, Any]] | None = None) -> str:
