@@ -131,6 +131,12 @@ class Settings(BaseSettings):
         30.0, gt=10, description="The autoscaler averages requests in flight over this long "
                                  "(more than Serve's 10 s metrics interval).")
     fleet_object_store_mb: int = Field(200, ge=80, description="Ray object store per node.")
+    fleet_stream_grpc: bool = Field(
+        True, description="Stream tokens from replicas to the head over Serve's direct gRPC "
+                          "channel (each replica listens on a port the kernel picks, so "
+                          "fleet boxes must reach each other on any TCP port); off: as Ray "
+                          "objects over Ray's worker ports, which costs the replica and the "
+                          "head more CPU per token.")
 
     @field_validator("fleet_model_min_replicas")
     @classmethod

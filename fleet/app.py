@@ -108,7 +108,8 @@ def llm_loader(settings: Settings, client: Any) -> Loader:
                 manifest.name, handle, on_close=lambda: client.undeploy(manifest.name),
                 running=lambda: client.running(manifest.name), scales_to_zero=least == 0,
                 start_timeout=settings.worker_ready_timeout_s, load=client.load,
-                slots_per_replica=settings.llm_slots, prompts=prompts)
+                slots_per_replica=settings.llm_slots, prompts=prompts,
+                stream_grpc=settings.fleet_stream_grpc)
         except BaseException:
             if prompts is not None:
                 prompts.close()

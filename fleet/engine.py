@@ -20,6 +20,7 @@ model asks the controller at most once a second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import threading
@@ -51,6 +52,16 @@ def crashed(model: str, exc: BaseException) -> EngineCrashedError:
     reason = type(exc).__name__
     return EngineCrashedError(f"the replica of {model} serving this request was lost "
                               f"({reason}); retry", retry_after=CRASH_RETRY_AFTER_S)
+
+
+def loop_stream(handle: DeploymentHandle, grpc: bool) -> DeploymentHandle:
+    """A streaming handle to ``handle``'s deployment whose router runs on the calling
+    event loop (the API's), so a token reaches the request's task without crossing to
+    Serve's router thread; over Serve's direct gRPC channel when ``grpc``, else as Ray
+    objects. Call on that loop."""
+    own = DeploymentHandle(handle.deployment_name, handle.app_name)
+    own._init(_run_router_in_separate_loop=False)
+    return own.options(stream=True, _by_reference=not grpc)
 
 
 def _is_ray_failure(exc: BaseException) -> bool:
@@ -95,13 +106,17 @@ class FleetLLMEngine(LLMEngine):
                  call_timeout: float = CALL_TIMEOUT_S,
                  running: Callable[[], int] | None = None, scales_to_zero: bool = False,
                  start_timeout: float = 900.0, load: ReplicaLoad | None = None,
-                 slots_per_replica: int = 0, prompts: LLMEngine | None = None) -> None:
+                 slots_per_replica: int = 0, prompts: LLMEngine | None = None,
+                 stream_grpc: bool = True) -> None:
         """``prompts``: an engine on the head that tokenises as the replicas do (a prompt
-        worker, ``engines.llm.vocab``); without one each prompt is a call to a replica."""
+        worker, ``engines.llm.vocab``); without one each prompt is a call to a replica.
+        ``stream_grpc``: generations stream over Serve's gRPC channel (``loop_stream``)."""
         self.name = name
         self._prompts = prompts
         self._handle = handle
-        self._stream = handle.options(stream=True)
+        self._stream = handle.options(stream=True)  # for a caller without an event loop
+        self._stream_grpc = stream_grpc
+        self._loop_stream: tuple[asyncio.AbstractEventLoop, DeploymentHandle] | None = None
         self._on_close = on_close
         self._timeout = call_timeout
         self._running = running  # replicas running now (a controller call)
@@ -253,20 +268,27 @@ class FleetLLMEngine(LLMEngine):
         """
         if self._waking_since is not None:
             self._starting()
-        stream = self._stream.generate.remote(request)
         ctx = contextvars.copy_context()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
         if loop is not None:
+            if self._loop_stream is None or self._loop_stream[0] is not loop:
+                self._loop_stream = (loop, loop_stream(self._handle, self._stream_grpc))
+            stream = self._loop_stream[1].generate.remote(request)
             task = loop.create_task(self._pump_async(stream, sink), context=ctx)
 
-            def cancel() -> None:
+            def stop() -> None:
                 stream.cancel()
-                loop.call_soon_threadsafe(task.cancel)
+                task.cancel()
+
+            def cancel() -> None:  # from any thread: the stream's router lives on ``loop``
+                with contextlib.suppress(RuntimeError):  # a closed loop: a closed stream
+                    loop.call_soon_threadsafe(stop)
 
             return _Handle(cancel)
+        stream = self._stream.generate.remote(request)
         thread = threading.Thread(target=ctx.run, args=(self._pump_sync, stream, sink),
                                   daemon=True, name=f"fleet-stream-{self.name}")
         thread.start()

@@ -157,6 +157,14 @@ class VisionReplica:
             engine.close()
 
 
+# A language model's replica forwards one event per token: Serve runs its calls on the
+# replica's own event loop (not a second thread), with the per-request access log and the
+# stderr copy of its logs off; the head's own usage rows and metrics record each request.
+LLM_REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+                   "RAY_SERVE_LOG_TO_STDERR": "0",
+                   "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000"}
+
+
 def deployment(name: str, *, min_replicas: int, max_replicas: int,
                target_ongoing_requests: float, max_ongoing_requests: int,
                resources: ReplicaResources, upscale_delay_s: float, downscale_delay_s: float,
@@ -164,10 +172,13 @@ def deployment(name: str, *, min_replicas: int, max_replicas: int,
     """The Serve deployment of one model, placed by ``resources`` (cores, a GPU share),
     scaled by queue length (down to none when ``min_replicas`` is 0; it starts with one, so
     the head can read the model's facts); language models are routed by prompt prefix
-    (``fleet.router``), vision models by Serve's own router."""
+    (``fleet.router``) and run as ``LLM_REPLICA_ENV`` says, vision models by Serve's own
+    router and defaults (their calls block for a whole image)."""
+    llm = replica is LLMReplica
     return serve.deployment(
         replica, name=name,
-        ray_actor_options=resources.actor_options(),
+        ray_actor_options={**resources.actor_options(),
+                           **({"runtime_env": {"env_vars": LLM_REPLICA_ENV}} if llm else {})},
         max_ongoing_requests=max_ongoing_requests,
         autoscaling_config={
             "min_replicas": min_replicas, "initial_replicas": max(1, min_replicas),
@@ -176,8 +187,8 @@ def deployment(name: str, *, min_replicas: int, max_replicas: int,
             "upscale_delay_s": upscale_delay_s, "downscale_delay_s": downscale_delay_s,
             "look_back_period_s": look_back_s,
         },
-        **({"request_router_config": RequestRouterConfig(request_router_class=CLASS_PATH)}
-           if replica is LLMReplica else {}),
+        **({"request_router_config": RequestRouterConfig(request_router_class=CLASS_PATH),
+            "logging_config": {"enable_access_log": False}} if llm else {}),
         health_check_period_s=2.0, health_check_timeout_s=10.0,
         graceful_shutdown_timeout_s=30.0,
     )

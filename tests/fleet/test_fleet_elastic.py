@@ -57,6 +57,8 @@ def head_box(fleet, model_store, tmp_path_factory):
         "APPLIANCE_FLEET_REPLICA_CPUS": "0.5", "APPLIANCE_FLEET_UPSCALE_DELAY_S": "1",
         "APPLIANCE_FLEET_DOWNSCALE_DELAY_S": "3", "APPLIANCE_FLEET_LOOK_BACK_S": "11",
         "APPLIANCE_LLM_SLOTS": "2", "APPLIANCE_LLM_CTX": "1024",
+        # tokens come as Ray objects here (the serving tests cover the default gRPC channel)
+        "APPLIANCE_FLEET_STREAM_GRPC": "0",
         "APPLIANCE_IDLE_UNLOAD_S": "0"}, add_packs=add_twin)
     yield box
     box.stop()
