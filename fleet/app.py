@@ -104,7 +104,7 @@ def llm_loader(settings: Settings, client: Any) -> Loader:
                                str(settings.data_dir), settings.worker_nice)
         prompts = prompt_worker(settings, manifest, directory)
         try:
-            return FleetLLMEngine(
+            engine = FleetLLMEngine(
                 manifest.name, handle, on_close=lambda: client.undeploy(manifest.name),
                 running=lambda: client.running(manifest.name), scales_to_zero=least == 0,
                 start_timeout=settings.worker_ready_timeout_s, load=client.load,
@@ -114,6 +114,8 @@ def llm_loader(settings: Settings, client: Any) -> Loader:
             if prompts is not None:
                 prompts.close()
             raise
+        client.channels[manifest.name] = engine.stream_channel
+        return engine
 
     return load
 

@@ -54,6 +54,7 @@ class FleetClient:
         self._ray, self._serve = ray, serve
         self.address = address
         self.load = ReplicaLoad()  # filled by the head's fleet engines
+        self.channels: dict[str, str] = {}  # model -> how its tokens stream (the loader's)
         deadline = time.monotonic() + connect_timeout
         while True:
             try:
@@ -167,7 +168,8 @@ class FleetClient:
                         states[key] = states.get(key, 0) + n
                 apps[name[len(APP_PREFIX):]] = {
                     "status": str(getattr(app.status, "value", app.status)),
-                    "running": states.get("RUNNING", 0), "replica_states": states}
+                    "running": states.get("RUNNING", 0), "replica_states": states,
+                    "stream_channel": self.channels.get(name[len(APP_PREFIX):])}
         except Exception as exc:
             log.warning("serve status failed: %s", exc)
         ongoing = self.load.snapshot()

@@ -45,6 +45,7 @@ CRASH_RETRY_AFTER_S = 2.0
 SEEN_TTL_S = 1.0
 FIRST_START_S = 5.0  # Retry-After before any start was timed
 COUNT_TTL_S = 2.0  # how long stats() trusts a replica count
+GRPC_PROBE_S = 15.0  # a replica that answered over Ray has this long over gRPC
 
 
 def crashed(model: str, exc: BaseException) -> EngineCrashedError:
@@ -134,6 +135,29 @@ class FleetLLMEngine(LLMEngine):
         # none yet, so this first call waits for one as long as a start may take
         self._info: LLMInfo = self._invoke("info", timeout=start_timeout)
         self.last_box: str | None = None
+        if stream_grpc and not self._grpc_reachable():
+            self._stream_grpc = False
+
+    @property
+    def stream_channel(self) -> str:
+        """How tokens come from the replicas: ``grpc`` or ``ray`` (Ray objects)."""
+        return "grpc" if self._stream_grpc else "ray"
+
+    def _grpc_reachable(self) -> bool:
+        """One call over Serve's gRPC channel to a running replica. A firewall that blocks
+        the replica's port makes Serve retry such calls for ever, so a model whose
+        replica does not answer within ``GRPC_PROBE_S`` streams as Ray objects instead."""
+        response = self._handle.options(_by_reference=False).placement.remote()
+        try:
+            response.result(timeout_s=GRPC_PROBE_S)
+            return True
+        except Exception as exc:
+            response.cancel()
+            log.warning("the replicas of %s did not answer over Serve's gRPC channel (%r): "
+                        "their tokens stream as Ray objects over the worker ports; open "
+                        "TCP between fleet boxes, or set fleet_stream_grpc = false",
+                        self.name, exc)
+            return False
 
     # --- scale to zero ------------------------------------------------------------------
     def _ensure_replica(self) -> None:

@@ -68,10 +68,14 @@ def _auth(box: Box) -> dict[str, str]:
     return {"Authorization": f"Bearer {box.api_key}"}
 
 
-def _running(box: Box, model: str) -> int:
+def _model_status(box: Box, model: str) -> dict:
     r = httpx.get(box.base_url + "/admin/fleet", timeout=30, headers=_auth(box))
     assert r.status_code == 200, r.text
-    return r.json()["models"].get(model, {}).get("running", 0)
+    return r.json()["models"].get(model, {})
+
+
+def _running(box: Box, model: str) -> int:
+    return _model_status(box, model).get("running", 0)
 
 
 def _chat(box: Box, model: str, question: str, system: str | None = None
@@ -94,6 +98,7 @@ def _system(topic: str) -> str:
 def test_shared_system_prompt_keeps_to_one_replica(head_box: Box) -> None:
     warm = _chat(head_box, TWIN, "Hello")
     assert warm.status_code == 200, warm.text
+    assert _model_status(head_box, TWIN)["stream_channel"] == "ray"  # fleet_stream_grpc off
     assert wait_for(lambda: _running(head_box, TWIN) == 2, timeout=180, every=2), \
         "the twin did not reach its two replicas"
     placed: dict[str, set[str]] = {"tax": set(), "travel": set()}

@@ -102,6 +102,8 @@ def test_burst_scales_out_onto_both_boxes_and_idle_scales_back(head_box: Box, ke
     assert first["status"] == 200 and first["done"], first
     assert first["node"] in ("a", "b")
     assert _running(head_box) == 1
+    # the head reached the replica over Serve's gRPC channel at load (the default)
+    assert _fleet_status(head_box)["models"][LLM]["stream_channel"] == "grpc"
     seen: set[str] = set()
     grown = False
     deadline = time.monotonic() + 240
