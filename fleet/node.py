@@ -28,6 +28,9 @@ from fleet.errors import NodeError
 #: Ray keeps nodes on loopback when this is "0" (it otherwise swaps 127.0.0.1 for the
 #: host's routable address); set for a head bound to loopback and in tests.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+#: Serve's controller (on the head) runs its control loop every 0.25 s instead of 0.1 s:
+#: about 4 % of a core less on the head; autoscaling delays are whole seconds anyway.
+SERVE_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.25"}
 BOX_RESOURCE_PREFIX = "box:"
 #: Set in a node's environment by ``fleet init``/``join``; its replicas inherit it.
 BOX_ENV = "APPLIANCE_FLEET_BOX"
@@ -75,7 +78,10 @@ def command(plan: NodePlan, ray: str = "ray") -> list[str]:
         raise NodeError("a fleet node binds one address; 0.0.0.0 is refused (set fleet_address)")
     cmd = [ray, "start", "--block", "--disable-usage-stats", f"--node-ip-address={plan.address}",
            f"--object-store-memory={plan.object_store_bytes}",
-           f"--resources={json.dumps(plan.resources)}"]
+           f"--resources={json.dumps(plan.resources)}",
+           # the log monitor forwards worker logs to drivers; the head's driver takes none
+           # (``log_to_driver=False``), and the logs stay in the node's session files
+           "--include-log-monitor=false"]
     if plan.is_head:
         cmd += ["--head", f"--port={plan.port}", "--include-dashboard=false"]
     else:
@@ -97,7 +103,7 @@ def command(plan: NodePlan, ray: str = "ray") -> list[str]:
 def environment(token_path: Path, address: str) -> dict[str, str]:
     """Environment of a node (and of any driver): token auth on, from ``token_path``."""
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
-           "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0", **SERVE_ENV}
     if is_loopback(address):
         env.update(LOOPBACK_ENV)
     return env

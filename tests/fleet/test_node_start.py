@@ -56,3 +56,15 @@ def test_free_ports_skips_every_avoided_port() -> None:
     first = node.free_ports(20)
     again = node.free_ports(20, avoid=set(first))
     assert not set(first) & set(again)
+
+
+def test_nodes_start_without_log_forwarding_and_with_a_calmer_serve_controller(
+        tmp_path: Path) -> None:
+    head = node.command(NodePlan(box="h", address="10.0.0.5", port=6380))
+    worker = node.command(NodePlan(box="a", address="10.0.0.6", head="10.0.0.5:6380"))
+    for cmd in (head, worker):
+        assert "--include-log-monitor=false" in cmd
+    assert "--head" in head and "--address=10.0.0.5:6380" in worker
+    env = node.environment(tmp_path / "join.token", "10.0.0.5")
+    assert env["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "0.25"
+    assert env["RAY_AUTH_MODE"] == "token"
