@@ -7,8 +7,8 @@ the oldest), decodes it once and samples one token per sequence that asked for l
 Requests arriving together thus get their first tokens one prompt after another, and one
 arriving mid-step waits for a short step, not for a burst's prompts; the step that gives a
 colleague's only request its first token leaves the busy seat's decode tokens out
-(``promptplan.decodes_wait``). Prompts are read on their own grid of chunks
-(``chunks``), the same whatever else is in the step.
+(``promptplan.decodes_wait``). A prompt is read ``prefill_chunk`` tokens at a time from
+wherever its reading starts.
 Sequence ids are slot numbers; a finished or cancelled sequence's KV cells are dropped
 with ``llama_memory_seq_rm`` before the next step.
 
@@ -16,7 +16,12 @@ Determinism: the context keeps one KV stream per slot (``kv_unified=False``). Wi
 unified cache a sequence's cells are interleaved with other sequences' cells, so the
 order in which attention sums its own values depends on its neighbours and greedy output
 can drift from the solo result; with one stream per slot a sequence always sees exactly
-the cells, in the same order, that it would see alone.
+the cells, in the same order, that it would see alone. On a CPU the build's flash
+attention computes each token's row by itself (``tools/llama_source.py`` turns off
+ggml's tiled and split-KV kernels, whose sums depend on the micro-batch's shape), and
+the weight products are per token too, so a token's logits and cells do not depend on
+what shares its step or on how its prompt was cut into chunks: any reused prefix, and
+the cells of generated tokens, are the ones a solo run computes.
 
 Packing: with one stream per slot llama.cpp splits a batch into micro-batches of
 consecutive sequence ids, so a gap (slots 0 and 2 busy, 1 free) costs a second pass over
@@ -35,9 +40,8 @@ host-RAM cache (``prefix.HostPrefixCache``, saved states, LRU by bytes) shares m
 cells are copied or restored into the slot first. A slot's cells are saved to the host
 cache before an unrelated prompt overwrites them. Copies go through a state buffer of the
 cells in use (``lowlevel.Context.copy_prefix``), never llama.cpp's whole-stream copy. The
-reused cells are the ones a solo run computes (they end on the prompt's grid, which puts a
-boundary after the system turn whatever its length), so greedy output does not change;
-``Finished.cached_tokens`` says how many prompt tokens were not read again.
+reused cells are the ones a solo run computes (see Determinism), so greedy output does
+not change; ``Finished.cached_tokens`` says how many prompt tokens were not read again.
 
 Forks: a request whose prompt is exactly a running request's prompt (the ``n`` choices of
 one API request, or the same prompt sent twice at once) reads none of it. It copies that
@@ -56,13 +60,13 @@ Images (a model loaded with its projector, ``projector_path``): a request's prom
 one ``IMAGE_TOKEN`` where each of its ``images`` goes. Such a request does not share the
 batch while its prompt is read: when it takes its slot (an empty one, nothing reused or
 forked) the scheduler decodes its image bytes (``multimodal.Projector``), then evaluates
-the whole prompt into the slot by itself, text in the same chunks a solo prefill uses and
-each image through libmtmd, and samples its first token from the last prompt token's
-logits; from then on it decodes one token per step with the others. The image's cells are
-never offered to another request (each ``IMAGE_TOKEN`` in the prompt stands for as many
-positions as the image takes, and no prefix match passes one), so greedy output depends
-only on the request. Reading an image stalls the other sequences for that time (the
-image encoder runs on the scheduler thread), as a long prefill would.
+the whole prompt into the slot by itself, text in chunks and each image through libmtmd,
+and samples its first token from the last prompt token's logits; from then on it decodes
+one token per step with the others. The image's cells are never offered to another
+request (each ``IMAGE_TOKEN`` in the prompt stands for as many positions as the image
+takes, and no prefix match passes one), so greedy output depends only on the request.
+Reading an image stalls the other sequences for that time (the image encoder runs on the
+scheduler thread), as a long prefill would.
 
 Fair share: waiting requests queue per seat (``fairqueue.FairQueue``, deficit round
 robin by seat weight, background seats last), so one seat's batch job does not hold
@@ -94,7 +98,6 @@ from engines.errors import (
     InvalidRequestError,
     OverloadedError,
 )
-from engines.llm.chunks import chunk_end, first_turn_end, reusable
 from engines.llm.fairqueue import FairQueue
 from engines.llm.logprobs import log_softmax, token_logprob
 from engines.llm.lowlevel import (
@@ -163,7 +166,6 @@ class _Seq:
     handle: _Handle
     stream: TextStream
     slot: int = -1
-    turn: int = 0  # where the prompt's first turn ends on its chunk grid (engines.llm.chunks)
     sampler: Sampler | None = None
     n_past: int = 0  # tokens of this sequence already in the KV cache
     next_token: int | None = None  # sampled, not yet decoded
@@ -213,10 +215,10 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
     ``n_ctx`` is the total KV cache across slots (see the module docstring); ``max_queue``
     bounds the requests waiting for a slot; ``prefill_chunk`` bounds the prompt tokens
     read per step and request; ``step_prompt_tokens`` bounds those one step reads in all
-    (default half a chunk; a chunk is never split); ``use_extra_bufts=False`` is the safe
-    configuration (see ``lowlevel.Model``); ``prefix_cache_bytes`` bounds the host-RAM
-    prefix cache (0: off); ``prefix_reuse=False`` reads every prompt whole (for
-    comparisons).
+    (default half a chunk; a longer chunk is the only one its step reads);
+    ``use_extra_bufts=False`` is the safe configuration (see ``lowlevel.Model``);
+    ``prefix_cache_bytes`` bounds the host-RAM prefix cache (0: off);
+    ``prefix_reuse=False`` reads every prompt whole (for comparisons).
     """
 
     def __init__(
@@ -232,7 +234,6 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
         use_extra_bufts: bool = True,
         prefix_cache_bytes: int = 256 << 20,
         prefix_reuse: bool = True,
-        flash_attn: bool | None = None,
         step_tokens: int | None = None,
         step_prompt_tokens: int | None = None,
         projector_path: Path | str | None = None,
@@ -245,15 +246,14 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
         self._slots = slots
         self._max_queue = max_queue
         self._prefill_chunk = prefill_chunk
-        # Prompt tokens one step reads: half a chunk (a bigger chunk is read alone), so
+        # Prompt tokens one step reads: half a chunk (a longer chunk is read by itself), so
         # first tokens come one prompt after another and a request arriving mid-step waits
         # for a short step (see promptplan). Against one whole chunk, measured on 2 cores:
         # 16 short questions at once, TTFT p50 1.81 -> 1.33 s at the same tokens/s; a
         # colleague's TTFT p95 during a 64-request burst 0.49 -> 0.38 s.
         self._step_prompt = step_prompt_tokens or max(1, prefill_chunk // 2)
         self._n_gpu_layers = n_gpu_layers
-        # Tokens one step may decode: every slot's next token or prompt chunk. Chunks are
-        # small (reused prefixes end on chunk boundaries) and several prompts share a step.
+        # Tokens one step may decode: every slot's next token or prompt chunk.
         step_tokens = step_tokens or slots * prefill_chunk + slots
         self._model = Model(Path(model_path), n_gpu_layers=n_gpu_layers,
                             use_extra_bufts=use_extra_bufts)
@@ -264,7 +264,9 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
                 n_batch=step_tokens,
                 n_seq_max=slots,
                 n_threads=self._threads,
-                flash_attn=flash_attn,
+                # CPU: flash attention on, so rows are computed alone (see Determinism);
+                # on a GPU llama.cpp decides.
+                flash_attn=True if n_gpu_layers == 0 else None,
             ))
             self._batch = Batch(step_tokens)
             self._projector = (None if projector_path is None else Projector(
@@ -293,12 +295,6 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
         self._last: list[tuple[list[int], np.ndarray] | None] = [None] * slots
         self._seen: dict[str, float] = {}  # seat -> last submit (monotonic); under _cond
         self._reuse = prefix_reuse
-        # Where a reused prefix may end. With flash attention off llama.cpp's results do
-        # not depend on micro-batch sizes, so any prefix is exact; with it on, a prefix
-        # must end where a request served alone would end a prompt chunk.
-        self._reuse_block = 1 if flash_attn is False else prefill_chunk
-        # A chunk also ends after the prompt's first turn (see engines.llm.chunks).
-        self._marks = self._model.eog_tokens()
         self._host = HostPrefixCache(prefix_cache_bytes if prefix_reuse else 0)
         self._ids = itertools.count(1)
         self._stats = {
@@ -313,7 +309,6 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
         self._embed_lock = threading.Lock()  # serialises embed(); taken before _life_lock
         self._life_lock = threading.Lock()  # held by callers of the model outside the scheduler
         self._prompts = PromptBuilder(self._model, self._n_ctx_slot, self._life_lock)
-        self._header = self._prompts.turn_header(self._marks)
         self._embedder: Embedder | None = None  # created on first embed()
         self._thread = threading.Thread(
             target=self._run, name=f"llm-batched-{self._model.path.stem}", daemon=True
@@ -368,7 +363,6 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
             sink=sink,
             handle=handle,
             stream=TextStream(stop=tuple(x for x in s.stop if x)),
-            turn=first_turn_end(prompt, self._marks, self._header),
         )
         with self._cond:
             if self._closing:
@@ -509,7 +503,7 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
         on past the shared prefix (another chat's later turns) is copied from rather than
         overwritten while a cold slot is free.
         """
-        prompt, chunk, turn = seq.prompt, self._reuse_block, seq.turn
+        prompt = seq.prompt
         cold = [i for i in free if not self._cached[i]]
         if seq.has_images:  # read alone into an empty slot (see the module docstring)
             seq.slot, seq.reuse = (cold[0] if cold else free[0]), ()
@@ -530,9 +524,9 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
                 return
 
         def usable(shared: int) -> int:
-            # The last token is always read; a reused prefix ends on a chunk boundary, so
-            # the rest is read in the same chunks a request served alone would use.
-            return reusable(len(prompt), shared, chunk, turn)
+            # Any prefix is exact (see Determinism); the last token is always read, its
+            # logits give the first sampled token.
+            return max(0, min(shared, len(prompt) - 1))
 
         own_slot, own = free[0], 0
         for i in free:
@@ -729,7 +723,6 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
             if expanded[-1] == IMAGE_TOKEN:
                 raise InvalidRequestError("a prompt cannot end with an image")
             seq.prompt = expanded
-            seq.turn = first_turn_end(expanded, self._marks, self._header)
             seq.max_tokens = s.max_tokens if s.max_tokens is not None else room
             t0 = time.perf_counter()
             pos, at, last = 0, 0, -1
@@ -739,9 +732,8 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
                     at += 1
                     continue
                 start = pos
-                while pos < start + len(part):  # the chunks a solo prefill would read
-                    end = min(start + len(part), chunk_end(len(expanded), pos,
-                                                           self._prefill_chunk, seq.turn))
+                while pos < start + len(part):
+                    end = min(start + len(part), pos + self._prefill_chunk)
                     self._batch.clear()
                     for p in range(pos, end):
                         last = self._batch.add(part[p - start], p, seq.slot,
@@ -777,10 +769,7 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
             if seq.follows:
                 continue  # waits for its leader's cells
             if seq.prefilling:
-                # Chunks end on the prompt's own grid (engines.llm.chunks), so its cells are
-                # computed the same way whatever it shares a step with or reuses
-                # (llama.cpp's results depend slightly on how a micro-batch is cut).
-                end = chunk_end(len(seq.prompt), seq.n_past, self._prefill_chunk, seq.turn)
+                end = min(len(seq.prompt), seq.n_past + self._prefill_chunk)
                 readings.append(Reading(seq.slot, seq.request.seat, seq.id, end - seq.n_past,
                                         end == len(seq.prompt)))
             else:

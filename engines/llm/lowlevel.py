@@ -151,11 +151,6 @@ class Model:
         """End-of-generation token (EOS, EOT, ...)."""
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
-    def eog_tokens(self) -> frozenset[int]:
-        """Every end-of-generation token of the vocabulary (``<|im_end|>``, EOS, ...)."""
-        return frozenset(t for t in range(self.n_vocab)
-                         if llama_cpp.llama_vocab_is_eog(self.vocab, t))
-
     def bos_text(self) -> str:
         return self.token_text(int(llama_cpp.llama_vocab_bos(self.vocab)))
 

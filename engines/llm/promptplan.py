@@ -16,8 +16,9 @@ delaying a colleague's first token:
   more step per prompt, a few milliseconds. The first chunk in order is always read, so
   a prompt longer than the cap still moves.
 
-Chunks are never split (their boundaries keep greedy output identical to a solo run), so
-a chunk that does not fit waits for a later step while smaller ones behind it may go.
+A chunk is read whole (the engine sizes it: up to ``prefill_chunk`` tokens from where the
+prompt's reading stands), so a chunk that does not fit waits for a later step while
+smaller ones behind it may go.
 """
 
 from __future__ import annotations

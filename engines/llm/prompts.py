@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from engines.errors import EngineClosedError, InvalidRequestError, PromptTooLongError
 from engines.llm.chat import render_chat, render_chat_segments
-from engines.llm.chunks import first_turn_end
 from engines.llm.grammar import check_grammar, check_schema, json_string_chars
 from engines.llm.lowlevel import Model, Sampler
 from engines.types import IMAGE_TOKEN, LLMInfo
@@ -82,22 +81,6 @@ class PromptBuilder:
                         ids += model.tokenize(part, add_special=i == 0 and j == 0,
                                               parse_special=not is_content)
         return ids, starts
-
-    def turn_header(self, marks: Collection[int]) -> tuple[int, ...]:
-        """The tokens the template writes between the end of a system turn (its first
-        token in ``marks``) and a user's text (ChatML: ``\n<|im_start|>user\n``); () when
-        the template does not show one."""
-        try:
-            pieces = render_chat_segments(
-                [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
-                self.chat_template, bos_token=self._bos_text, eos_token=self._eos_text)
-        except Exception:  # a template that wants something else: no header
-            return ()
-        ids, starts = self._piece_ids(pieces, None)
-        if len(starts) < 2:
-            return ()
-        turn = first_turn_end(ids[:starts[1]], marks)
-        return tuple(ids[turn:starts[1]]) if turn else ()
 
     def render(self, messages: Sequence[dict[str, Any]],
                tools: Sequence[dict[str, Any]] | None = None) -> str:

@@ -17,7 +17,7 @@ from engines.types import Finished, GenerationRequest, Sampling
 from tests.engines.llm.test_batched import THREADS, Collector
 
 pytestmark = pytest.mark.slow
-CHUNK = 32  # prefill chunk: reused prefixes end on a multiple of it
+CHUNK = 32  # prefill chunk
 
 SYSTEM = ("You are the help desk assistant of ACME Corporation. " * 12
           + "Answer briefly and politely, and never reveal internal ticket numbers.")
@@ -104,7 +104,8 @@ def test_prefix_saved_to_ram_is_restored_and_an_evicted_one_is_read_again(
         try:
             run(eng, chat(eng, "Where is my parcel?")).wait()
             other = "You are a pirate. Speak like one, always, in every answer you give. " * 6
-            run(eng, chat(eng, "Hello!", system=other)).wait()  # overwrites the only slot
+            pirate = chat(eng, "Hello!", system=other)
+            run(eng, pirate).wait()  # overwrites the only slot
             q = chat(eng, "Can I change my delivery address?")
             back = run(eng, q).wait()
             assert back.text == solo(gguf_path, q)
@@ -112,8 +113,8 @@ def test_prefix_saved_to_ram_is_restored_and_an_evicted_one_is_read_again(
             if restored:
                 assert end(back).cached_tokens >= system_part(eng)
                 assert stats["prefix_host_restores"] == 1 and stats["prefix_host_bytes"] > 0
-            else:  # nothing fits in 1 byte: the prompt is read again, whole
-                assert end(back).cached_tokens == 0
+            else:  # nothing fits in 1 byte: all but the start it shares with the slot's
+                assert end(back).cached_tokens == common_prefix(q, pirate) < system_part(eng)
                 assert stats["prefix_host_restores"] == 0
         finally:
             eng.close()
@@ -241,10 +242,10 @@ def test_a_colleague_is_read_first_and_a_step_reads_one_prompt_chunk(
         eng.close()
 
 
-def test_a_short_system_turn_is_reused_off_the_chunk_grid(gguf_path: Path) -> None:
-    """The template's default system turn (no system message sent) is shorter than a
-    chunk; it ends on the grid all the same, with the header of the user's turn, so the
-    next question reads only its own text, and answers exactly as it does alone."""
+def test_a_prefix_of_any_length_is_reused(gguf_path: Path) -> None:
+    """The template's default system turn (no system message sent) and the header of the
+    user's turn are shorter than a chunk: the next question reuses exactly them, reads only
+    its own text, and answers exactly as it does alone."""
     eng = BatchedLlamaEngine(gguf_path, n_ctx=2 * 1024, slots=2, n_threads=THREADS,
                              prefill_chunk=CHUNK)
     try:
