@@ -577,9 +577,12 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
         return None
 
     def _save_to_host(self, slot: int, keep: int = 0) -> None:
-        """Before a free slot's cells beyond ``keep`` are overwritten: save them if worth it."""
+        """Before a free slot's cells beyond ``keep`` are overwritten: save them if worth it
+        (as much as a restore would take: a short question's cells are worth it too, the
+        same question asked again reads only what changed; saving 80 tokens' cells takes
+        0.7 ms on 2 cores)."""
         tokens = self._cached[slot]
-        if self._host.capacity and len(tokens) - keep >= 4 * MIN_REUSE:
+        if self._host.capacity and len(tokens) - keep >= MIN_REUSE:
             state = self._ctx.save(slot)
             if self._host.put(tokens, state):
                 self._stats["prefix_host_saves"] += 1
