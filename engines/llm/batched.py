@@ -374,7 +374,8 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
                 )
             self._queue.push(seq, request.seat, weight=request.seat_weight,
                              background=request.background)
-            self._seen[request.seat] = time.monotonic()
+            if request.seat:  # not the box's own requests (a worker's load self-test)
+                self._seen[request.seat] = time.monotonic()
             if len(self._seen) > 4096:  # forget seats quiet for long
                 cutoff = time.monotonic() - HEADROOM_S
                 self._seen = {k: t for k, t in self._seen.items() if t > cutoff}

@@ -203,6 +203,24 @@ def test_a_busy_seat_leaves_the_last_slot_to_a_colleague(gguf_path: Path) -> Non
         eng.close()
 
 
+def test_the_boxs_own_request_keeps_no_slot_free(gguf_path: Path) -> None:
+    """A request with no seat (a worker's load self-test, the update probe) is the box
+    itself, not a colleague: a seat's burst right after it takes every slot."""
+    eng = BatchedLlamaEngine(gguf_path, n_ctx=2 * 1024, slots=2, n_threads=THREADS,
+                             prefill_chunk=CHUNK)
+    try:
+        run(eng, chat(eng, "Hi!"), seat="", tokens=2).wait()
+        stories = [run(eng, chat(eng, f"Write a long story number {i}."), seat="alice",
+                       tokens=40) for i in range(2)]
+        assert stories[1].first.wait(240)
+        assert not stories[0].done.is_set()  # the second did not wait for the first to end
+        assert eng.stats()["deferred"] == 0  # nor for a slot kept free for the box
+        for s in stories:
+            s.wait()
+    finally:
+        eng.close()
+
+
 def test_a_colleague_is_read_first_and_a_step_reads_one_prompt_chunk(
         gguf_path: Path) -> None:
     eng = BatchedLlamaEngine(gguf_path, n_ctx=3 * 1024, slots=3, n_threads=THREADS,
