@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,13 +81,27 @@ class Server:
                                   max_retries=0, timeout=600)
 
 
+#: requests sent again after the connection closed before any answer, by server URL
+RESENT: Counter[str] = Counter()
+
+
 async def ask(client: openai.AsyncOpenAI, model: str, messages: list[dict], max_tokens: int
               ) -> tuple[Result, str]:
     start = time.perf_counter()
     first, text, tokens = None, [], 0
-    stream = await client.chat.completions.create(
-        model=model, messages=messages, max_tokens=max_tokens, temperature=0, stream=True,
-        stream_options={"include_usage": True})
+    for attempt in range(2):
+        try:
+            stream = await client.chat.completions.create(
+                model=model, messages=messages, max_tokens=max_tokens, temperature=0,
+                stream=True, stream_options={"include_usage": True})
+            break
+        except openai.APIConnectionError:
+            # a kept-alive connection the server closed just as the request went out
+            # (seen with llama-server in the multi-turn workload): the client's default
+            # retries would send it again; counted and printed, its time included
+            if attempt:
+                raise
+            RESENT[str(client.base_url)] += 1
     async for chunk in stream:
         if chunk.usage is not None:
             tokens = chunk.usage.completion_tokens
@@ -333,6 +348,8 @@ def main() -> None:
           f"{args.rounds} rounds; medians")
     table(rows)
     verdicts(rows)
+    for url, n in RESENT.items():
+        print(f"  sent again after a dropped connection: {n} request(s) to {url}")
 
 
 if __name__ == "__main__":
