@@ -61,18 +61,15 @@ class PromptBuilder:
         pieces = render_chat_segments(messages, self.chat_template, tools=tools,
                                       bos_token=self._bos_text, eos_token=self._eos_text)
         self.check_length(sum(len(text) for text, _ in pieces))
-        return self._piece_ids(pieces, marker)[0]
+        return self._piece_ids(pieces, marker)
 
     def _piece_ids(self, pieces: Sequence[tuple[str, bool]], marker: str | None
-                   ) -> tuple[list[int], list[int]]:
-        """The pieces' token ids, and where each content piece starts among them."""
+                   ) -> list[int]:
+        """The pieces' token ids."""
         ids: list[int] = []
-        starts: list[int] = []
         with self._lock:
             model = self._open()
             for i, (text, is_content) in enumerate(pieces):
-                if is_content:
-                    starts.append(len(ids))
                 parts = text.split(marker) if marker and is_content else [text]
                 for j, part in enumerate(parts):
                     if j:
@@ -80,7 +77,7 @@ class PromptBuilder:
                     if part or (i == 0 and j == 0):  # the first call adds BOS if wanted
                         ids += model.tokenize(part, add_special=i == 0 and j == 0,
                                               parse_special=not is_content)
-        return ids, starts
+        return ids
 
     def render(self, messages: Sequence[dict[str, Any]],
                tools: Sequence[dict[str, Any]] | None = None) -> str:
