@@ -18,8 +18,8 @@ import pytest
 
 from engines.llm.batched import BatchedLlamaEngine
 from engines.llm.lowlevel import Batch, Context, ContextConfig, Model
-from engines.types import Finished, GenerationRequest, Sampling
-from tests.engines.llm.test_batched import Collector
+from engines.types import Finished
+from tests.engines.llm.test_prefix_reuse import run
 
 pytestmark = pytest.mark.slow
 #: Two threads, as a box runs: with one, the split-KV kernel has a single part and sums
@@ -97,13 +97,6 @@ def test_a_token_decoded_alone_past_512_cells_matches_it_decoded_beside_another(
         assert np.array_equal(alone, beside)
 
 
-def run(engine: BatchedLlamaEngine, prompt: tuple[int, ...], tokens: int = 48) -> Collector:
-    sink = Collector()
-    engine.submit(GenerationRequest(prompt, Sampling(temperature=0.0, max_tokens=tokens)),
-                  sink)
-    return sink
-
-
 def test_a_long_prompt_under_load_answers_as_it_does_alone(gguf_path: Path) -> None:
     eng = BatchedLlamaEngine(gguf_path, n_ctx=3 * 1024, slots=3, n_threads=THREADS,
                              prefix_reuse=False)
@@ -113,12 +106,12 @@ def test_a_long_prompt_under_load_answers_as_it_does_alone(gguf_path: Path) -> N
 
         question = ask(TEXT * 14 + "\n\nWhat did the traders exchange, and where?")
         assert len(question) > 400
-        alone = run(eng, question).wait().text
-        busy = [run(eng, ask(f"Write a long story about ship number {i}."), 200)
+        alone = run(eng, question, tokens=48).wait().text
+        busy = [run(eng, ask(f"Write a long story about ship number {i}."), tokens=200)
                 for i in range(2)]
         for sink in busy:
             assert sink.first.wait(240)
-        loaded = run(eng, question).wait().text
+        loaded = run(eng, question, tokens=48).wait().text
         for sink in busy:
             sink.wait()
         assert loaded == alone and alone.strip()
@@ -133,15 +126,15 @@ def test_a_later_turn_reuses_the_answer_and_answers_as_from_scratch(gguf_path: P
     try:
         history = [{"role": "user", "content": "Tell me about the river city. " + TEXT * 3}]
         first = tuple(eng.chat_tokens(history))
-        answer = run(eng, first).wait().text
+        answer = run(eng, first, tokens=48).wait().text
         history += [{"role": "assistant", "content": answer},
                     {"role": "user", "content": "And what happened to the port later?"}]
         second = tuple(eng.chat_tokens(history))
-        again = run(eng, second).wait()
+        again = run(eng, second, tokens=48).wait()
         end = again.end
         assert isinstance(end, Finished)
         assert end.cached_tokens > len(first)  # the answer's own cells were reused too
-        assert again.text == run(fresh, second).wait().text
+        assert again.text == run(fresh, second, tokens=48).wait().text
     finally:
         eng.close()
         fresh.close()
