@@ -6,9 +6,9 @@ the others; ``promptplan`` picks the chunk: the seat running fewest requests fir
 the oldest), decodes it once and samples one token per sequence that asked for logits.
 Requests arriving together thus get their first tokens one prompt after another, and one
 arriving mid-step waits for a short step, not for a burst's prompts; the step that gives a
-colleague's only request its first token leaves the busy seat's decode tokens out
-(``promptplan.decodes_wait``). A prompt is read ``prefill_chunk`` tokens at a time from
-wherever its reading starts.
+colleague's only request its first token leaves the busy seat's decode tokens and prompt
+chunks out (``promptplan.colleague_step``). A prompt is read ``prefill_chunk`` tokens at a
+time from wherever its reading starts.
 Sequence ids are slot numbers; a finished or cancelled sequence's KV cells are dropped
 with ``llama_memory_seq_rm`` before the next step.
 
@@ -112,7 +112,7 @@ from engines.llm.lowlevel import (
 )
 from engines.llm.multimodal import ImageChunks, Projector
 from engines.llm.prefix import MIN_REUSE, HostPrefixCache, Saved, common_prefix
-from engines.llm.promptplan import Reading, decodes_wait, prompt_chunks
+from engines.llm.promptplan import Reading, colleague_step, prompt_chunks
 from engines.llm.prompts import EMBED_CTX, MAX_CHARS_PER_TOKEN, PromptBuilder, PromptMethods
 from engines.llm.textstream import TextStream
 from engines.types import (
@@ -782,8 +782,9 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
         if readings:
             load = self._running_per_seat()
             chosen = prompt_chunks(readings, budget, load, self._step_prompt)
-            if decodes_wait(chosen, load, waited):  # a colleague's first token first
-                take = {}
+            alone = colleague_step(chosen, load, waited)
+            if alone is not None:  # a colleague's first token first
+                take, chosen = {}, alone
                 self._decodes_waited = True
                 self._stats["decode_waits"] += 1
             for r in chosen:

@@ -1,7 +1,7 @@
 """Which prompt chunks one step reads (pure; the scheduler feeds it its running requests).
 
 A step decodes the next token of every generating request and reads whole prompt chunks
-of the others while they fit its token budget. Two rules keep one seat's burst from
+of the others while they fit its token budget. Three rules keep one seat's burst from
 delaying a colleague's first token:
 
 - order: the prompt of a seat that runs fewer requests is read first (a colleague's only
@@ -14,7 +14,10 @@ delaying a colleague's first token:
   costs about the same per token either way on a CPU (llama.cpp splits a step into a
   micro-batch per prompt length when each slot has its own KV stream); the price is one
   more step per prompt, a few milliseconds. The first chunk in order is always read, so
-  a prompt longer than the cap still moves.
+  a prompt longer than the cap still moves;
+- a step of its own (``colleague_step``): the step that reads the last chunk of a
+  colleague's only request reads nothing of the busy seat's, neither its next tokens nor
+  its prompts.
 
 A chunk is read whole (the engine sizes it: up to ``prefill_chunk`` tokens from where the
 prompt's reading stands), so a chunk that does not fit waits for a later step while
@@ -55,11 +58,19 @@ def prompt_chunks(readings: Sequence[Reading], budget: int, load: Mapping[str, i
     return out
 
 
-def decodes_wait(chosen: Sequence[Reading], load: Mapping[str, int], waited: bool) -> bool:
-    """Whether this step leaves out the running requests' next tokens: it reads the last
-    chunk of a seat's only request while another seat runs several, so that colleague's
-    first token comes a few decode tokens sooner (7 of them cost ~25 ms on 2 cores).
-    Never two steps in a row (``waited``: the step before did), so decoding goes on."""
+def colleague_step(chosen: Sequence[Reading], load: Mapping[str, int],
+                   waited: bool) -> list[Reading] | None:
+    """The chunks of a step given to a colleague's first token, or None for a normal step.
+
+    When ``chosen`` holds the last chunk of a seat's only request while another seat runs
+    several, this step reads the prompts of seats running one request only: the busy
+    seat's next tokens and prompt chunks wait one step, so that colleague's first token
+    comes that much sooner (on 2 cores 7 decode tokens cost ~25 ms, a 20-token chunk of a
+    burst's next prompt ~65 ms). Never two steps in a row (``waited``: the step before
+    was one), so decoding goes on.
+    """
     if waited or max(load.values(), default=0) < 2:
-        return False
-    return any(r.last and load.get(r.seat, 0) == 1 for r in chosen)
+        return None
+    if not any(r.last and load.get(r.seat, 0) == 1 for r in chosen):
+        return None
+    return [r for r in chosen if load.get(r.seat, 0) == 1]

@@ -260,6 +260,37 @@ def test_a_colleague_is_read_first_and_a_step_reads_one_prompt_chunk(
         eng.close()
 
 
+def test_a_colleagues_first_token_step_reads_nothing_of_the_busy_seat(
+        gguf_path: Path) -> None:
+    """The step that gives a colleague's only request its first token reads that prompt
+    alone: the busy seat's prompt chunks (which the step's budget would take) wait a step."""
+    eng = BatchedLlamaEngine(gguf_path, n_ctx=3 * 1024, slots=3, n_threads=THREADS,
+                             prefill_chunk=CHUNK, step_prompt_tokens=4 * CHUNK)
+    try:
+        stories = [chat(eng, "Write a long story.", system=f"Story teller {i}. {SYSTEM}")
+                   for i in range(2)]  # several chunks each, nothing shared with bob's
+        assert len(stories[0]) > 3 * CHUNK
+        alice = [run(eng, p, seat="alice", tokens=8) for p in stories]
+        quick = chat(eng, "Say yes.", system="Be brief.")
+        bob, batch_at_first = Collector(), []
+
+        def record(event: object) -> None:
+            if not batch_at_first:
+                batch_at_first.append(eng.stats()["last_batch_tokens"])
+            bob(event)  # type: ignore[arg-type]
+
+        eng.submit(GenerationRequest(quick, Sampling(temperature=0, max_tokens=4),
+                                     seat="bob"), record)
+        for s in [*alice, bob.wait()]:
+            s.wait()
+        assert batch_at_first == [len(quick) - end(bob).cached_tokens]
+        assert eng.stats()["decode_waits"] >= 1
+        for p, s in zip([*stories, quick], [*alice, bob], strict=True):
+            assert s.text and s.text == solo(gguf_path, p)[: len(s.text)]
+    finally:
+        eng.close()
+
+
 def test_a_prefix_of_any_length_is_reused(gguf_path: Path) -> None:
     """The template's default system turn (no system message sent) and the header of the
     user's turn are shorter than a chunk: the next question reuses exactly them, reads only

@@ -1,8 +1,8 @@
-"""prompt_chunks: a colleague's prompt is read before a burst's, and contended steps stay short."""
+"""promptplan: a colleague's prompt goes before a burst's, in short steps, its last chunk alone."""
 
 from __future__ import annotations
 
-from engines.llm.promptplan import Reading, decodes_wait, prompt_chunks
+from engines.llm.promptplan import Reading, colleague_step, prompt_chunks
 
 
 def keys(chosen: list[Reading]) -> list[int]:
@@ -41,13 +41,22 @@ def test_a_prompt_longer_than_the_cap_still_moves() -> None:
     assert prompt_chunks([], 200, {}, cap=32) == []
 
 
-def test_a_colleagues_last_chunk_holds_the_decodes_for_one_step() -> None:
+def test_a_colleagues_last_chunk_gets_a_step_of_its_own() -> None:
     b_last = Reading(key=7, seat="bob", age=9, chunk=20, last=True)
+    a_next = Reading(key=3, seat="alice", age=2, chunk=12, last=True)  # the burst's next prompt
     load = {"alice": 7, "bob": 1}
-    assert decodes_wait([b_last], load, waited=False)
-    assert not decodes_wait([b_last], load, waited=True)  # never two steps in a row
+    assert colleague_step([b_last, a_next], load, waited=False) == [b_last]
+    assert colleague_step([b_last, a_next], load, waited=True) is None  # never two in a row
     b_more = Reading(key=7, seat="bob", age=9, chunk=32, last=False)
-    assert not decodes_wait([b_more], load, waited=False)  # not its first token yet
+    assert colleague_step([b_more, a_next], load, waited=False) is None  # not its first token
     a_last = Reading(key=1, seat="alice", age=3, chunk=20, last=True)
-    assert not decodes_wait([a_last], load, waited=False)  # the busy seat's own prompt
-    assert not decodes_wait([b_last], {"alice": 1, "bob": 1}, waited=False)  # nobody busy
+    assert colleague_step([a_last], load, waited=False) is None  # the busy seat's own prompt
+    assert colleague_step([b_last], {"alice": 1, "bob": 1}, waited=False) is None  # none busy
+
+
+def test_other_colleagues_prompts_share_that_step() -> None:
+    b_last = Reading(key=7, seat="bob", age=9, chunk=12, last=True)
+    c_part = Reading(key=6, seat="carol", age=10, chunk=16, last=False)
+    a_next = Reading(key=3, seat="alice", age=2, chunk=12, last=True)
+    load = {"alice": 6, "bob": 1, "carol": 1}
+    assert colleague_step([b_last, c_part, a_next], load, waited=False) == [b_last, c_part]
