@@ -4,7 +4,8 @@ Same machine, same pinned llama.cpp sources (``bench/_ceiling.py`` builds ``llam
 with the box's portable flags), same SmolLM2 GGUF, same threads, 8 slots of 4,096 tokens,
 prompt caching on for both. Both are driven through the official ``openai`` client with
 streaming, end to end: a request's time runs from sending it to its last byte, prompt
-reading included. Workloads (rounds interleave box and peer; medians over rounds):
+reading included. Every round asks questions no earlier round asked, and asks every server
+the same ones (see ``fresh``). Workloads (rounds interleave box and peer; medians over rounds):
 
   distinct   16 clients at once, 16 distinct short questions, 32 tokens out
   shared     16 clients at once, one ~1,000-token system prompt + a short question, 64 out
@@ -57,7 +58,7 @@ POLICY = " ".join(
     f"covers topic number {i * 7 % 13}, and report exceptions to their team lead within "
     f"{i % 5 + 1} working days." for i in range(1, 26))
 SYSTEM = "You are ACME Corporation's internal assistant. Company policy follows. " + POLICY
-_serial = itertools.count(1)
+MARKS = [itertools.count(1)]  # the numbers fresh() puts first (main restarts them)
 
 
 @dataclass
@@ -138,8 +139,15 @@ async def at_once(server: Server, prompts: list[list[dict]], tokens: int,
 
 
 def fresh(q: str) -> str:
-    """A question no earlier round asked (a cache may only reuse what is really shared)."""
-    return f"{q} (request {next(_serial)})"
+    """A question no earlier request asked, and the same for every server within a round.
+
+    A number goes first, so the question shares only the chat template's part before it
+    with earlier ones (a number at the end would leave the whole question shared with the
+    same question of an earlier round); ``main`` restarts the numbers for each server, so
+    every server answers the same questions (answer lengths decide when slots free up, and
+    so the TTFT of the requests that wait for one).
+    """
+    return f"#{next(MARKS[0]) * 7919 % 100_000:05d} {q}"  # next numbers differ in digit 1
 
 
 async def distinct(server: Server) -> dict[str, float]:
@@ -156,7 +164,7 @@ async def multi(server: Server, clients: int = 8, turns: int = 4) -> dict[str, f
 
     async def chat(i: int) -> None:
         history = [{"role": "system", "content": f"You are assistant number {i} in session "
-                    f"{next(_serial)}. " + POLICY[: 1200]}]
+                    f"{next(MARKS[0])}. " + POLICY[: 1200]}]
         for t in range(turns):
             history.append({"role": "user", "content": f"{QUESTIONS[(i + t) % 16]} "
                             f"(question {t + 1} of client {i})"})
@@ -185,8 +193,8 @@ async def noisy(server: Server, b_requests: int = 8) -> dict[str, float]:
         return out
 
     alone = summary(await seat_b())
-    flood = asyncio.create_task(at_once(server, [user(fresh(f"Write a story about {q}"))
-                                                 for q in QUESTIONS * 4], 32, seat="A"))
+    flood = asyncio.create_task(at_once(
+        server, [user(fresh(f"Write a story about {q}")) for q in QUESTIONS * 4], 32, seat="A"))
     await asyncio.sleep(0.5)
     with_a = summary(await seat_b())
     await flood
@@ -325,12 +333,13 @@ def main() -> None:
             if server is not None:
                 asyncio.run(at_once(server, [user("Hello!")], 4))
         for rnd in range(args.rounds):
-            for workload in chosen:
+            for w, workload in enumerate(chosen):
                 servers = [box_server, peer] if rnd % 2 == 0 else [peer, box_server]
                 servers = [s for s in servers if s is not None]
                 if workload == "multi" and plain_server is not None:
                     servers.append(plain_server)
-                for server in servers:
+                for server in servers:  # the same questions for each
+                    MARKS[0] = itertools.count(10_000 * (rnd + 1) + 1_000 * w + 1)
                     figures = asyncio.run(WORKLOADS[workload](server))
                     samples.setdefault(workload, {}).setdefault(server.name, []).append(figures)
                     print(f"round {rnd + 1} {workload:8s} {server.name:24s} "
