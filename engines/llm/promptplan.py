@@ -19,6 +19,9 @@ delaying a colleague's first token:
   colleague's only request reads nothing of the busy seat's, neither its next tokens nor
   its prompts.
 
+And while a colleague is about (``busy_seats``), the busy seat's prompts are read in
+smaller chunks under a smaller cap, so the step a colleague's request arrives in is short.
+
 A chunk is read whole (the engine sizes it: up to ``prefill_chunk`` tokens from where the
 prompt's reading stands), so a chunk that does not fit waits for a later step while
 smaller ones behind it may go.
@@ -26,7 +29,7 @@ smaller ones behind it may go.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -74,3 +77,12 @@ def colleague_step(chosen: Sequence[Reading], load: Mapping[str, int],
     if not any(r.last and load.get(r.seat, 0) == 1 for r in chosen):
         return None
     return [r for r in chosen if load.get(r.seat, 0) == 1]
+
+
+def busy_seats(load: Mapping[str, int], active: Collection[str]) -> set[str]:
+    """Seats running several requests while another seat is about: one that runs a request
+    (``load``) or sent one lately (``active``). Their prompts are read in short steps, so
+    a colleague's request that arrives mid-step waits less: on 2 cores a step that reads
+    a 20-token chunk beside 6 decodes takes ~100 ms, one that reads 8 tokens ~60 ms."""
+    about = set(active) | {seat for seat, n in load.items() if n > 0}
+    return {seat for seat, n in load.items() if n > 1 and about - {seat}}

@@ -291,6 +291,44 @@ def test_a_colleagues_first_token_step_reads_nothing_of_the_busy_seat(
         eng.close()
 
 
+def test_a_busy_seat_reads_its_prompts_in_short_steps_while_a_colleague_is_about(
+        gguf_path: Path) -> None:
+    """With another seat seen lately, a seat running several requests has its prompts read
+    at most ``busy_step_prompt_tokens`` a step; alone on the box, in the usual chunks."""
+    def steps_to_read(colleague: bool) -> tuple[float, int]:
+        eng = BatchedLlamaEngine(gguf_path, n_ctx=3 * 1024, slots=3, n_threads=THREADS,
+                                 prefill_chunk=CHUNK, busy_step_prompt_tokens=8)
+        try:
+            if colleague:
+                run(eng, chat(eng, "Hi!", system="Be brief."), seat="bob", tokens=1).wait()
+            stories = [chat(eng, "Write a long story.", system=f"Story teller {i}. {SYSTEM}")
+                       for i in range(2)]
+            start, firsts = eng.stats()["steps"], {}
+            sinks = []
+            for p in stories:  # the first still runs when the second has its first token
+                sink = Collector()
+
+                def record(event: object, sink: Collector = sink) -> None:
+                    firsts.setdefault(id(sink), eng.stats()["steps"])
+                    sink(event)  # type: ignore[arg-type]
+
+                eng.submit(GenerationRequest(p, Sampling(temperature=0, max_tokens=40),
+                                             seat="alice"), record)
+                sinks.append(sink)
+            for p, s in zip(stories, sinks, strict=True):
+                assert s.wait().text.startswith(solo(gguf_path, p))  # its first 24 tokens
+            read = sum(len(p) - end(s).cached_tokens for p, s in zip(stories, sinks,
+                                                                       strict=True))
+            return max(firsts.values()) - start, read
+        finally:
+            eng.close()
+
+    steps, read = steps_to_read(colleague=True)
+    assert steps >= read / 8
+    steps, read = steps_to_read(colleague=False)
+    assert steps < read / 8  # half a chunk (16 tokens) a step
+
+
 def test_a_prefix_of_any_length_is_reused(gguf_path: Path) -> None:
     """The template's default system turn (no system message sent) and the header of the
     user's turn are shorter than a chunk: the next question reuses exactly them, reads only

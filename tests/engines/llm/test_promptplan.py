@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engines.llm.promptplan import Reading, colleague_step, prompt_chunks
+from engines.llm.promptplan import Reading, busy_seats, colleague_step, prompt_chunks
 
 
 def keys(chosen: list[Reading]) -> list[int]:
@@ -60,3 +60,11 @@ def test_other_colleagues_prompts_share_that_step() -> None:
     a_next = Reading(key=3, seat="alice", age=2, chunk=12, last=True)
     load = {"alice": 6, "bob": 1, "carol": 1}
     assert colleague_step([b_last, c_part, a_next], load, waited=False) == [b_last, c_part]
+
+
+def test_a_seat_running_several_is_busy_while_another_seat_is_about() -> None:
+    assert busy_seats({"alice": 7, "bob": 1}, active=set()) == {"alice"}  # bob runs one
+    assert busy_seats({"alice": 7}, active={"alice", "bob"}) == {"alice"}  # bob asked lately
+    assert busy_seats({"alice": 7}, active={"alice"}) == set()  # alone: full chunks
+    assert busy_seats({"alice": 1, "bob": 1}, active=set()) == set()  # nobody runs several
+    assert busy_seats({"alice": 3, "bob": 2}, active=set()) == {"alice", "bob"}
