@@ -8,7 +8,10 @@ reading included. Every round asks questions no earlier round asked, and asks ev
 the same ones (see ``fresh``). Workloads (rounds interleave box and peer; medians over rounds):
 
   distinct   16 clients at once, 16 distinct short questions, 32 tokens out
-  shared     16 clients at once, one ~1,000-token system prompt + a short question, 64 out
+  shared     16 clients at once, one ~1,000-token system prompt + a short question, 64 out;
+             the system prompt is new to the server (each round has its own)
+  warm       the same again with that round's system prompt, which the server now holds
+             (every slot of llama-server's has read it; the box has it once and copies it)
   multi      8 clients, 4 turns each, every turn resending the whole history (also run on
              the box with prefix reuse off: the turn-4 TTFT ratio is the reuse's effect)
   noisy      seat A sends 64 requests at once, seat B one request a second; seat B's TTFT
@@ -59,6 +62,7 @@ POLICY = " ".join(
     f"{i % 5 + 1} working days." for i in range(1, 26))
 SYSTEM = "You are ACME Corporation's internal assistant. Company policy follows. " + POLICY
 MARKS = [itertools.count(1)]  # the numbers fresh() puts first (main restarts them)
+ROUND = [1]  # the round now running (main sets it)
 
 
 @dataclass
@@ -155,7 +159,13 @@ async def distinct(server: Server) -> dict[str, float]:
 
 
 async def shared(server: Server) -> dict[str, float]:
-    return summary(await at_once(server, [user(fresh(q), SYSTEM) for q in QUESTIONS], 64))
+    system = f"Session {ROUND[0]}. {SYSTEM}"  # new to the server: the first of this round's
+    return summary(await at_once(server, [user(fresh(q), system) for q in QUESTIONS], 64))
+
+
+async def warm(server: Server) -> dict[str, float]:
+    """``shared`` again, with the system prompt ``shared`` has just brought in."""
+    return await shared(server)
 
 
 async def multi(server: Server, clients: int = 8, turns: int = 4) -> dict[str, float]:
@@ -209,8 +219,8 @@ async def burst(server: Server) -> dict[str, float]:
     return {"one_ttft": statistics.median(alone), "eight_ttft_p50": eight["ttft_p50"]}
 
 
-WORKLOADS = {"distinct": distinct, "shared": shared, "multi": multi, "noisy": noisy,
-             "burst": burst}
+WORKLOADS = {"distinct": distinct, "shared": shared, "warm": warm, "multi": multi,
+             "noisy": noisy, "burst": burst}
 
 
 def start_peer(gguf: Path, threads: int) -> tuple[subprocess.Popen, Server]:
@@ -287,6 +297,12 @@ def verdicts(rows: dict[str, dict[str, dict[str, float]]]) -> None:
         show("shared prefix: TTFT p50 box / llama-server", r, "<= 0.5", r <= 0.5)
         r = d[box]["tok_s"] / d[peer]["tok_s"]
         show("shared prefix: tokens/s box / llama-server", r, ">= 1.0", r >= 1.0)
+    if "warm" in rows and peer in rows["warm"]:
+        d = rows["warm"]
+        r = d[box]["ttft_p50"] / d[peer]["ttft_p50"]
+        show("shared prefix, warm: TTFT p50 box / llama-server (beside)", r, "-", True)
+        r = d[box]["tok_s"] / d[peer]["tok_s"]
+        show("shared prefix, warm: tokens/s box / llama-server (beside)", r, "-", True)
     if "multi" in rows and "box (no prefix reuse)" in rows["multi"]:
         d = rows["multi"]
         r = d[box]["turn4_ttft_p50"] / d["box (no prefix reuse)"]["turn4_ttft_p50"]
@@ -333,6 +349,7 @@ def main() -> None:
             if server is not None:
                 asyncio.run(at_once(server, [user("Hello!")], 4))
         for rnd in range(args.rounds):
+            ROUND[0] = rnd + 1
             for w, workload in enumerate(chosen):
                 servers = [box_server, peer] if rnd % 2 == 0 else [peer, box_server]
                 servers = [s for s in servers if s is not None]
