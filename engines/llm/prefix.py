@@ -30,7 +30,7 @@ class Saved:
     """A slot's KV state saved to host memory, with the tokens it holds."""
 
     tokens: tuple[int, ...]
-    state: bytes
+    state: bytes | bytearray
 
 
 class HostPrefixCache:
@@ -44,7 +44,7 @@ class HostPrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, tokens: Sequence[int], state: bytes) -> bool:
+    def put(self, tokens: Sequence[int], state: bytes | bytearray) -> bool:
         """Keep ``state`` for ``tokens``; False when it cannot fit at all."""
         key = tuple(tokens)
         if not state or len(state) > self.capacity:
