@@ -262,8 +262,8 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
         # colleague's TTFT p95 during a 64-request burst 0.49 -> 0.38 s.
         self._step_prompt = step_prompt_tokens or max(1, prefill_chunk // 2)
         # ... and of a busy seat while another seat is about (promptplan.busy_seats). Box-only
-        # runs of llm_peer's noisy workload, 8 rounds each: seat B's TTFT p95 beside seat A's
-        # 64-request burst 0.143 -> 0.116 s (median); seat A's tokens/s 129 -> 118.
+        # runs of llm_peer's noisy workload: seat B's TTFT p95 beside seat A's 64-request
+        # burst 0.143 -> 0.116 s (medians of 11 and 8 rounds); seat A's tokens/s 129 -> 118-124.
         self._busy_step_prompt = busy_step_prompt_tokens
         self._n_gpu_layers = n_gpu_layers
         # Tokens one step may decode: every slot's next token or prompt chunk.

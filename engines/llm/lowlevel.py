@@ -265,7 +265,7 @@ class Context:
     def save(self, seq_id: int) -> bytearray:
         """The KV state of ``seq_id`` (for the host-RAM prefix cache), written by llama.cpp
         straight into the buffer that is kept: one copy of the cells, not two (a 2,244-token
-        SmolLM2 state, 52 MB: 55 -> 22 ms here)."""
+        SmolLM2 state, 52 MB: 55 -> 27 ms here; a restore 37 -> 8 ms)."""
         size = int(llama_cpp.llama_state_seq_get_size(self.ptr, seq_id))
         out = bytearray(size)
         view = (ctypes.c_uint8 * size).from_buffer(out)
