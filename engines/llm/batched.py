@@ -115,7 +115,13 @@ from engines.llm.lowlevel import (
 )
 from engines.llm.multimodal import ImageChunks, Projector
 from engines.llm.prefix import MIN_REUSE, HostPrefixCache, Saved, common_prefix
-from engines.llm.promptplan import Reading, busy_seats, colleague_step, prompt_chunks
+from engines.llm.promptplan import (
+    Reading,
+    busy_seats,
+    colleague_step,
+    passed_over,
+    prompt_chunks,
+)
 from engines.llm.prompts import EMBED_CTX, MAX_CHARS_PER_TOKEN, PromptBuilder, PromptMethods
 from engines.llm.textstream import TextStream
 from engines.types import (
@@ -183,6 +189,7 @@ class _Seq:
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)  # echo + logprobs
     last_logits: np.ndarray | None = None  # raw logits after the last prompt token
     deferred: bool = False
+    passed: int = 0  # steps in which a younger prompt of its seat was read before it
     done: bool = False
 
     @property
@@ -794,7 +801,7 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
                 size = cap if seq.request.seat in busy else self._prefill_chunk
                 end = min(len(seq.prompt), seq.n_past + size)
                 readings.append(Reading(seq.slot, seq.request.seat, seq.id, end - seq.n_past,
-                                        end == len(seq.prompt)))
+                                        end == len(seq.prompt), seq.passed))
             else:
                 take[seq.slot] = 1
         waited, self._decodes_waited = self._decodes_waited, False
@@ -805,6 +812,8 @@ class BatchedLlamaEngine(PromptMethods, LLMEngine):
                 take, chosen = {}, alone
                 self._decodes_waited = True
                 self._stats["decode_waits"] += 1
+            for r in passed_over(readings, chosen):
+                self._running[r.key].passed += 1
             for r in chosen:
                 take[r.key] = r.chunk
         return [(self._running[slot], n) for slot, n in sorted(take.items()) if n > 0]

@@ -5,8 +5,12 @@ of the others while they fit its token budget. Three rules keep one seat's burst
 delaying a colleague's first token:
 
 - order: the prompt of a seat that runs fewer requests is read first (a colleague's only
-  request before the tenth request of a batch job), then the oldest request first, so a
-  seat's own prompts keep their order;
+  request before the tenth request of a batch job); within a seat, a prompt's last chunk
+  (its first token comes out of that step: the next question of a chat, a short prompt)
+  before the chunks of longer prompts, then the oldest request first, so long prompts
+  are read one after another and each gets its first token as soon as it can. A prompt
+  that younger ones have passed ``MAX_PASSED`` times goes before them all (nobody waits
+  for ever behind a stream of short prompts);
 - cap: a step reads at most ``cap`` prompt tokens (the engine's default: half a chunk), so a
   request that arrives mid-step waits for a short step, not for a whole burst's prompts,
   its own prompt is read in the very next step, and requests arriving together get their
@@ -32,6 +36,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+MAX_PASSED = 4  # steps a prompt may be passed by younger ones of its seat (see order)
+
 
 @dataclass(frozen=True)
 class Reading:
@@ -42,6 +48,7 @@ class Reading:
     age: int  # lower is older (the request id)
     chunk: int
     last: bool = False  # the prompt's last chunk: its first token comes out of this step
+    passed: int = 0  # steps in which a younger prompt of the same seat was read before it
 
 
 def prompt_chunks(readings: Sequence[Reading], budget: int, load: Mapping[str, int],
@@ -53,12 +60,27 @@ def prompt_chunks(readings: Sequence[Reading], budget: int, load: Mapping[str, i
     """
     limit = budget if cap is None else min(budget, cap)
     out: list[Reading] = []
-    for r in sorted(readings, key=lambda r: (load.get(r.seat, 0), r.age)):
+
+    def order(r: Reading) -> tuple[int, int, int]:
+        first = r.last or r.passed >= MAX_PASSED
+        return load.get(r.seat, 0), 0 if first else 1, r.age
+
+    for r in sorted(readings, key=order):
         if r.chunk <= limit or (not out and r.chunk <= budget):
             out.append(r)
             limit -= r.chunk
             budget -= r.chunk
     return out
+
+
+def passed_over(readings: Sequence[Reading], chosen: Sequence[Reading]) -> list[Reading]:
+    """The readings left out of this step while a younger one of the same seat was read."""
+    youngest: dict[str, int] = {}
+    for r in chosen:
+        youngest[r.seat] = max(youngest.get(r.seat, r.age), r.age)
+    taken = {r.key for r in chosen}
+    return [r for r in readings
+            if r.key not in taken and youngest.get(r.seat, r.age) > r.age]
 
 
 def colleague_step(chosen: Sequence[Reading], load: Mapping[str, int],

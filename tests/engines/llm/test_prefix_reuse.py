@@ -329,6 +329,40 @@ def test_a_busy_seat_reads_its_prompts_in_short_steps_while_a_colleague_is_about
     assert steps < read / 8  # half a chunk (16 tokens) a step
 
 
+def test_a_short_prompt_is_not_read_behind_long_ones_of_its_seat(gguf_path: Path) -> None:
+    """A chat's next question (one chunk left to read) gets its first token before the long
+    first prompts of the same seat that arrived before it, which are read one after another."""
+    eng = BatchedLlamaEngine(gguf_path, n_ctx=3 * 1024, slots=3, n_threads=THREADS,
+                             prefill_chunk=CHUNK)
+    try:
+        first_at: dict[str, float] = {}
+
+        def timed(name: str, prompt: tuple[int, ...]) -> Collector:
+            sink = Collector()
+
+            def record(event: object) -> None:
+                first_at.setdefault(name, eng.stats()["steps"])
+                sink(event)  # type: ignore[arg-type]
+
+            eng.submit(GenerationRequest(prompt, Sampling(temperature=0, max_tokens=4),
+                                         seat="alice"), record)
+            return sink
+
+        stories = [chat(eng, "Write a long story.", system=f"Story teller {i}. {SYSTEM}")
+                   for i in range(2)]
+        quick = chat(eng, "Say yes.", system="Be brief.")
+        assert len(quick) <= CHUNK < len(stories[0])
+        sinks = [timed(f"long{i}", p) for i, p in enumerate(stories)]
+        sinks.append(timed("quick", quick))
+        for s in sinks:
+            s.wait()
+        assert first_at["quick"] < first_at["long0"] < first_at["long1"], first_at
+        for p, s in zip([*stories, quick], sinks, strict=True):
+            assert s.text and s.text == solo(gguf_path, p)[: len(s.text)]
+    finally:
+        eng.close()
+
+
 def test_a_prefix_of_any_length_is_reused(gguf_path: Path) -> None:
     """The template's default system turn (no system message sent) and the header of the
     user's turn are shorter than a chunk: the next question reuses exactly them, reads only

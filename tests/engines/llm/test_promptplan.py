@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from engines.llm.promptplan import Reading, busy_seats, colleague_step, prompt_chunks
+from engines.llm.promptplan import (
+    MAX_PASSED,
+    Reading,
+    busy_seats,
+    colleague_step,
+    passed_over,
+    prompt_chunks,
+)
 
 
 def keys(chosen: list[Reading]) -> list[int]:
@@ -68,3 +75,24 @@ def test_a_seat_running_several_is_busy_while_another_seat_is_about() -> None:
     assert busy_seats({"alice": 7}, active={"alice"}) == set()  # alone: full chunks
     assert busy_seats({"alice": 1, "bob": 1}, active=set()) == set()  # nobody runs several
     assert busy_seats({"alice": 3, "bob": 2}, active=set()) == {"alice", "bob"}
+
+
+def test_a_prompts_last_chunk_goes_before_older_long_prompts_of_its_seat() -> None:
+    long_old = Reading(0, "A", age=1, chunk=32)  # more chunks to come
+    long_newer = Reading(1, "A", age=2, chunk=32)
+    next_turn = Reading(2, "A", age=3, chunk=20, last=True)  # a chat's next question
+    chosen = prompt_chunks([long_old, long_newer, next_turn], 500, {"A": 3}, cap=32)
+    assert keys(chosen) == [2]  # its first token now; the long ones one after another
+    assert keys(prompt_chunks([long_old, long_newer], 500, {"A": 2}, cap=32)) == [0]
+
+
+def test_a_prompt_passed_over_max_times_goes_first() -> None:
+    starved = Reading(0, "A", age=1, chunk=32, passed=MAX_PASSED)
+    short = Reading(2, "A", age=3, chunk=20, last=True)
+    assert keys(prompt_chunks([starved, short], 500, {"A": 2}, cap=32)) == [0]
+    # only a younger prompt read before it counts as passing it
+    older, younger = Reading(0, "A", 1, 32), Reading(1, "A", 2, 32)
+    assert passed_over([older, younger], [older]) == []
+    assert passed_over([older, younger], [younger]) == [older]
+    other_seat = Reading(3, "B", 0, 32)
+    assert passed_over([other_seat, younger], [younger]) == []
