@@ -252,15 +252,11 @@ class Context:
         ``n_ctx_seq`` cells, about 25 ms for a 4,096-cell SmolLM2 stream on this CPU, paid
         by the next decode); the state copies only the cells in use (about 1 ms for 40),
         and the same bytes, so results do not change."""
-        buf, n = self._state(src)
-        llama_cpp.llama_memory_seq_rm(self.memory, dst, -1, -1)
-        if n and int(llama_cpp.llama_state_seq_set_data(self.ptr, buf, n, dst)) <= 0:
+        state = self.save(src)
+        if not state:
+            self.forget(dst)
+        elif not self.restore(dst, state):
             raise EngineError(f"llama.cpp refused to copy sequence {src} to {dst}")
-
-    def _state(self, seq_id: int) -> tuple[ctypes.Array[ctypes.c_uint8], int]:
-        size = int(llama_cpp.llama_state_seq_get_size(self.ptr, seq_id))
-        buf = (ctypes.c_uint8 * size)()
-        return buf, int(llama_cpp.llama_state_seq_get_data(self.ptr, buf, size, seq_id))
 
     def save(self, seq_id: int) -> bytearray:
         """The KV state of ``seq_id`` (for the host-RAM prefix cache), written by llama.cpp
