@@ -25,11 +25,16 @@ share cores a and b on a machine with fewer than three.
               ``--overhead`` times to each, alternating fleet and direct; a request's time
               runs from sending it to the last byte of its stream. The figure is
               p50(through the fleet head) - p50(direct). Target <= 5 ms.
+  split       the overhead again after moving every engine worker (both systems') onto
+              node a's core and every other process (APIs, Ray, replicas, this client)
+              onto node b's: what the ingress adds when no serving code takes CPU from
+              the engine that answers, as on boxes with a core to spare (``--no-split``
+              skips it)
   memory      RSS of every process of each Ray node (found by walking the node's process
               tree), the replicas' engine workers, and the two API processes.
 
-    /work/fleet-venv2/bin/python bench/fleet.py [--rounds 3] [--clients 16] [--tokens 64]
-        [--overhead 40] [--box-cores 0,1] [--head-cores 2,3]
+    .venv/bin/python bench/fleet.py [--rounds 3] [--clients 16] [--tokens 64]
+        [--overhead 40] [--no-split] [--box-cores 0,1] [--head-cores 2,3]
 """
 
 from __future__ import annotations
@@ -395,6 +400,16 @@ def request_cpu_table(used: dict[tuple[str, str], float], n: int) -> None:
             print(f"  {key[0]:6s} {key[1]:30s} {1000 * sec / n:8.2f}")
 
 
+def split_layout(procs: list[Proc], engine_core: int, other_core: int) -> tuple[int, int]:
+    """Move every engine worker (both systems') onto ``engine_core`` and every other process
+    of both systems, this client included, onto ``other_core``: a one-request-at-a-time
+    overhead measured where no serving code takes CPU from the engine that answers."""
+    for p in procs:
+        pin_process(p.pid, {engine_core} if "engine worker" in p.role else {other_core})
+    pin_process(os.getpid(), {other_core})
+    return engine_core, other_core
+
+
 def cpu_plan(args: argparse.Namespace) -> tuple[dict[str, int], set[int]]:
     cores = sorted(os.sched_getaffinity(0))
     box = [int(c) for c in args.box_cores.split(",")] if args.box_cores else cores[:2]
@@ -412,6 +427,9 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--overhead", type=int, default=40, help="requests to each, alternating")
+    ap.add_argument("--no-split", dest="split", action="store_false",
+                    help="skip the second overhead phase (engines on one core, the rest on "
+                    "another)")
     ap.add_argument("--box-cores", default="", help="cores of nodes a and b, e.g. 0,1")
     ap.add_argument("--head-cores", default="", help="cores of the API processes, the Ray "
                     "head and this client (default: the others; all when there are none)")
@@ -457,12 +475,17 @@ def main() -> None:
         before = processes(fleet, head_box, direct)
         lat = asyncio.run(overhead(targets, args.overhead))
         per_request = cpu_used(before, processes(fleet, head_box, direct))
+        split = None
+        if args.split and len(os.sched_getaffinity(0) | head_cores) >= 2:
+            cores = split_layout(processes(fleet, head_box, direct), box_cores["a"],
+                                 box_cores["b"])
+            split = (cores, asyncio.run(overhead(targets, args.overhead)))
     finally:
         for box in (head_box, direct):
             if box is not None:
                 box.stop()
         fleet.stop()
-    def p50(name: str, part: str) -> float:
+    def p50(name: str, part: str, lat: dict[str, list[Answer]] = lat) -> float:
         return 1000 * statistics.median(
             {"e2e": a.end - a.start, "ttft": a.first - a.start, "rest": a.end - a.first}[part]
             for a in lat[name])
@@ -485,6 +508,16 @@ def main() -> None:
           f"(p50 {p50('fleet', 'ttft'):.1f} vs {p50('direct', 'ttft'):.1f}); the 7 tokens "
           f"after it {p50('fleet', 'rest') - p50('direct', 'rest'):+.1f} ms "
           f"(p50 {p50('fleet', 'rest'):.1f} vs {p50('direct', 'rest'):.1f})")
+    if split is not None:
+        (engine_core, other_core), sl = split
+
+        def d(part: str) -> str:
+            return f"{p50('fleet', part, sl) - p50('direct', part, sl):+.1f}"
+
+        print(f"  split       engines on core {engine_core}, everything else (APIs, Ray, "
+              f"replicas, client) on core {other_core}, as on boxes with a core to spare: "
+              f"fleet {p50('fleet', 'e2e', sl):.1f} ms, direct {p50('direct', 'e2e', sl):.1f} "
+              f"ms: {d('e2e')} ms (first token {d('ttft')}, the 7 after {d('rest')})")
     request_cpu_table(per_request, args.overhead)
     if args.rounds:
         cpu_table(used, generated)
